@@ -1,0 +1,306 @@
+"""The local learning coefficient: ``estimate_llc`` and its result, ``LLCEstimate``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_devinterp.components import Component
+from lightning_devinterp.estimators.diagnostics import health_warnings, stationarity
+from lightning_devinterp.sampling import (
+    SGLD,
+    BatchStream,
+    ChainTraces,
+    FlatModel,
+    LossFn,
+    batch_size_of,
+    chain_seed,
+    move_to_device,
+    reduce_loss,
+    run_chains,
+)
+
+#: Relative drift between the last two quarters of the draws above which (when also
+#: significant) a trace counts as not yet stationary.
+DRIFT_TOLERANCE = 0.1
+#: z-score above which the drift is significant.
+DRIFT_Z = 3.0
+
+
+@dataclass
+class LLCEstimate:
+    """An LLC estimate and its health.
+
+    Attributes:
+        mean: the LLC, averaged over healthy chains (NaN if none is healthy).
+        std: standard deviation of the per-chain LLCs (0 with one chain).
+        per_chain: (chains,) LLC of each chain; NaN for a diverged chain.
+        loss_trace: (chains, draws) minibatch loss at each draw.
+        llc_trace: (chains, draws) per-draw contribution ``nbeta * (loss - reference)``, where
+            the reference is the loss of w* on the same minibatch (paired form) or ``init_loss``.
+        init_loss: L_n(w*) averaged over ``init_loss_batches`` batches.
+        init_loss_stderr: its standard error across those batches.
+        sampler: the SGLD settings used (``nbeta`` resolved).
+        paired: whether the paired (same-minibatch) form was used.
+        diverged_chains: indices of the chains that produced NaN/Inf and were excluded.
+        negative: the LLC is below zero (w* is not a local minimum at this resolution, or lr is
+            too large).
+        drift: change of the mean of ``llc_trace`` from the third to the last quarter of the
+            draws, relative to ``mean``; ``drift_z`` is its significance.
+        stationary: False when the drift is both significant and larger than 10%.
+        warnings: what is wrong, each with what to change.
+        component: name of the component sampled, or None for the whole model.
+    """
+
+    mean: float
+    std: float
+    per_chain: torch.Tensor
+    loss_trace: torch.Tensor
+    llc_trace: torch.Tensor
+    init_loss: float
+    init_loss_stderr: float
+    sampler: SGLD
+    paired: bool
+    diverged_chains: list[int] = field(default_factory=list)
+    negative: bool = False
+    drift: float = float("nan")
+    drift_z: float = float("nan")
+    stationary: bool = True
+    warnings: list[str] = field(default_factory=list)
+    component: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """No diverged chain, not negative, stationary."""
+        return not self.diverged_chains and not self.negative and self.stationary
+
+    def metrics(self, prefix: str = "llc") -> dict[str, float]:
+        """Scalars to log, named ``<prefix>/mean``, ``<prefix>/std``, ``<prefix>/health/...``."""
+        return {
+            f"{prefix}/mean": self.mean,
+            f"{prefix}/std": self.std,
+            f"{prefix}/init_loss": self.init_loss,
+            f"{prefix}/health/diverged_chains": float(len(self.diverged_chains)),
+            f"{prefix}/health/negative": float(self.negative),
+            f"{prefix}/health/drift": self.drift,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serializable summary (no traces)."""
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "per_chain": [_json_float(v) for v in self.per_chain.tolist()],
+            "init_loss": self.init_loss,
+            "init_loss_stderr": self.init_loss_stderr,
+            "sampler": asdict(self.sampler),
+            "paired": self.paired,
+            "num_draws": int(self.loss_trace.shape[1]),
+            "diverged_chains": list(self.diverged_chains),
+            "negative": self.negative,
+            "drift": _json_float(self.drift),
+            "drift_z": _json_float(self.drift_z),
+            "stationary": self.stationary,
+            "warnings": list(self.warnings),
+            "component": self.component,
+        }
+
+
+def llc_from_traces(
+    traces: ChainTraces,
+    sampler: SGLD,
+    init_losses: torch.Tensor,
+    *,
+    component: str | None = None,
+) -> LLCEstimate:
+    """Reduce chain traces to an :class:`LLCEstimate` (pure arithmetic, no sampling)."""
+    nbeta = float(sampler.nbeta)
+    init_loss = float(init_losses.double().mean())
+    n_init = init_losses.numel()
+    init_stderr = float(init_losses.double().std()) / math.sqrt(n_init) if n_init > 1 else 0.0
+    paired = traces.reference is not None
+    reference = traces.reference if paired else torch.full_like(traces.loss, init_loss)
+    llc_trace = nbeta * (traces.loss.double() - reference.double())
+    ok = ~traces.diverged & torch.isfinite(llc_trace).all(1)
+    per_chain = torch.where(ok, llc_trace.mean(1), torch.full_like(llc_trace[:, 0], math.nan))
+    healthy = per_chain[ok]
+    mean = float(healthy.mean()) if healthy.numel() else math.nan
+    std = float(healthy.std()) if healthy.numel() > 1 else 0.0
+    change, z = stationarity(llc_trace[ok]) if healthy.numel() else (math.nan, math.nan)
+    drift = change / abs(mean) if mean not in (0.0,) and math.isfinite(mean) else 0.0
+    stationary = not (math.isfinite(z) and abs(z) > DRIFT_Z and abs(drift) > DRIFT_TOLERANCE)
+    diverged = [c for c, good in zip(traces.chains, ok.tolist()) if not good]
+    return LLCEstimate(
+        mean=mean,
+        std=std,
+        per_chain=per_chain.float(),
+        loss_trace=traces.loss,
+        llc_trace=llc_trace.float(),
+        init_loss=init_loss,
+        init_loss_stderr=init_stderr,
+        sampler=sampler,
+        paired=paired,
+        diverged_chains=diverged,
+        negative=math.isfinite(mean) and mean < 0,
+        drift=drift,
+        drift_z=z,
+        stationary=stationary,
+        warnings=health_warnings(
+            mean=mean,
+            num_chains=len(traces.chains),
+            diverged=diverged,
+            drift=drift,
+            drift_z=z,
+            lr=sampler.lr,
+            stationary=stationary,
+        ),
+        component=component,
+    )
+
+
+def default_loss_fn(model: nn.Module) -> LossFn:
+    """The loss of a LightningModule-like model: its own ``training_step(batch, 0)``."""
+    if not callable(getattr(model, "training_step", None)):
+        raise ValueError(
+            f"{type(model).__name__} has no training_step, so no default loss exists. Pass "
+            "loss_fn=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]) (any "
+            "function returning the mean loss or per-sample losses)."
+        )
+    return lambda module, batch: module.training_step(batch, 0)
+
+
+def estimate_llc(
+    model: nn.Module,
+    dataloader: Iterable,
+    loss_fn: LossFn | None = None,
+    *,
+    sampler: SGLD | None = None,
+    num_chains: int = 4,
+    num_draws: int = 200,
+    num_burnin: int = 0,
+    steps_between_draws: int = 1,
+    component: Component | None = None,
+    seed: int = 0,
+    init_loss_batches: int = 16,
+    paired: bool = True,
+    train_mode: bool = False,
+    transfer: Callable[[Any], Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    chain_ids: Sequence[int] | None = None,
+    gather: Callable[[ChainTraces], ChainTraces] | None = None,
+) -> LLCEstimate:
+    """Estimate the local learning coefficient of ``model`` at its current weights w*.
+
+    ``lambda_hat = nbeta * (E_w[L(w)] - L(w*))`` with the expectation over SGLD draws from the
+    localized tempered posterior (PAPERS.md). The model is copied once; its weights, grads,
+    modes and the global RNG are left as they were.
+
+    Args:
+        model: the model at w*.
+        dataloader: batches to sample with (a fresh iterator, cycled as needed).
+        loss_fn: ``loss_fn(model, batch)`` returning the mean loss or unreduced
+            per-sample/per-token losses. Default: the model's ``training_step(batch, 0)``.
+        sampler: SGLD settings; default ``SGLD(lr=1e-3)`` with nbeta = m/log m.
+        num_chains: independent chains, each from w*.
+        num_draws: draws per chain kept for the average.
+        num_burnin: steps per chain discarded before the first draw.
+        steps_between_draws: SGLD steps from one draw to the next.
+        component: sample only this component's entries (weight-refined LLC).
+        seed: chain ``c`` uses noise and batch order seeded from ``(seed, c)``; the same seed
+            gives the same dice on every call (common random numbers along training).
+        init_loss_batches: batches averaged for L(w*).
+        paired: subtract from each draw's loss the loss of w* on the same minibatch (one extra
+            forward pass per draw; cancels batch-to-batch noise). Otherwise subtract L(w*).
+        train_mode: sample in train mode (dropout, BatchNorm batch statistics) instead of eval.
+        transfer: moves a batch to the model's device; default moves every tensor.
+        progress: called as ``progress(done_steps, total_steps)`` while sampling.
+        chain_ids: the chains this process runs (default all); for distributed use.
+        gather: combines this process's traces with the other processes'; for distributed use.
+
+    Returns:
+        The :class:`LLCEstimate`.
+
+    Example:
+        >>> est = estimate_llc(model, loader, loss_fn, sampler=SGLD(lr=1e-4, nbeta=10))
+        >>> est.mean, est.std, est.healthy
+    """
+    _check_counts(
+        num_chains=num_chains,
+        num_draws=num_draws,
+        steps_between_draws=steps_between_draws,
+        init_loss_batches=init_loss_batches,
+    )
+    if num_burnin < 0:
+        raise ValueError(f"num_burnin={num_burnin} is invalid; use 0 or more burn-in steps.")
+    loss_fn = loss_fn or default_loss_fn(model)
+    sampler = sampler or SGLD(lr=1e-3)
+    flat = FlatModel(model, train_mode=train_mode)
+    if component is not None:
+        component.validate(model)
+        flat.activate(component.masks)
+    transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
+    init_losses, batch_size = reference_losses(
+        flat, loss_fn, dataloader, init_loss_batches, seed, transfer
+    )
+    sampler = sampler.resolve(batch_size)
+    traces = run_chains(
+        flat,
+        loss_fn,
+        dataloader,
+        sampler,
+        chains=list(range(num_chains)) if chain_ids is None else list(chain_ids),
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        steps_between_draws=steps_between_draws,
+        seed=seed,
+        paired=paired,
+        transfer=transfer,
+        progress=progress,
+    )
+    if gather is not None:
+        traces = gather(traces)
+    return llc_from_traces(traces, sampler, init_losses, component=component and component.name)
+
+
+@torch.no_grad()
+def reference_losses(
+    flat: FlatModel,
+    loss_fn: LossFn,
+    dataloader: Iterable,
+    num_batches: int,
+    seed: int,
+    transfer: Callable[[Any], Any],
+) -> tuple[torch.Tensor, int]:
+    """Per-batch losses of w* over ``num_batches`` batches, and the batch size.
+
+    Raises a ``ValueError`` naming the problem if a loss is not finite.
+    """
+    batches = BatchStream(dataloader, chain_seed(seed, -1, 2), transfer)
+    values, batch_size = [], 0
+    with torch.inference_mode(False):
+        for _ in range(num_batches):
+            batch = next(batches)
+            batch_size = batch_size or batch_size_of(batch)
+            values.append(reduce_loss(loss_fn(flat.module, batch)).float())
+    losses = torch.stack(values).cpu()
+    if not bool(torch.isfinite(losses).all()):
+        raise ValueError(
+            f"loss_fn returned a non-finite loss at the current weights ({losses.tolist()[:4]}...): "
+            "the model or data already contain NaN/Inf. Check the inputs and the weights."
+        )
+    return losses, batch_size
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid; use an integer >= 1.")
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None

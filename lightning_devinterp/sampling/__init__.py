@@ -1,0 +1,36 @@
+"""The sampling engine: SGLD settings, batch streams and the chain runner (no Lightning)."""
+
+from lightning_devinterp.sampling.batches import (
+    BatchStream,
+    batch_size_of,
+    chain_seed,
+    move_to_device,
+    seeded_global_rng,
+)
+from lightning_devinterp.sampling.chains import (
+    ChainTraces,
+    FlatModel,
+    LossFn,
+    LossFnError,
+    Observable,
+    reduce_loss,
+    run_chains,
+)
+from lightning_devinterp.sampling.sgld import SGLD, default_nbeta
+
+__all__ = [
+    "SGLD",
+    "BatchStream",
+    "ChainTraces",
+    "FlatModel",
+    "LossFn",
+    "LossFnError",
+    "Observable",
+    "batch_size_of",
+    "chain_seed",
+    "default_nbeta",
+    "move_to_device",
+    "reduce_loss",
+    "run_chains",
+    "seeded_global_rng",
+]

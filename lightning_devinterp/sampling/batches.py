@@ -1,0 +1,111 @@
+"""Batches for sampling: a fresh, cycling iterator whose order is fixed by a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch's global CPU generator seeded, then put its state back.
+
+    Shuffling samplers and worker seeds draw from this generator; seeding it here fixes the
+    batch order (common random numbers) without the caller's stream ever moving.
+    """
+    generator = torch.random.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
+class BatchStream:
+    """Endless batches from a fresh iterator over ``dataloader``, restarting when it runs out.
+
+    The same ``seed`` gives the same batch sequence on every call (common random numbers
+    across estimates); the global RNG is left exactly as found.
+    """
+
+    def __init__(
+        self,
+        dataloader: Iterable,
+        seed: int,
+        transfer: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.dataloader = dataloader
+        self.seed = seed
+        self.transfer = transfer or (lambda batch: batch)
+        self._epoch = 0
+        self._count = 0
+        self._iterator = self._fresh()
+
+    def _fresh(self) -> Iterator:
+        with seeded_global_rng(_mix(self.seed, self._epoch, 0)):
+            return iter(self.dataloader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Any:
+        for _ in range(2):
+            with seeded_global_rng(_mix(self.seed, self._epoch, self._count + 1)):
+                try:
+                    batch = next(self._iterator)
+                    self._count += 1
+                    return self.transfer(batch)
+                except StopIteration:
+                    pass
+            if self._count == 0:
+                break
+            self._epoch += 1
+            self._count = 0
+            self._iterator = self._fresh()
+        raise ValueError(
+            "The dataloader given for sampling yields no batch. Pass a dataloader with at least "
+            "one batch (check the dataset length, batch_size and drop_last)."
+        )
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed derived deterministically from integers."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**63 - 1)
+    return value
+
+
+def chain_seed(seed: int, chain: int, stream: int = 0) -> int:
+    """The seed of one chain's generator (or of its batch stream), from ``(seed, chain)``."""
+    return _mix(seed, chain, stream)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor inside (dicts, lists, tuples, namedtuples) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading dimension of the first tensor in ``batch``."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(values, Iterable) and not isinstance(values, (str, bytes)):
+        for value in values:
+            size = batch_size_of(value)
+            if size:
+                return size
+    return 0

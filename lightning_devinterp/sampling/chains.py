@@ -1,0 +1,295 @@
+"""The chain runner: SGLD chains on one private copy of a model whose sampled
+parameters are views into a single flat vector, so each step is one forward+backward
+and a handful of vectorized ops."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from lightning_devinterp.sampling.batches import BatchStream, chain_seed, move_to_device
+from lightning_devinterp.sampling.sgld import SGLD
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+Observable = Callable[[nn.Module], torch.Tensor]
+
+
+class LossFnError(TypeError):
+    """The loss function returned something that is not a usable loss."""
+
+
+def reduce_loss(value: Any) -> torch.Tensor:
+    """The mean loss from what a ``loss_fn`` returned: a tensor (any shape, mean taken) or a
+    dict with a ``"loss"`` entry (as ``training_step`` may return)."""
+    if isinstance(value, Mapping) and "loss" in value:
+        value = value["loss"]
+    if not isinstance(value, torch.Tensor):
+        raise LossFnError(
+            f"loss_fn returned {type(value).__name__}, expected a tensor: the mean loss, or "
+            "unreduced per-sample/per-token losses (a dict with a 'loss' tensor also works)."
+        )
+    if not value.is_floating_point():
+        raise LossFnError(f"loss_fn returned a {value.dtype} tensor; return a floating-point loss.")
+    return value.mean() if value.dim() else value
+
+
+class _LossCall(nn.Module):
+    """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can run it at w*."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return reduce_loss(self.loss_fn(self.model, batch))
+
+
+class FlatModel:
+    """A private copy of ``model`` prepared for sampling.
+
+    The copy is made once; the entries that are sampled (all trainable parameters, or those
+    of one component) become views into one flat vector ``params`` whose starting value
+    ``anchor`` is w*. Parameters that do not require grad are never touched.
+
+    A LightningModule-style ``log``/``log_dict`` on the copy is replaced by a no-op, so a
+    ``training_step`` used as the loss logs nothing.
+
+    Args:
+        model: the model at w*. It is deep-copied; the original is never modified.
+        train_mode: run the copy in train mode (dropout on, BatchNorm batch statistics).
+            The default, eval mode, makes the loss a deterministic function of the weights.
+    """
+
+    def __init__(self, model: nn.Module, train_mode: bool = False):
+        self.module = copy.deepcopy(model)
+        self.module.train(train_mode)
+        for name in ("log", "log_dict"):
+            if callable(getattr(self.module, name, None)):
+                setattr(self.module, name, _ignore)
+        self.named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise ValueError(
+                "The model has no trainable parameters (requires_grad=True); there is nothing "
+                "to sample. Unfreeze the weights whose LLC you want."
+            )
+        kinds = {(p.dtype, p.device) for _, p in self.named}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"Trainable parameters have mixed dtypes/devices {sorted(map(str, kinds))}; "
+                "sampling needs them on one device and dtype (cast the model first)."
+            )
+        self.dtype, self.device = kinds.pop()
+        self.masks: Mapping[str, torch.Tensor] | None = None
+        self.activate(None)
+
+    def activate(self, masks: Mapping[str, torch.Tensor] | None) -> None:
+        """Sample only the entries marked in ``masks`` (all trainable entries when None).
+
+        The copy must be at w* (as after construction or :meth:`reset`).
+        """
+        if masks is not None:
+            known = {n for n, _ in self.named}
+            unknown = [n for n in masks if n not in known]
+            if unknown:
+                raise KeyError(
+                    f"Masks name parameters that are not trainable parameters of the model: "
+                    f"{unknown[:5]}. Known names look like {sorted(known)[:5]}."
+                )
+        active = [(n, p) for n, p in self.named if masks is None or bool(masks.get(n, False).any())]
+        if not active:
+            raise ValueError("The component owns no entry of any trainable parameter.")
+        for _, p in self.named:
+            p.requires_grad_(False)
+        total = sum(p.numel() for _, p in active)
+        flat = torch.empty(total, dtype=self.dtype, device=self.device)
+        offset = 0
+        for _, p in active:
+            n = p.numel()
+            flat[offset : offset + n].copy_(p.detach().reshape(-1))
+            p.data = flat[offset : offset + n].view_as(p)
+            p.requires_grad_(True)
+            offset += n
+        self.active = active
+        self.params = flat
+        self.anchor = flat.clone()
+        self.masks = masks
+        self.index = None
+        if masks is not None:
+            selected = torch.cat(
+                [
+                    masks[n].to(self.device).reshape(-1)
+                    if n in masks
+                    else torch.zeros(p.numel(), dtype=torch.bool, device=self.device)
+                    for n, p in active
+                ]
+            )
+            if not bool(selected.all()):
+                self.index = selected.nonzero().squeeze(1)
+        self.grad = torch.empty_like(flat)
+
+    def reset(self) -> None:
+        """Put the sampled entries back at w*."""
+        with torch.no_grad():
+            self.params.copy_(self.anchor)
+
+    @property
+    def num_sampled(self) -> int:
+        """Number of entries a chain moves."""
+        return int(self.index.numel()) if self.index is not None else self.params.numel()
+
+    def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
+        """Mean loss at the current weights; its gradient is written into ``self.grad``."""
+        loss = reduce_loss(loss_fn(self.module, batch))
+        grads = torch.autograd.grad(loss, [p for _, p in self.active], allow_unused=True)
+        offset = 0
+        for (_, p), g in zip(self.active, grads):
+            n = p.numel()
+            if g is None:
+                self.grad[offset : offset + n].zero_()
+            else:
+                self.grad[offset : offset + n].copy_(g.reshape(-1))
+            offset += n
+        return loss.detach()
+
+    @torch.no_grad()
+    def loss_at_anchor(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
+        """Mean loss of w* on ``batch``, without moving the chain."""
+        views = {}
+        offset = 0
+        for name, p in self.active:
+            n = p.numel()
+            views["model." + name] = self.anchor[offset : offset + n].view_as(p)
+            offset += n
+        return functional_call(_LossCall(self.module, loss_fn), views, (batch,), strict=False)
+
+    @torch.no_grad()
+    def step(self, sampler: SGLD, generator: torch.Generator) -> None:
+        """One SGLD update of the sampled entries from the gradient in ``self.grad``."""
+        if self.index is None:
+            sampler.step(self.params, self.grad, self.anchor, generator)
+            return
+        sub = self.params[self.index]
+        sampler.step(sub, self.grad[self.index], self.anchor[self.index], generator)
+        self.params.index_copy_(0, self.index, sub)
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """Stands in for ``self.log`` on the sampling copy."""
+
+
+@dataclass
+class ChainTraces:
+    """What the chains produced: per-draw losses and observables, and which chains diverged.
+
+    Attributes:
+        chains: the chain indices, in row order.
+        loss: (chains, draws) minibatch mean loss at each draw; NaN after a divergence.
+        reference: (chains, draws) loss of w* on the same minibatch (paired form), or None.
+        observables: name -> (chains, draws, ...) values of each observable at each draw.
+        diverged: (chains,) True where a chain produced a non-finite loss and was stopped.
+    """
+
+    chains: list[int]
+    loss: torch.Tensor
+    reference: torch.Tensor | None
+    observables: dict[str, torch.Tensor] = field(default_factory=dict)
+    diverged: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+
+def run_chains(
+    flat: FlatModel,
+    loss_fn: LossFn,
+    dataloader: Iterable,
+    sampler: SGLD,
+    *,
+    chains: Sequence[int],
+    num_draws: int,
+    num_burnin: int = 0,
+    steps_between_draws: int = 1,
+    seed: int = 0,
+    paired: bool = True,
+    observables: Mapping[str, Observable] | None = None,
+    transfer: Callable[[Any], Any] | None = None,
+    check_every: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChainTraces:
+    """Run SGLD chains from w* on ``flat`` and record a draw every ``steps_between_draws`` steps
+    after ``num_burnin`` steps.
+
+    Chain ``c`` owns a generator and a batch order seeded from ``(seed, c)``: the same seed gives
+    the same noise and batches on every call (common random numbers), whatever the weights.
+    """
+    observables = dict(observables or {})
+    transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
+    total = num_burnin + num_draws * steps_between_draws
+    loss_rows, ref_rows, diverged = [], [], []
+    obs_rows: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
+    with torch.inference_mode(False), torch.enable_grad():
+        for done_chains, chain in enumerate(chains):
+            flat.reset()
+            generator = torch.Generator(device=flat.device)
+            generator.manual_seed(chain_seed(seed, chain))
+            batches = BatchStream(dataloader, chain_seed(seed, chain, 1), transfer)
+            step_loss = torch.full((total,), float("nan"), device=flat.device)
+            draw_loss = torch.full((num_draws,), float("nan"), device=flat.device)
+            draw_ref = (
+                torch.full((num_draws,), float("nan"), device=flat.device) if paired else None
+            )
+            draw_obs: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
+            bad = False
+            for t in range(total):
+                batch = next(batches)
+                loss = flat.loss_and_grad(loss_fn, batch)
+                step_loss[t] = loss
+                k, offset = divmod(t - num_burnin, steps_between_draws)
+                if t >= num_burnin and offset == 0:
+                    draw_loss[k] = loss
+                    if draw_ref is not None:
+                        draw_ref[k] = flat.loss_at_anchor(loss_fn, batch)
+                    if observables:
+                        with torch.no_grad():
+                            for name, fn in observables.items():
+                                draw_obs[name].append(fn(flat.module).detach())
+                flat.step(sampler, generator)
+                if (t + 1) % check_every == 0 or t + 1 == total:
+                    if not bool(torch.isfinite(step_loss[: t + 1]).all()):
+                        bad = True
+                        break
+                    if progress is not None:
+                        progress(done_chains * total + t + 1, len(chains) * total)
+            if bad:
+                first = int((~torch.isfinite(step_loss)).nonzero()[0])
+                cut = max(0, -(-(first - num_burnin) // steps_between_draws))
+                draw_loss[cut:] = float("nan")
+            loss_rows.append(draw_loss.cpu())
+            if draw_ref is not None:
+                ref_rows.append(draw_ref.cpu())
+            diverged.append(bad)
+            for name in observables:
+                obs_rows[name].append(_pad_draws(draw_obs[name], num_draws))
+    flat.reset()
+    return ChainTraces(
+        chains=list(chains),
+        loss=torch.stack(loss_rows) if loss_rows else torch.zeros(0, num_draws),
+        reference=torch.stack(ref_rows) if ref_rows else None,
+        observables={k: torch.stack(v) for k, v in obs_rows.items() if v},
+        diverged=torch.tensor(diverged, dtype=torch.bool),
+    )
+
+
+def _pad_draws(values: list[torch.Tensor], num_draws: int) -> torch.Tensor:
+    """Stack one chain's observable values, padding a chain cut short with NaN."""
+    if not values:
+        return torch.full((num_draws,), float("nan"))
+    stacked = torch.stack(values).cpu().float()
+    if len(values) < num_draws:
+        pad = torch.full((num_draws - len(values), *stacked.shape[1:]), float("nan"))
+        stacked = torch.cat([stacked, pad])
+    return stacked
