@@ -134,7 +134,7 @@ def llc_from_traces(
     change, z = stationarity(llc_trace[ok]) if healthy.numel() else (math.nan, math.nan)
     drift = change / abs(mean) if mean not in (0.0,) and math.isfinite(mean) else 0.0
     stationary = not (math.isfinite(z) and abs(z) > DRIFT_Z and abs(drift) > DRIFT_TOLERANCE)
-    diverged = [c for c, good in zip(traces.chains, ok.tolist()) if not good]
+    diverged = [c for c, good in zip(traces.chains, ok.tolist(), strict=True) if not good]
     return LLCEstimate(
         mean=mean,
         std=std,

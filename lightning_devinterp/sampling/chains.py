@@ -147,15 +147,13 @@ class FlatModel:
     def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         """Mean loss at the current weights; its gradient is written into ``self.grad``."""
         loss = reduce_loss(loss_fn(self.module, batch))
-        grads = torch.autograd.grad(loss, [p for _, p in self.active], allow_unused=True)
-        offset = 0
-        for (_, p), g in zip(self.active, grads):
-            n = p.numel()
-            if g is None:
-                self.grad[offset : offset + n].zero_()
-            else:
-                self.grad[offset : offset + n].copy_(g.reshape(-1))
-            offset += n
+        params = [p for _, p in self.active]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        flat_grads = [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for p, g in zip(params, grads, strict=True)
+        ]
+        torch.cat(flat_grads, out=self.grad)
         return loss.detach()
 
     @torch.no_grad()
