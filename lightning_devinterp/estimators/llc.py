@@ -174,7 +174,52 @@ def default_loss_fn(model: nn.Module) -> LossFn:
     return lambda module, batch: module.training_step(batch, 0)
 
 
-def estimate_llc(
+@dataclass
+class LLCSamples:
+    """What sampling produced in one process, before it is reduced to an estimate.
+
+    Attributes:
+        traces: the chains' per-draw losses.
+        init_losses: per-batch losses of w* (for ``init_loss``).
+        sampler: the SGLD settings used, ``nbeta`` resolved.
+        component: the sampled component's name, or None for the whole model.
+    """
+
+    traces: ChainTraces
+    init_losses: torch.Tensor
+    sampler: SGLD
+    component: str | None = None
+
+
+def merge_samples(parts: Sequence[LLCSamples]) -> LLCSamples:
+    """Combine the samples of several processes (each ran some of the chains)."""
+    rows = sorted(
+        (chain, part.traces, i) for part in parts for i, chain in enumerate(part.traces.chains)
+    )
+    first = parts[0]
+    paired = first.traces.reference is not None
+    traces = ChainTraces(
+        chains=[chain for chain, _, _ in rows],
+        loss=torch.stack([tr.loss[i] for _, tr, i in rows]),
+        reference=torch.stack([tr.reference[i] for _, tr, i in rows]) if paired else None,
+        observables={
+            name: torch.stack([tr.observables[name][i] for _, tr, i in rows])
+            for name in first.traces.observables
+        },
+        diverged=torch.stack([tr.diverged[i] for _, tr, i in rows]),
+    )
+    init_losses = torch.cat([part.init_losses for part in parts])
+    return LLCSamples(traces, init_losses, first.sampler, first.component)
+
+
+def llc_from_samples(samples: LLCSamples) -> LLCEstimate:
+    """The :class:`LLCEstimate` of some samples."""
+    return llc_from_traces(
+        samples.traces, samples.sampler, samples.init_losses, component=samples.component
+    )
+
+
+def sample_llc(
     model: nn.Module,
     dataloader: Iterable,
     loss_fn: LossFn | None = None,
@@ -192,7 +237,65 @@ def estimate_llc(
     transfer: Callable[[Any], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     chain_ids: Sequence[int] | None = None,
-    gather: Callable[[ChainTraces], ChainTraces] | None = None,
+) -> LLCSamples:
+    """The sampling half of :func:`estimate_llc` (same arguments).
+
+    ``chain_ids`` selects the chains this process runs (default all), so that processes can
+    split the chains and :func:`merge_samples` can combine their results.
+    """
+    check_counts(
+        num_chains=num_chains,
+        num_draws=num_draws,
+        steps_between_draws=steps_between_draws,
+        init_loss_batches=init_loss_batches,
+    )
+    if isinstance(num_burnin, bool) or not isinstance(num_burnin, int) or num_burnin < 0:
+        raise ValueError(f"num_burnin={num_burnin!r} is invalid; use an integer >= 0.")
+    loss_fn = loss_fn or default_loss_fn(model)
+    sampler = sampler or SGLD(lr=1e-3)
+    flat = FlatModel(model, train_mode=train_mode)
+    if component is not None:
+        component.validate(model)
+        flat.activate(component.masks)
+    transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
+    init_losses, batch_size = reference_losses(
+        flat, loss_fn, dataloader, init_loss_batches, seed, transfer
+    )
+    sampler = sampler.resolve(batch_size)
+    traces = run_chains(
+        flat,
+        loss_fn,
+        dataloader,
+        sampler,
+        chains=list(range(num_chains)) if chain_ids is None else list(chain_ids),
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        steps_between_draws=steps_between_draws,
+        seed=seed,
+        paired=paired,
+        transfer=transfer,
+        progress=progress,
+    )
+    return LLCSamples(traces, init_losses, sampler, component and component.name)
+
+
+def estimate_llc(
+    model: nn.Module,
+    dataloader: Iterable,
+    loss_fn: LossFn | None = None,
+    *,
+    sampler: SGLD | None = None,
+    num_chains: int = 4,
+    num_draws: int = 200,
+    num_burnin: int = 0,
+    steps_between_draws: int = 1,
+    component: Component | None = None,
+    seed: int = 0,
+    init_loss_batches: int = 16,
+    paired: bool = True,
+    train_mode: bool = False,
+    transfer: Callable[[Any], Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LLCEstimate:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
 
@@ -219,8 +322,6 @@ def estimate_llc(
         train_mode: sample in train mode (dropout, BatchNorm batch statistics) instead of eval.
         transfer: moves a batch to the model's device; default moves every tensor.
         progress: called as ``progress(done_steps, total_steps)`` while sampling.
-        chain_ids: the chains this process runs (default all); for distributed use.
-        gather: combines this process's traces with the other processes'; for distributed use.
 
     Returns:
         The :class:`LLCEstimate`.
@@ -229,42 +330,40 @@ def estimate_llc(
         >>> est = estimate_llc(model, loader, loss_fn, sampler=SGLD(lr=1e-4, nbeta=10))
         >>> est.mean, est.std, est.healthy
     """
-    _check_counts(
-        num_chains=num_chains,
-        num_draws=num_draws,
-        steps_between_draws=steps_between_draws,
-        init_loss_batches=init_loss_batches,
+    return llc_from_samples(
+        sample_llc(
+            model,
+            dataloader,
+            loss_fn,
+            sampler=sampler,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            steps_between_draws=steps_between_draws,
+            component=component,
+            seed=seed,
+            init_loss_batches=init_loss_batches,
+            paired=paired,
+            train_mode=train_mode,
+            transfer=transfer,
+            progress=progress,
+        )
     )
-    if num_burnin < 0:
-        raise ValueError(f"num_burnin={num_burnin} is invalid; use 0 or more burn-in steps.")
+
+
+def check_inputs(
+    model: nn.Module,
+    dataloader: Iterable,
+    loss_fn: LossFn | None = None,
+    transfer: Callable[[Any], Any] | None = None,
+) -> None:
+    """Fail early, with a message that says what to change, if sampling ``model`` on
+    ``dataloader`` with ``loss_fn`` cannot work (no trainable weights, no batch, a loss that
+    is not a finite tensor)."""
     loss_fn = loss_fn or default_loss_fn(model)
-    sampler = sampler or SGLD(lr=1e-3)
-    flat = FlatModel(model, train_mode=train_mode)
-    if component is not None:
-        component.validate(model)
-        flat.activate(component.masks)
+    flat = FlatModel(model)
     transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
-    init_losses, batch_size = reference_losses(
-        flat, loss_fn, dataloader, init_loss_batches, seed, transfer
-    )
-    sampler = sampler.resolve(batch_size)
-    traces = run_chains(
-        flat,
-        loss_fn,
-        dataloader,
-        sampler,
-        chains=list(range(num_chains)) if chain_ids is None else list(chain_ids),
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        steps_between_draws=steps_between_draws,
-        seed=seed,
-        paired=paired,
-        transfer=transfer,
-        progress=progress,
-    )
-    if gather is not None:
-        traces = gather(traces)
-    return llc_from_traces(traces, sampler, init_losses, component=component and component.name)
+    reference_losses(flat, loss_fn, dataloader, 1, 0, transfer)
 
 
 @torch.no_grad()
@@ -296,7 +395,7 @@ def reference_losses(
     return losses, batch_size
 
 
-def _check_counts(**counts: int) -> None:
+def check_counts(**counts: int) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} is invalid; use an integer >= 1.")

@@ -1,0 +1,320 @@
+"""LLCMonitor: the local learning coefficient of the model, on a schedule, during training."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lightning_devinterp.callbacks.distributed import all_gather_objects, my_chains
+from lightning_devinterp.callbacks.isolation import isolated
+from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.estimators import (
+    LLCEstimate,
+    check_inputs,
+    llc_from_samples,
+    merge_samples,
+    sample_llc,
+)
+from lightning_devinterp.estimators.llc import check_counts
+from lightning_devinterp.reporting import JsonlWriter, log_scalars
+from lightning_devinterp.sampling import SGLD
+
+#: Published small-transformer settings (rLLC paper): used when no sampler is given.
+DEFAULT_LR = 1e-3
+DEFAULT_LOCALIZATION = 200.0
+
+
+class LLCMonitor(Callback):
+    r"""Estimate the local learning coefficient (LLC) of the model on a schedule.
+
+    At each scheduled ``trainer.global_step`` it runs SGLD chains on a private copy of the
+    model (training is never disturbed: weights, optimizer state, RNG streams, modes and the
+    training data iterator are left exactly as found), then sends ``<name>/mean``,
+    ``<name>/std`` and health scalars to every logger and to ``trainer.callback_metrics``
+    (so ``ModelCheckpoint``/``EarlyStopping`` can monitor ``llc/mean``), appends the record to
+    ``<log_dir>/devinterp/<name>.jsonl`` and to :attr:`history`.
+
+    Args:
+        sampler: SGLD settings. Default: ``SGLD(lr=1e-3, nbeta=m/log m, localization=200)``
+            (published small-transformer settings, not calibrated for your model).
+        num_chains: chains per estimate (split across processes under DDP).
+        num_draws: draws per chain.
+        num_burnin: SGLD steps discarded per chain before the first draw.
+        steps_between_draws: SGLD steps from one draw to the next.
+        seed: seed of the chains' noise and batch order; the same dice at every estimate
+            (common random numbers), so the curve moves with the weights, not the noise.
+        init_loss_batches: batches averaged for L(w*).
+        paired: paired estimator (each draw minus w*'s loss on the same minibatch).
+        train_mode: sample with the model in train mode (default eval).
+        every_n_steps: estimate every n optimizer steps.
+        num_estimates: estimate at this many log-spaced steps over the run (default 20 when no
+            schedule is given).
+        at_steps: estimate at exactly these steps (0 = before training).
+        at_train_end: also estimate at the last step, if not already scheduled.
+        dataloader: data for sampling; default the trainer's train dataloader (a fresh iterator;
+            the training iterator is never advanced).
+        loss_fn: ``loss_fn(model, batch)`` returning the mean loss or per-sample losses. Default:
+            the module's ``training_step`` with ``self.log`` silenced.
+        on_error: ``"warn"`` reports a failed estimate and training goes on; ``"raise"`` stops.
+        name: prefix of the metrics and name of the JSON-lines file (two monitors need two
+            names).
+        output_dir: where the JSON-lines file goes; default ``<trainer.log_dir>/devinterp``.
+
+    Example::
+
+        trainer = L.Trainer(max_steps=2000, callbacks=[LLCMonitor(every_n_steps=200)])
+        trainer.fit(model, datamodule)
+        monitor.history[-1]["llc/mean"]
+    """
+
+    def __init__(
+        self,
+        sampler: SGLD | None = None,
+        *,
+        num_chains: int = 4,
+        num_draws: int = 200,
+        num_burnin: int = 0,
+        steps_between_draws: int = 1,
+        seed: int = 0,
+        init_loss_batches: int = 16,
+        paired: bool = True,
+        train_mode: bool = False,
+        every_n_steps: int | None = None,
+        num_estimates: int | None = None,
+        at_steps: Sequence[int] | None = None,
+        at_train_end: bool = False,
+        dataloader: Iterable | None = None,
+        loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+        on_error: Literal["warn", "raise"] = "warn",
+        name: str = "llc",
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if sampler is not None and not isinstance(sampler, SGLD):
+            raise TypeError(f"sampler must be an SGLD, got {type(sampler).__name__}.")
+        check_counts(
+            num_chains=num_chains,
+            num_draws=num_draws,
+            steps_between_draws=steps_between_draws,
+            init_loss_batches=init_loss_batches,
+        )
+        if isinstance(num_burnin, bool) or not isinstance(num_burnin, int) or num_burnin < 0:
+            raise ValueError(f"num_burnin={num_burnin!r} is invalid; use an integer >= 0.")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error={on_error!r} is invalid; use 'warn' or 'raise'.")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}.")
+        if not name or "/" in name:
+            raise ValueError(f"name={name!r} is invalid; use a non-empty name without '/'.")
+        self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
+        self.sampler = sampler
+        self.sampling = dict(
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            steps_between_draws=steps_between_draws,
+            seed=seed,
+            init_loss_batches=init_loss_batches,
+            paired=paired,
+            train_mode=train_mode,
+        )
+        self.at_train_end = at_train_end
+        self.dataloader = dataloader
+        self.loss_fn = loss_fn
+        self.on_error = on_error
+        self.name = name
+        self.output_dir = output_dir
+        self.history: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.last_estimate: LLCEstimate | None = None
+        self._writer: JsonlWriter | None = None
+        self._active = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @property
+    def jsonl_path(self) -> Path | None:
+        """The JSON-lines file this monitor writes (known once training has been set up)."""
+        return self._writer.path if self._writer else None
+
+    # ---------------------------------------------------------------- hooks
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        _check_strategy(trainer)
+        folder = self.output_dir or str(
+            Path(trainer.log_dir or trainer.default_root_dir) / "devinterp"
+        )
+        self._writer = JsonlWriter(Path(folder) / f"{self.name}.jsonl")
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._active = not trainer.fast_dev_run
+        if not self._active:
+            rank_zero_info(f"LLCMonitor({self.name}): skipped under fast_dev_run.")
+            return
+        last = trainer.max_steps if trainer.max_steps >= 0 else trainer.estimated_stepping_batches
+        self.schedule.resolve(last)
+        with isolated(pl_module):
+            check_inputs(pl_module, self._data(trainer), self.loss_fn, self._transfer(pl_module))
+        if self.sampler is None:
+            rank_zero_warn(
+                f"LLCMonitor({self.name}): no sampler given, using lr={DEFAULT_LR}, "
+                f"localization={DEFAULT_LOCALIZATION}, nbeta=batch_size/log(batch_size) "
+                "(published small-transformer settings, not calibrated for this model)."
+            )
+        if trainer.is_global_zero and self._writer is not None:
+            self._writer.rewrite(self.history)
+        self._maybe_estimate(trainer, pl_module, trainer.global_step)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._maybe_estimate(trainer, pl_module, trainer.global_step)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_train_end:
+            self._maybe_estimate(trainer, pl_module, trainer.global_step, force=True)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(r) for r in self.history], "errors": list(self.errors)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.errors = list(state_dict.get("errors", []))
+
+    # ---------------------------------------------------------------- work
+
+    def _maybe_estimate(
+        self, trainer: Trainer, pl_module: LightningModule, step: int, force: bool = False
+    ) -> None:
+        if not self._active or trainer.sanity_checking:
+            return
+        if not (force or self.schedule.is_due(step)):
+            return
+        if any(r["step"] == step for r in self.history):
+            return
+        self.estimate(trainer, pl_module, step)
+
+    def estimate(
+        self, trainer: Trainer, pl_module: LightningModule, step: int
+    ) -> LLCEstimate | None:
+        """Run one estimate now, record and report it; returns it (None if it failed)."""
+        started = time.perf_counter()
+        with isolated(pl_module):
+            try:
+                samples = sample_llc(
+                    pl_module,
+                    self._data(trainer),
+                    self.loss_fn,
+                    sampler=self.sampler or SGLD(lr=DEFAULT_LR, localization=DEFAULT_LOCALIZATION),
+                    transfer=self._transfer(pl_module),
+                    chain_ids=my_chains(
+                        self.sampling["num_chains"], trainer.global_rank, trainer.world_size
+                    ),
+                    **self.sampling,
+                )
+                payload: Any = samples
+            except Exception as error:  # reported below, on every rank alike
+                if self.on_error == "raise" and trainer.world_size == 1:
+                    raise
+                payload = f"{type(error).__name__}: {error}"
+        parts = all_gather_objects(payload, trainer.world_size)
+        failures = [p for p in parts if isinstance(p, str)]
+        if failures:
+            self._fail(trainer, step, failures[0])
+            return None
+        estimate = llc_from_samples(merge_samples(parts))
+        self._record(trainer, step, estimate, time.perf_counter() - started)
+        return estimate
+
+    def _record(self, trainer: Trainer, step: int, est: LLCEstimate, seconds: float) -> None:
+        metrics = est.metrics(self.name)
+        record: dict[str, Any] = {
+            "step": step,
+            "epoch": trainer.current_epoch,
+            **metrics,
+            f"{self.name}/per_chain": [float(v) for v in est.per_chain],
+            f"{self.name}/nbeta": float(est.sampler.nbeta),
+            f"{self.name}/seconds": seconds,
+            f"{self.name}/warnings": list(est.warnings),
+        }
+        self.history.append(record)
+        self.last_estimate = est
+        for key, value in metrics.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        if trainer.is_global_zero:
+            if self._writer is not None:
+                self._writer.append(record)
+            log_scalars(trainer.loggers, metrics, step)
+            for message in est.warnings:
+                rank_zero_warn(f"LLCMonitor({self.name}) at step {step}: {message}")
+
+    def _fail(self, trainer: Trainer, step: int, message: str) -> None:
+        if self.on_error == "raise":
+            raise RuntimeError(
+                f"LLCMonitor({self.name}): estimate at step {step} failed: {message}"
+            )
+        failure = {"step": step, "error": message}
+        self.errors.append(failure)
+        if trainer.is_global_zero and self._writer is not None:
+            self._writer.append(failure)
+        rank_zero_warn(
+            f"LLCMonitor({self.name}): the estimate at step {step} failed ({message}); training "
+            "continues. Pass on_error='raise' to stop instead."
+        )
+
+    def _data(self, trainer: Trainer) -> Iterable:
+        if self.dataloader is not None:
+            return self.dataloader
+        loader = trainer.train_dataloader
+        if not isinstance(loader, DataLoader):
+            raise ValueError(
+                f"LLCMonitor({self.name}) cannot sample from a train dataloader of type "
+                f"{type(loader).__name__}; pass LLCMonitor(dataloader=...) with one DataLoader."
+            )
+        if loader.num_workers > 0 and loader.persistent_workers:
+            # A second iterator over a persistent-workers loader would reset training's.
+            loader = DataLoader(
+                loader.dataset,
+                batch_sampler=loader.batch_sampler,
+                collate_fn=loader.collate_fn,
+                num_workers=0,
+            )
+        return loader
+
+    @staticmethod
+    def _transfer(pl_module: LightningModule) -> Callable[[Any], Any]:
+        def transfer(batch: Any) -> Any:
+            batch = pl_module.on_before_batch_transfer(batch, 0)
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            return pl_module.on_after_batch_transfer(batch, 0)
+
+        return transfer
+
+
+def _check_strategy(trainer: Trainer) -> None:
+    name = type(trainer.strategy).__name__
+    if "FSDP" in name or "DeepSpeed" in name or "ModelParallel" in name:
+        raise ValueError(
+            f"LLCMonitor cannot run under {name} yet: it samples a full copy of the weights. "
+            "Use DDP (strategy='ddp') for the analysed run, or estimate after training with "
+            "estimate_llc on the gathered model."
+        )

@@ -1,0 +1,103 @@
+"""When to estimate: every n steps, a number of log-spaced steps, or explicit steps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Log-spaced estimates when no schedule is given.
+DEFAULT_NUM_ESTIMATES = 20
+
+
+class Schedule:
+    """The training steps (``trainer.global_step``) at which an analysis runs.
+
+    Give at most one of ``every_n_steps``, ``num_estimates`` or ``at_steps``; with none,
+    ``num_estimates=20`` log-spaced over the run. Step 0 means before the first update.
+
+    Args:
+        every_n_steps: every n optimizer steps (n, 2n, ...).
+        num_estimates: this many steps, log-spaced from 1 to the run's last step.
+        at_steps: exactly these steps.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        num_estimates: int | None = None,
+        at_steps: Sequence[int] | None = None,
+    ) -> None:
+        given = [
+            n
+            for n, v in (
+                ("every_n_steps", every_n_steps),
+                ("num_estimates", num_estimates),
+                ("at_steps", at_steps),
+            )
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(
+                f"Give only one of every_n_steps, num_estimates, at_steps (got {', '.join(given)})."
+            )
+        for name, value in (("every_n_steps", every_n_steps), ("num_estimates", num_estimates)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}={value!r} is invalid; use an integer >= 1.")
+        if at_steps is not None:
+            steps = list(at_steps)
+            if not steps or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps
+            ):
+                raise ValueError(
+                    f"at_steps={at_steps!r} is invalid; use a non-empty list of integers >= 0."
+                )
+            at_steps = sorted(set(steps))
+        if not given:
+            num_estimates = DEFAULT_NUM_ESTIMATES
+        self.every_n_steps = every_n_steps
+        self.num_estimates = num_estimates
+        self.at_steps = at_steps
+        self._steps: set[int] | None = set(at_steps) if at_steps is not None else None
+
+    def resolve(self, last_step: float) -> None:
+        """Fix the steps for a run whose last optimizer step is ``last_step``.
+
+        Raises ``ValueError`` if the schedule selects no step of the run.
+        """
+        if self.num_estimates is not None:
+            if not math.isfinite(last_step) or last_step < 1:
+                raise ValueError(
+                    "num_estimates needs the run's length, but the trainer has no finite max_steps "
+                    "or max_epochs; set max_steps, or use every_n_steps or at_steps."
+                )
+            self._steps = log_spaced_steps(int(last_step), self.num_estimates)
+        first = (
+            self.every_n_steps if self.every_n_steps is not None else min(self._steps or {math.inf})
+        )
+        if first > last_step:
+            raise ValueError(
+                f"The schedule selects no step of this run (first step {first}, the run ends at "
+                f"step {last_step}); choose steps up to {last_step}."
+            )
+
+    def is_due(self, step: int) -> bool:
+        """Whether ``step`` is scheduled."""
+        if self.every_n_steps is not None:
+            return step > 0 and step % self.every_n_steps == 0
+        return self._steps is not None and step in self._steps
+
+
+def log_spaced_steps(last_step: int, count: int) -> set[int]:
+    """``count`` distinct steps from 1 to ``last_step``, as evenly spaced in log(step) as
+    integers allow (fewer when ``last_step < count``)."""
+    count = min(count, last_step)
+    points = count
+    while True:
+        steps = set(np.unique(np.round(np.geomspace(1, last_step, points))).astype(int).tolist())
+        if len(steps) >= count or points > 4 * count + last_step:
+            return steps
+        points += 1

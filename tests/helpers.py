@@ -1,0 +1,70 @@
+"""Small models and data shared by the tests."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def regression_data(n: int = 256, d: int = 4, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, 1, generator=g)
+    y = x @ w + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+class RegressionModule(L.LightningModule):
+    """An MLP with dropout and BatchNorm whose training_step also draws from numpy and random."""
+
+    def __init__(self, d: int = 4, hidden: int = 16, lr: float = 0.01, batch_size: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, 1)
+        )
+        self.lr = lr
+        self.batch_size = batch_size
+        self.losses: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        jitter = float(np.random.rand()) * 1e-3 + random.random() * 1e-3
+        loss = nn.functional.mse_loss(self(x + jitter), y)
+        self.log("train_loss", loss)
+        self.losses.append(float(loss))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self):
+        return DataLoader(regression_data(), batch_size=self.batch_size, shuffle=True)
+
+
+def mse_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path,
+        max_steps=6,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        deterministic=True,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
