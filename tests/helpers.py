@@ -22,11 +22,23 @@ def regression_data(n: int = 256, d: int = 4, seed: int = 0) -> TensorDataset:
 class RegressionModule(L.LightningModule):
     """An MLP with dropout and BatchNorm whose training_step also draws from numpy and random."""
 
-    def __init__(self, d: int = 4, hidden: int = 16, lr: float = 0.01, batch_size: int = 32):
+    def __init__(
+        self,
+        d: int = 4,
+        hidden: int = 16,
+        lr: float = 0.01,
+        batch_size: int = 32,
+        noisy: bool = True,
+    ):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, 1)
+            nn.Linear(d, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(0.1 if noisy else 0.0),
+            nn.Linear(hidden, 1),
         )
+        self.noisy = noisy
         self.lr = lr
         self.batch_size = batch_size
         self.losses: list[float] = []
@@ -36,10 +48,10 @@ class RegressionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        jitter = float(np.random.rand()) * 1e-3 + random.random() * 1e-3
+        jitter = float(np.random.rand()) * 1e-3 + random.random() * 1e-3 if self.noisy else 0.0
         loss = nn.functional.mse_loss(self(x + jitter), y)
         self.log("train_loss", loss)
-        self.losses.append(float(loss))
+        self.losses.append(loss.item())
         return loss
 
     def configure_optimizers(self):

@@ -1,0 +1,52 @@
+"""Run by test_ddp.py as a script: two CPU processes (gloo) train with an LLCMonitor.
+
+Each rank writes its monitor's history and the chains it sampled to ``<out>/rank<k>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+import lightning_devinterp.callbacks.llc_monitor as llc_monitor
+from lightning_devinterp import SGLD, LLCMonitor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.helpers import RegressionModule  # noqa: E402
+
+
+def main(out: Path) -> None:
+    sampled: list[list[int]] = []
+    sample_llc = llc_monitor.sample_llc
+
+    def recording_sample_llc(*args, **kwargs):
+        sampled.append(list(kwargs["chain_ids"]))
+        return sample_llc(*args, **kwargs)
+
+    llc_monitor.sample_llc = recording_sample_llc
+    L.seed_everything(0, verbose=False)
+    monitor = LLCMonitor(
+        SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=4, num_draws=10, every_n_steps=2
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=4,
+        default_root_dir=out,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+    )
+    trainer.fit(RegressionModule(noisy=False))
+    result = {"history": monitor.history, "sampled": sampled, "rank": trainer.global_rank}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,32 @@
+"""LLCMonitor under real DDP: two CPU processes with the gloo backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
+    script = Path(__file__).with_name("ddp_run.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert ranks[0]["sampled"] == [[0, 2], [0, 2]]
+    assert ranks[1]["sampled"] == [[1, 3], [1, 3]]
+    h0, h1 = ranks[0]["history"], ranks[1]["history"]
+    assert [r["step"] for r in h0] == [2, 4]
+    timeless = [[{k: v for k, v in r.items() if k != "llc/seconds"} for r in h] for h in (h0, h1)]
+    assert timeless[0] == timeless[1]  # wall time is each rank's own
+    assert all(len(r["llc/per_chain"]) == 4 for r in h0)
+    jsonl = list((tmp_path / "devinterp").glob("*.jsonl")) + list(tmp_path.rglob("llc.jsonl"))
+    assert jsonl, "rank zero writes the JSON-lines file"

@@ -1,0 +1,246 @@
+"""LLCMonitor in real Trainer runs on CPU."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp.reporting import read_jsonl
+from tests.helpers import RegressionModule, mse_loss, regression_data, trainer
+
+FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=10)
+
+
+def fit(tmp_path, monitor=None, seed=0, module=RegressionModule, **trainer_kwargs):
+    """Seed, build the module from its factory, fit."""
+    L.seed_everything(seed, verbose=False)
+    module = module()
+    trainer_kwargs.setdefault("callbacks", [monitor] if monitor else [])
+    t = trainer(tmp_path, **trainer_kwargs)
+    t.fit(module)
+    return t, module
+
+
+def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
+    """Dropout, BatchNorm, a shuffling loader and numpy/random in training_step: the monitor
+    must leave weights, buffers, optimizer state and the logged losses exactly as they were."""
+    plain, m0 = fit(tmp_path / "plain", max_steps=10)
+    monitor = LLCMonitor(every_n_steps=3, **FAST)
+    watched, m1 = fit(tmp_path / "watched", monitor, max_steps=10)
+    assert [r["step"] for r in monitor.history] == [3, 6, 9]
+    assert m0.losses == m1.losses
+    for (k0, v0), (k1, v1) in zip(m0.state_dict().items(), m1.state_dict().items(), strict=True):
+        assert k0 == k1 and torch.equal(v0, v1), k0
+    opt0, opt1 = plain.optimizers[0].state_dict(), watched.optimizers[0].state_dict()
+    for s0, s1 in zip(opt0["state"].values(), opt1["state"].values(), strict=True):
+        for key in s0:
+            assert torch.equal(s0[key], s1[key]), key
+    assert m1.training and all(p.grad is None or p.requires_grad for p in m1.parameters())
+
+
+def test_outputs_reach_history_jsonl_loggers_and_callback_metrics(tmp_path):
+    monitor = LLCMonitor(every_n_steps=2, **FAST)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="llc/mean", every_n_train_steps=2
+    )
+    t, _ = fit(
+        tmp_path,
+        monitor,
+        max_steps=6,
+        logger=CSVLogger(tmp_path),
+        callbacks=[monitor, checkpoint],
+        enable_checkpointing=True,
+    )
+    steps = [r["step"] for r in monitor.history]
+    assert steps == [2, 4, 6]
+    for r in monitor.history:
+        assert math.isfinite(r["llc/mean"]) and r["llc/std"] >= 0
+        assert len(r["llc/per_chain"]) == 2
+    assert read_jsonl(monitor.jsonl_path) == monitor.history
+    assert monitor.jsonl_path.parent == (tmp_path / "lightning_logs" / "version_0" / "devinterp")
+    csv = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "llc/mean" in csv.splitlines()[0]
+    assert float(t.callback_metrics["llc/mean"]) == pytest.approx(monitor.history[-1]["llc/mean"])
+    assert checkpoint.best_model_score is not None
+
+
+def test_resume_continues_the_curve_without_loss_or_duplicates(tmp_path):
+    def module():  # no RNG use in training, so a resumed run retraces the same weights
+        m = RegressionModule(noisy=False)
+        m.train_dataloader = lambda: DataLoader(regression_data(), batch_size=32)  # 8 steps/epoch
+        return m
+
+    full = LLCMonitor(every_n_steps=4, **FAST)
+    fit(tmp_path / "full", full, module=module, max_steps=16)
+
+    first = LLCMonitor(every_n_steps=4, **FAST)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=8, save_top_k=-1)
+    fit(
+        tmp_path / "a",
+        first,
+        module=module,
+        max_steps=8,
+        callbacks=[first, ckpt],
+        enable_checkpointing=True,
+    )
+    resumed = LLCMonitor(every_n_steps=4, **FAST)
+    L.seed_everything(0, verbose=False)
+    t = trainer(tmp_path / "b", callbacks=[resumed], max_steps=16)
+    t.fit(module(), ckpt_path=str(next((tmp_path / "ck").glob("*.ckpt"))))
+
+    assert [r["step"] for r in resumed.history] == [4, 8, 12, 16]
+    for a, b in zip(full.history, resumed.history, strict=True):
+        assert a["llc/mean"] == pytest.approx(b["llc/mean"], rel=1e-6)
+    assert read_jsonl(resumed.jsonl_path) == resumed.history
+
+
+def test_log_spaced_schedule_train_start_and_end(tmp_path):
+    monitor = LLCMonitor(num_estimates=4, **FAST)
+    fit(tmp_path, monitor, max_steps=20)
+    steps = [r["step"] for r in monitor.history]
+    assert steps == [1, 3, 7, 20]
+
+    monitor = LLCMonitor(at_steps=[0, 5], at_train_end=True, **FAST)
+    fit(tmp_path, monitor, max_steps=7)
+    assert [r["step"] for r in monitor.history] == [0, 5, 7]
+
+
+def test_never_runs_under_fast_dev_run_or_sanity_check(tmp_path):
+    monitor = LLCMonitor(every_n_steps=1, **FAST)
+    fit(tmp_path, monitor, fast_dev_run=3)
+    assert monitor.history == []
+
+
+def test_default_sampler_works_and_says_it_is_uncalibrated(tmp_path):
+    monitor = LLCMonitor(at_steps=[2], num_chains=1, num_draws=5)
+    with pytest.warns(UserWarning, match="not calibrated"):
+        fit(tmp_path, monitor, max_steps=2)
+    record = monitor.history[0]
+    assert record["llc/nbeta"] == pytest.approx(32 / math.log(32))
+
+
+def test_loss_fn_and_dataloader_arguments(tmp_path):
+    loader = DataLoader(regression_data(n=64, seed=3), batch_size=16, shuffle=True)
+    monitor = LLCMonitor(at_steps=[2], dataloader=loader, loss_fn=mse_loss, **FAST)
+    fit(tmp_path, monitor, max_steps=2)
+    assert monitor.history[0]["llc/nbeta"] == 10.0 and math.isfinite(monitor.history[0]["llc/mean"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_chains=0), "num_chains=0"),
+        (dict(num_draws=0), "num_draws=0"),
+        (dict(num_burnin=-1), "num_burnin=-1"),
+        (dict(every_n_steps=0), "every_n_steps=0"),
+        (dict(at_steps=[]), "at_steps"),
+        (dict(every_n_steps=2, num_estimates=3), "only one of"),
+        (dict(on_error="ignore"), "on_error"),
+        (dict(sampler="sgld"), "SGLD"),
+        (dict(loss_fn=3), "loss_fn"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        LLCMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "sampler_kwargs, match",
+    [
+        (dict(lr=0), "lr=0"),
+        (dict(lr=1e-3, nbeta=-1), "nbeta=-1"),
+        (dict(lr=1e-3, localization=-2), "localization=-2"),
+    ],
+)
+def test_bad_sampler_settings_fail_at_construction(sampler_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SGLD(**sampler_kwargs)
+
+
+def test_schedule_beyond_the_run_fails_at_start(tmp_path):
+    with pytest.raises(ValueError, match="selects no step"):
+        fit(tmp_path, LLCMonitor(every_n_steps=50, **FAST), max_steps=5)
+
+
+@pytest.mark.parametrize(
+    "loss_fn, match",
+    [
+        (lambda m, b: 1.0, "returned float"),
+        (lambda m, b: mse_loss(m, b) * float("nan"), "non-finite"),
+    ],
+)
+def test_bad_loss_fn_fails_at_start(tmp_path, loss_fn, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        fit(tmp_path, LLCMonitor(at_steps=[1], loss_fn=loss_fn, **FAST), max_steps=2)
+
+
+def test_empty_dataloader_and_frozen_model_fail_at_start(tmp_path):
+    empty = DataLoader(regression_data(n=8), batch_size=16, drop_last=True)
+    with pytest.raises(ValueError, match="yields no batch"):
+        fit(tmp_path, LLCMonitor(at_steps=[1], dataloader=empty, **FAST), max_steps=2)
+
+    class Frozen(RegressionModule):
+        def configure_optimizers(self):
+            return None
+
+    def frozen():
+        module = Frozen()
+        module.requires_grad_(False)
+        return module
+
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(tmp_path, LLCMonitor(at_steps=[1], **FAST), module=frozen, max_steps=2)
+
+
+def test_unsupported_strategy_is_refused_with_advice():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    fake = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="cannot run under FSDPStrategy.*ddp"):
+        LLCMonitor().setup(fake, None, "fit")
+
+
+class FailingLoss:
+    """Works for the start-up check, then raises during sampling."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("boom")
+        return mse_loss(model, batch)
+
+
+def test_on_error_warn_keeps_training_and_records_the_failure(tmp_path):
+    monitor = LLCMonitor(at_steps=[2], loss_fn=FailingLoss(), **FAST)
+    with pytest.warns(UserWarning, match="failed .*boom.*training continues"):
+        t, _ = fit(tmp_path, monitor, max_steps=4)
+    assert t.global_step == 4
+    assert monitor.history == [] and monitor.errors[0]["step"] == 2
+    assert read_jsonl(monitor.jsonl_path)[0]["error"].startswith("RuntimeError")
+
+
+def test_on_error_raise_stops(tmp_path):
+    monitor = LLCMonitor(at_steps=[2], loss_fn=FailingLoss(), on_error="raise", **FAST)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tmp_path, monitor, max_steps=4)
+
+
+def test_state_dict_round_trip():
+    monitor = LLCMonitor(**FAST)
+    monitor.history.append({"step": 3, "llc/mean": 1.5})
+    other = LLCMonitor(**FAST)
+    other.load_state_dict(monitor.state_dict())
+    assert other.history == monitor.history
+    assert LLCMonitor(name="a").state_key != LLCMonitor(name="b").state_key
