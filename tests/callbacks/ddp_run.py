@@ -10,12 +10,27 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 
 import lightning_devinterp.callbacks.llc_monitor as llc_monitor
 from lightning_devinterp import SGLD, LLCMonitor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.helpers import RegressionModule  # noqa: E402
+
+
+class FailsOnRankOne:
+    """A loss that passes the start-up check, then raises during sampling on rank 1 only."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        if self.calls > 3 and torch.distributed.get_rank() == 1:
+            raise RuntimeError("rank one fails")
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y)
 
 
 def main(out: Path) -> None:
@@ -31,6 +46,9 @@ def main(out: Path) -> None:
     monitor = LLCMonitor(
         SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=4, num_draws=10, every_n_steps=2
     )
+    flaky = LLCMonitor(
+        name="flaky", loss_fn=FailsOnRankOne(), num_chains=2, num_draws=5, at_steps=[2]
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -41,10 +59,16 @@ def main(out: Path) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[monitor],
+        callbacks=[monitor, flaky],
     )
     trainer.fit(RegressionModule(noisy=False))
-    result = {"history": monitor.history, "sampled": sampled, "rank": trainer.global_rank}
+    result = {
+        "history": monitor.history,
+        "sampled": sampled,
+        "rank": trainer.global_rank,
+        "flaky_errors": flaky.errors,
+        "steps": trainer.global_step,
+    }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 

@@ -21,8 +21,14 @@ def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
-    assert ranks[0]["sampled"] == [[0, 2], [0, 2]]
-    assert ranks[1]["sampled"] == [[1, 3], [1, 3]]
+    # the main monitor's two estimates; the flaky monitor's call comes in between
+    assert [c for c in ranks[0]["sampled"] if len(c) == 2] == [[0, 2], [0, 2]]
+    assert [c for c in ranks[1]["sampled"] if len(c) == 2] == [[1, 3], [1, 3]]
+    # a failure on rank 1 alone neither hangs rank 0 nor stops training, and both ranks know
+    for rank in ranks:
+        assert rank["steps"] == 4
+        assert [e["step"] for e in rank["flaky_errors"]] == [2]
+        assert "rank one fails" in rank["flaky_errors"][0]["error"]
     h0, h1 = ranks[0]["history"], ranks[1]["history"]
     assert [r["step"] for r in h0] == [2, 4]
     timeless = [[{k: v for k, v in r.items() if k != "llc/seconds"} for r in h] for h in (h0, h1)]
