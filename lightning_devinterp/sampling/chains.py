@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lightning_devinterp.sampling.batches import BatchStream, chain_seed, move_to_device
-from lightning_devinterp.sampling.sgld import SGLD
+from lightning_devinterp.sampling.sgld import NOISE_CHUNK, SGLD
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 Observable = Callable[[nn.Module], torch.Tensor]
@@ -132,7 +132,13 @@ class FlatModel:
             )
             if not bool(selected.all()):
                 self.index = selected.nonzero().squeeze(1)
-        self.grad = torch.empty_like(flat)
+        self.grad = torch.zeros_like(flat)
+        offset = 0
+        for _, p in active:  # backward accumulates straight into the flat gradient
+            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        size = self.index.numel() if self.index is not None else total
+        self.noise = torch.empty(min(size, NOISE_CHUNK), dtype=self.dtype, device=self.device)
 
     def reset(self) -> None:
         """Put the sampled entries back at w*."""
@@ -147,13 +153,9 @@ class FlatModel:
     def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         """Mean loss at the current weights; its gradient is written into ``self.grad``."""
         loss = reduce_loss(loss_fn(self.module, batch))
-        params = [p for _, p in self.active]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        flat_grads = [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for p, g in zip(params, grads, strict=True)
-        ]
-        torch.cat(flat_grads, out=self.grad)
+        self.grad.zero_()
+        if loss.requires_grad:  # False when no sampled entry affects the loss
+            loss.backward()
         return loss.detach()
 
     @torch.no_grad()
@@ -171,10 +173,10 @@ class FlatModel:
     def step(self, sampler: SGLD, generator: torch.Generator) -> None:
         """One SGLD update of the sampled entries from the gradient in ``self.grad``."""
         if self.index is None:
-            sampler.step(self.params, self.grad, self.anchor, generator)
+            sampler.step(self.params, self.grad, self.anchor, generator, self.noise)
             return
         sub = self.params[self.index]
-        sampler.step(sub, self.grad[self.index], self.anchor[self.index], generator)
+        sampler.step(sub, self.grad[self.index], self.anchor[self.index], generator, self.noise)
         self.params.index_copy_(0, self.index, sub)
 
 

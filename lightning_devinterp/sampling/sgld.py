@@ -70,25 +70,33 @@ class SGLD:
         grad: torch.Tensor,
         anchor: torch.Tensor,
         generator: torch.Generator,
+        noise: torch.Tensor | None = None,
     ) -> None:
         """Apply one SGLD update in place to the flat vector ``params``.
 
-        ``grad`` is the gradient of the minibatch mean loss at ``params``; ``anchor`` is w*.
-        ``grad`` is overwritten (it serves as the work buffer).
+        ``grad`` is the gradient of the minibatch mean loss at ``params`` (overwritten: it
+        serves as the work buffer); ``anchor`` is w*. ``noise`` is an optional work buffer
+        for the Gaussian draws: they are generated chunk by chunk into it, so the noise needs
+        no memory the size of ``params``.
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
-        lr = self.lr
-        # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi, in four passes.
+        # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi
         drift = grad.mul_(self.nbeta)
         if self.localization:
             drift.add_(params, alpha=self.localization).sub_(anchor, alpha=self.localization)
         if self.weight_decay:
             drift.add_(params, alpha=self.weight_decay)
-        noise = torch.randn(
-            params.shape, generator=generator, device=params.device, dtype=params.dtype
-        )
-        params.add_(drift, alpha=-lr / 2).add_(noise, alpha=self.noise_level * math.sqrt(lr))
+        params.add_(drift, alpha=-self.lr / 2)
+        scale = self.noise_level * math.sqrt(self.lr)
+        if noise is None:
+            noise = params.new_empty(min(params.numel(), NOISE_CHUNK))
+        for chunk in params.split(noise.numel()):
+            chunk.add_(noise[: chunk.numel()].normal_(generator=generator), alpha=scale)
+
+
+#: Gaussian draws are generated in chunks of at most this many entries.
+NOISE_CHUNK = 1 << 20
 
 
 def default_nbeta(batch_size: int) -> float:
