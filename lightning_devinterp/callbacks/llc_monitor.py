@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,14 +16,15 @@ from typing_extensions import override
 from lightning_devinterp.callbacks.distributed import all_gather_objects, my_chains
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.components import Component
 from lightning_devinterp.estimators import (
     LLCEstimate,
     check_inputs,
     llc_from_samples,
     merge_samples,
-    sample_llc,
+    sample_components,
 )
-from lightning_devinterp.estimators.llc import check_counts
+from lightning_devinterp.estimators.llc import check_sampling_args
 from lightning_devinterp.reporting import JsonlWriter, log_scalars
 from lightning_devinterp.sampling import SGLD
 
@@ -63,6 +64,12 @@ class LLCMonitor(Callback):
             the training iterator is never advanced).
         loss_fn: ``loss_fn(model, batch)`` returning the mean loss or per-sample losses. Default:
             the module's ``training_step`` with ``self.log`` silenced.
+        components: ``"heads"`` (one component per attention head, see
+            :func:`attention_heads`) or a list of :class:`Component`: each gets a refined LLC
+            logged as ``r<name>/<component>/mean`` and ``/std`` (for example ``rllc/l0h3/mean``).
+        data: named extra data sets, e.g. ``{"code": code_loader}``: each gives a data-refined
+            LLC (``llc_code/mean``), and with ``components`` a refined one per component
+            (``rllc_code/l0h3/mean``). ``loss_fn`` must accept their batches.
         on_error: ``"warn"`` reports a failed estimate and training goes on; ``"raise"`` stops.
         name: prefix of the metrics and name of the JSON-lines file (two monitors need two
             names).
@@ -93,6 +100,8 @@ class LLCMonitor(Callback):
         at_train_end: bool = False,
         dataloader: Iterable | None = None,
         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+        components: Literal["heads"] | Sequence[Component] | None = None,
+        data: Mapping[str, Iterable] | None = None,
         on_error: Literal["warn", "raise"] = "warn",
         name: str = "llc",
         output_dir: str | None = None,
@@ -100,14 +109,9 @@ class LLCMonitor(Callback):
         super().__init__()
         if sampler is not None and not isinstance(sampler, SGLD):
             raise TypeError(f"sampler must be an SGLD, got {type(sampler).__name__}.")
-        check_counts(
-            num_chains=num_chains,
-            num_draws=num_draws,
-            steps_between_draws=steps_between_draws,
-            init_loss_batches=init_loss_batches,
+        check_sampling_args(
+            num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches
         )
-        if isinstance(num_burnin, bool) or not isinstance(num_burnin, int) or num_burnin < 0:
-            raise ValueError(f"num_burnin={num_burnin!r} is invalid; use an integer >= 0.")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"on_error={on_error!r} is invalid; use 'warn' or 'raise'.")
         if loss_fn is not None and not callable(loss_fn):
@@ -132,9 +136,26 @@ class LLCMonitor(Callback):
         self.on_error = on_error
         self.name = name
         self.output_dir = output_dir
+        if components is not None and components != "heads":
+            if isinstance(components, str) or not all(isinstance(c, Component) for c in components):
+                raise TypeError(
+                    f"components={components!r} is invalid; use 'heads' or a list of Component."
+                )
+            names = [c.name for c in components]
+            if len(set(names)) != len(names):
+                raise ValueError(f"Component names must be unique, got {names}.")
+        for data_name in data or {}:
+            if not isinstance(data_name, str) or not data_name.isidentifier():
+                raise ValueError(
+                    f"data name {data_name!r} is invalid; use names like 'code' or 'prose' "
+                    "(letters, digits, underscores)."
+                )
+        self.components = components
+        self.data = dict(data) if data is not None else None
+        self._components: list[Component] | None = None
         self.history: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
-        self.last_estimate: LLCEstimate | None = None
+        self.last_estimates: dict[str, LLCEstimate] = {}
         self._writer: JsonlWriter | None = None
         self._active = False
 
@@ -215,23 +236,32 @@ class LLCMonitor(Callback):
 
     def estimate(
         self, trainer: Trainer, pl_module: LightningModule, step: int
-    ) -> LLCEstimate | None:
-        """Run one estimate now, record and report it; returns it (None if it failed)."""
+    ) -> dict[str, LLCEstimate] | None:
+        """Run the estimates of one step now, record and report them.
+
+        Returns the estimates by metric prefix (``"llc"``, ``"rllc/l0h1"``, ``"llc_code"``, ...),
+        or None if sampling failed.
+        """
         started = time.perf_counter()
+        components = self._resolve_components(pl_module)
         with isolated(pl_module):
             try:
-                samples = sample_llc(
-                    pl_module,
-                    self._data(trainer),
-                    self.loss_fn,
-                    sampler=self.sampler or SGLD(lr=DEFAULT_LR, localization=DEFAULT_LOCALIZATION),
-                    transfer=self._transfer(pl_module),
-                    chain_ids=my_chains(
-                        self.sampling["num_chains"], trainer.global_rank, trainer.world_size
-                    ),
-                    **self.sampling,
-                )
-                payload: Any = samples
+                payload: Any = {
+                    data_name: sample_components(
+                        pl_module,
+                        loader,
+                        self.loss_fn,
+                        components=[None, *components],
+                        sampler=self.sampler
+                        or SGLD(lr=DEFAULT_LR, localization=DEFAULT_LOCALIZATION),
+                        transfer=self._transfer(pl_module),
+                        chain_ids=my_chains(
+                            self.sampling["num_chains"], trainer.global_rank, trainer.world_size
+                        ),
+                        **self.sampling,
+                    )
+                    for data_name, loader in self._datasets(trainer).items()
+                }
             except Exception as error:  # reported below, on every rank alike
                 if self.on_error == "raise" and trainer.world_size == 1:
                     raise
@@ -241,31 +271,45 @@ class LLCMonitor(Callback):
         if failures:
             self._fail(trainer, step, failures[0])
             return None
-        estimate = llc_from_samples(merge_samples(parts))
-        self._record(trainer, step, estimate, time.perf_counter() - started)
-        return estimate
+        estimates = {}
+        for data_name in parts[0]:
+            for i, component in enumerate([None, *components]):
+                merged = merge_samples([part[data_name][i] for part in parts])
+                estimates[self._prefix(data_name, component)] = llc_from_samples(merged)
+        self._record(trainer, step, estimates, time.perf_counter() - started)
+        return estimates
 
-    def _record(self, trainer: Trainer, step: int, est: LLCEstimate, seconds: float) -> None:
-        metrics = est.metrics(self.name)
-        record: dict[str, Any] = {
-            "step": step,
-            "epoch": trainer.current_epoch,
-            **metrics,
-            f"{self.name}/per_chain": [float(v) for v in est.per_chain],
-            f"{self.name}/nbeta": float(est.sampler.nbeta),
-            f"{self.name}/seconds": seconds,
-            f"{self.name}/warnings": list(est.warnings),
-        }
+    def _prefix(self, data_name: str | None, component: Component | None) -> str:
+        """``llc``, ``rllc/<component>``, ``llc_<data>``, ``rllc_<data>/<component>``."""
+        base = self.name if component is None else f"r{self.name}"
+        if data_name is not None:
+            base = f"{base}_{data_name}"
+        return base if component is None else f"{base}/{component.name}"
+
+    def _record(
+        self, trainer: Trainer, step: int, estimates: dict[str, LLCEstimate], seconds: float
+    ) -> None:
+        metrics: dict[str, float] = {}
+        record: dict[str, Any] = {"step": step, "epoch": trainer.current_epoch}
+        for prefix, est in estimates.items():
+            metrics.update(est.metrics(prefix))
+            record[f"{prefix}/per_chain"] = [float(v) for v in est.per_chain]
+            record[f"{prefix}/warnings"] = list(est.warnings)
+        main = estimates[self.name]
+        record.update(metrics)
+        record[f"{self.name}/nbeta"] = float(main.sampler.nbeta)
+        record[f"{self.name}/seconds"] = seconds
         self.history.append(record)
-        self.last_estimate = est
+        self.last_estimates = estimates
         for key, value in metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
         if trainer.is_global_zero:
             if self._writer is not None:
                 self._writer.append(record)
             log_scalars(trainer.loggers, metrics, step)
-            for message in est.warnings:
-                rank_zero_warn(f"LLCMonitor({self.name}) at step {step}: {message}")
+            for prefix, est in estimates.items():
+                for message in est.warnings:
+                    rank_zero_warn(f"LLCMonitor: {prefix} at step {step}: {message}")
 
     def _fail(self, trainer: Trainer, step: int, message: str) -> None:
         if self.on_error == "raise":
@@ -280,6 +324,22 @@ class LLCMonitor(Callback):
             f"LLCMonitor({self.name}): the estimate at step {step} failed ({message}); training "
             "continues. Pass on_error='raise' to stop instead."
         )
+
+    def _resolve_components(self, pl_module: LightningModule) -> list[Component]:
+        if self._components is None:
+            if self.components == "heads":
+                from lightning_devinterp.components import attention_heads
+
+                self._components = attention_heads(pl_module)
+            else:
+                self._components = list(self.components or [])
+            for component in self._components:
+                component.validate(pl_module)
+        return self._components
+
+    def _datasets(self, trainer: Trainer) -> dict[str | None, Iterable]:
+        """The training data (key None) and each named data set for data-refined LLCs."""
+        return {None: self._data(trainer), **(self.data or {})}
 
     def _data(self, trainer: Trainer) -> Iterable:
         if self.dataloader is not None:

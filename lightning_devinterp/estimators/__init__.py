@@ -8,6 +8,7 @@ from lightning_devinterp.estimators.llc import (
     llc_from_samples,
     llc_from_traces,
     merge_samples,
+    sample_components,
     sample_llc,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "llc_from_samples",
     "llc_from_traces",
     "merge_samples",
+    "sample_components",
     "sample_llc",
 ]

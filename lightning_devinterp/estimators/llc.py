@@ -224,12 +224,26 @@ def sample_llc(
     dataloader: Iterable,
     loss_fn: LossFn | None = None,
     *,
+    component: Component | None = None,
+    **kwargs: Any,
+) -> LLCSamples:
+    """The sampling half of :func:`estimate_llc` (same arguments, plus ``chain_ids``: the
+    chains this process runs, so that processes can split the chains and
+    :func:`merge_samples` can combine their results)."""
+    return sample_components(model, dataloader, loss_fn, components=[component], **kwargs)[0]
+
+
+def sample_components(
+    model: nn.Module,
+    dataloader: Iterable,
+    loss_fn: LossFn | None = None,
+    *,
+    components: Sequence[Component | None] = (None,),
     sampler: SGLD | None = None,
     num_chains: int = 4,
     num_draws: int = 200,
     num_burnin: int = 0,
     steps_between_draws: int = 1,
-    component: Component | None = None,
     seed: int = 0,
     init_loss_batches: int = 16,
     paired: bool = True,
@@ -237,46 +251,45 @@ def sample_llc(
     transfer: Callable[[Any], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     chain_ids: Sequence[int] | None = None,
-) -> LLCSamples:
-    """The sampling half of :func:`estimate_llc` (same arguments).
+) -> list[LLCSamples]:
+    """Sample the whole model (``None``) and/or components on one copy of the model.
 
-    ``chain_ids`` selects the chains this process runs (default all), so that processes can
-    split the chains and :func:`merge_samples` can combine their results.
+    The copy and L(w*) are made once and shared; each component gets the same chains
+    (same seeds), restricted to its entries. Returns one :class:`LLCSamples` per entry of
+    ``components``, in order.
     """
-    check_counts(
-        num_chains=num_chains,
-        num_draws=num_draws,
-        steps_between_draws=steps_between_draws,
-        init_loss_batches=init_loss_batches,
-    )
-    if isinstance(num_burnin, bool) or not isinstance(num_burnin, int) or num_burnin < 0:
-        raise ValueError(f"num_burnin={num_burnin!r} is invalid; use an integer >= 0.")
+    check_sampling_args(num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches)
+    for component in components:
+        if component is not None:
+            component.validate(model)
     loss_fn = loss_fn or default_loss_fn(model)
-    sampler = sampler or SGLD(lr=1e-3)
     flat = FlatModel(model, train_mode=train_mode)
-    if component is not None:
-        component.validate(model)
-        flat.activate(component.masks)
     transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
     init_losses, batch_size = reference_losses(
         flat, loss_fn, dataloader, init_loss_batches, seed, transfer
     )
-    sampler = sampler.resolve(batch_size)
-    traces = run_chains(
-        flat,
-        loss_fn,
-        dataloader,
-        sampler,
-        chains=list(range(num_chains)) if chain_ids is None else list(chain_ids),
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        steps_between_draws=steps_between_draws,
-        seed=seed,
-        paired=paired,
-        transfer=transfer,
-        progress=progress,
-    )
-    return LLCSamples(traces, init_losses, sampler, component and component.name)
+    sampler = (sampler or SGLD(lr=1e-3)).resolve(batch_size)
+    chains = list(range(num_chains)) if chain_ids is None else list(chain_ids)
+    results = []
+    for component in components:
+        flat.activate(component.masks if component is not None else None)
+        traces = run_chains(
+            flat,
+            loss_fn,
+            dataloader,
+            sampler,
+            chains=chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            steps_between_draws=steps_between_draws,
+            seed=seed,
+            paired=paired,
+            transfer=transfer,
+            progress=progress,
+        )
+        name = component.name if component is not None else None
+        results.append(LLCSamples(traces, init_losses, sampler, name))
+    return results
 
 
 def estimate_llc(
@@ -395,10 +408,24 @@ def reference_losses(
     return losses, batch_size
 
 
-def check_counts(**counts: int) -> None:
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} is invalid; use an integer >= 1.")
+def check_sampling_args(
+    num_chains: int,
+    num_draws: int,
+    num_burnin: int,
+    steps_between_draws: int,
+    init_loss_batches: int,
+) -> None:
+    """Raise a ``ValueError`` naming the first count that is not a valid integer."""
+    counts = dict(
+        num_chains=(num_chains, 1),
+        num_draws=(num_draws, 1),
+        num_burnin=(num_burnin, 0),
+        steps_between_draws=(steps_between_draws, 1),
+        init_loss_batches=(init_loss_batches, 1),
+    )
+    for name, (value, least) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}={value!r} is invalid; use an integer >= {least}.")
 
 
 def _json_float(value: float) -> float | None:

@@ -102,7 +102,9 @@ class FlatModel:
                     f"Masks name parameters that are not trainable parameters of the model: "
                     f"{unknown[:5]}. Known names look like {sorted(known)[:5]}."
                 )
-        active = [(n, p) for n, p in self.named if masks is None or bool(masks.get(n, False).any())]
+        active = [
+            (n, p) for n, p in self.named if masks is None or (n in masks and bool(masks[n].any()))
+        ]
         if not active:
             raise ValueError("The component owns no entry of any trainable parameter.")
         for _, p in self.named:

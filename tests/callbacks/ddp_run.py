@@ -35,13 +35,13 @@ class FailsOnRankOne:
 
 def main(out: Path) -> None:
     sampled: list[list[int]] = []
-    sample_llc = llc_monitor.sample_llc
+    sample_components = llc_monitor.sample_components
 
-    def recording_sample_llc(*args, **kwargs):
+    def recording_sample_components(*args, **kwargs):
         sampled.append(list(kwargs["chain_ids"]))
-        return sample_llc(*args, **kwargs)
+        return sample_components(*args, **kwargs)
 
-    llc_monitor.sample_llc = recording_sample_llc
+    llc_monitor.sample_components = recording_sample_components
     L.seed_everything(0, verbose=False)
     monitor = LLCMonitor(
         SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=4, num_draws=10, every_n_steps=2
