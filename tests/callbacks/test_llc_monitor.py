@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp import SGLD, Component, LLCMonitor
 from lightning_devinterp.reporting import read_jsonl
 from tests.helpers import RegressionModule, mse_loss, regression_data, trainer
 
@@ -244,3 +244,35 @@ def test_state_dict_round_trip():
     other.load_state_dict(monitor.state_dict())
     assert other.history == monitor.history
     assert LLCMonitor(name="a").state_key != LLCMonitor(name="b").state_key
+
+
+def test_components_and_named_data_give_refined_llcs(tmp_path):
+    probe = RegressionModule()
+    components = [
+        Component.from_patterns(probe, "net.0.*", name="first"),
+        Component.from_patterns(probe, "net.4.*", name="last"),
+    ]
+    shifted = DataLoader(regression_data(n=64, seed=7), batch_size=32)
+    monitor = LLCMonitor(at_steps=[3], components=components, data={"shifted": shifted}, **FAST)
+    fit(tmp_path, monitor, max_steps=3)
+    record = monitor.history[0]
+    for prefix in ("llc", "rllc/first", "rllc/last", "llc_shifted", "rllc_shifted/first"):
+        assert math.isfinite(record[f"{prefix}/mean"]), prefix
+        assert len(record[f"{prefix}/per_chain"]) == 2
+    assert set(monitor.last_estimates) == {
+        "llc",
+        "rllc/first",
+        "rllc/last",
+        "llc_shifted",
+        "rllc_shifted/first",
+        "rllc_shifted/last",
+    }
+    # a component's chains move fewer weights than the whole model's: a smaller LLC
+    assert record["rllc/first/mean"] < record["llc/mean"]
+
+
+def test_bad_components_and_data_names_fail_at_construction():
+    with pytest.raises(TypeError, match="components="):
+        LLCMonitor(components="mlp")
+    with pytest.raises(ValueError, match="data name"):
+        LLCMonitor(data={"my data": []})
