@@ -55,6 +55,7 @@ class LLCMonitor(Callback):
         init_loss_batches: batches averaged for L(w*).
         paired: paired estimator (each draw minus w*'s loss on the same minibatch).
         train_mode: sample with the model in train mode (default eval).
+        mala: also log the MALA acceptance rate (``llc/health/mala_acceptance``).
         every_n_steps: estimate every n optimizer steps.
         num_estimates: estimate at this many log-spaced steps over the run (default 20 when no
             schedule is given).
@@ -94,6 +95,7 @@ class LLCMonitor(Callback):
         init_loss_batches: int = 16,
         paired: bool = True,
         train_mode: bool = False,
+        mala: bool = False,
         every_n_steps: int | None = None,
         num_estimates: int | None = None,
         at_steps: Sequence[int] | None = None,
@@ -129,6 +131,7 @@ class LLCMonitor(Callback):
             init_loss_batches=init_loss_batches,
             paired=paired,
             train_mode=train_mode,
+            mala=mala,
         )
         self.at_train_end = at_train_end
         self.dataloader = dataloader

@@ -55,6 +55,8 @@ class LLCEstimate:
         stationary: False when the drift is both significant and larger than 10%.
         warnings: what is wrong, each with what to change.
         component: name of the component sampled, or None for the whole model.
+        mala_acceptance: mean MALA acceptance probability of the SGLD steps (when asked for
+            with ``mala=True``); well below 1 means the step size is too large.
     """
 
     mean: float
@@ -73,6 +75,7 @@ class LLCEstimate:
     stationary: bool = True
     warnings: list[str] = field(default_factory=list)
     component: str | None = None
+    mala_acceptance: float | None = None
 
     @property
     def healthy(self) -> bool:
@@ -88,6 +91,11 @@ class LLCEstimate:
             f"{prefix}/health/diverged_chains": float(len(self.diverged_chains)),
             f"{prefix}/health/negative": float(self.negative),
             f"{prefix}/health/drift": self.drift,
+            **(
+                {f"{prefix}/health/mala_acceptance": self.mala_acceptance}
+                if self.mala_acceptance is not None
+                else {}
+            ),
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -108,6 +116,7 @@ class LLCEstimate:
             "stationary": self.stationary,
             "warnings": list(self.warnings),
             "component": self.component,
+            "mala_acceptance": self.mala_acceptance,
         }
 
 
@@ -160,6 +169,9 @@ def llc_from_traces(
             stationary=stationary,
         ),
         component=component,
+        mala_acceptance=float(traces.mala[ok].mean())
+        if traces.mala is not None and bool(ok.any())
+        else None,
     )
 
 
@@ -207,6 +219,9 @@ def merge_samples(parts: Sequence[LLCSamples]) -> LLCSamples:
             for name in first.traces.observables
         },
         diverged=torch.stack([tr.diverged[i] for _, tr, i in rows]),
+        mala=torch.stack([tr.mala[i] for _, tr, i in rows])
+        if first.traces.mala is not None
+        else None,
     )
     init_losses = torch.cat([part.init_losses for part in parts])
     return LLCSamples(traces, init_losses, first.sampler, first.component)
@@ -251,6 +266,7 @@ def sample_components(
     transfer: Callable[[Any], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     chain_ids: Sequence[int] | None = None,
+    mala: bool = False,
 ) -> list[LLCSamples]:
     """Sample the whole model (``None``) and/or components on one copy of the model.
 
@@ -286,6 +302,7 @@ def sample_components(
             paired=paired,
             transfer=transfer,
             progress=progress,
+            mala=mala,
         )
         name = component.name if component is not None else None
         results.append(LLCSamples(traces, init_losses, sampler, name))
@@ -309,6 +326,7 @@ def estimate_llc(
     train_mode: bool = False,
     transfer: Callable[[Any], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mala: bool = False,
 ) -> LLCEstimate:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
 
@@ -335,6 +353,7 @@ def estimate_llc(
         train_mode: sample in train mode (dropout, BatchNorm batch statistics) instead of eval.
         transfer: moves a batch to the model's device; default moves every tensor.
         progress: called as ``progress(done_steps, total_steps)`` while sampling.
+        mala: also measure the MALA acceptance rate of the SGLD steps (a diagnostic).
 
     Returns:
         The :class:`LLCEstimate`.
@@ -360,6 +379,7 @@ def estimate_llc(
             train_mode=train_mode,
             transfer=transfer,
             progress=progress,
+            mala=mala,
         )
     )
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lightning_devinterp.sampling.batches import BatchStream, chain_seed, move_to_device
+from lightning_devinterp.sampling.mala import MalaAcceptance
 from lightning_devinterp.sampling.sgld import NOISE_CHUNK, SGLD
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -171,6 +172,12 @@ class FlatModel:
             offset += n
         return functional_call(_LossCall(self.module, loss_fn), views, (batch,), strict=False)
 
+    def sampled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sampled entries, their gradient and their value at w* (flat)."""
+        if self.index is None:
+            return self.params, self.grad, self.anchor
+        return self.params[self.index], self.grad[self.index], self.anchor[self.index]
+
     @torch.no_grad()
     def step(self, sampler: SGLD, generator: torch.Generator) -> None:
         """One SGLD update of the sampled entries from the gradient in ``self.grad``."""
@@ -196,6 +203,7 @@ class ChainTraces:
         reference: (chains, draws) loss of w* on the same minibatch (paired form), or None.
         observables: name -> (chains, draws, ...) values of each observable at each draw.
         diverged: (chains,) True where a chain produced a non-finite loss and was stopped.
+        mala: (chains,) mean MALA acceptance probability of each chain's steps, or None.
     """
 
     chains: list[int]
@@ -203,6 +211,7 @@ class ChainTraces:
     reference: torch.Tensor | None
     observables: dict[str, torch.Tensor] = field(default_factory=dict)
     diverged: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    mala: torch.Tensor | None = None
 
 
 def run_chains(
@@ -221,9 +230,11 @@ def run_chains(
     transfer: Callable[[Any], Any] | None = None,
     check_every: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    mala: bool = False,
 ) -> ChainTraces:
     """Run SGLD chains from w* on ``flat`` and record a draw every ``steps_between_draws`` steps
-    after ``num_burnin`` steps.
+    after ``num_burnin`` steps. With ``mala``, also the MALA acceptance rate of the steps
+    (a diagnostic: four extra vector passes and one extra copy of the sampled entries).
 
     Chain ``c`` owns a generator and a batch order seeded from ``(seed, c)``: the same seed gives
     the same noise and batches on every call (common random numbers), whatever the weights.
@@ -231,7 +242,7 @@ def run_chains(
     observables = dict(observables or {})
     transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
     total = num_burnin + num_draws * steps_between_draws
-    loss_rows, ref_rows, diverged = [], [], []
+    loss_rows, ref_rows, diverged, acceptance = [], [], [], []
     obs_rows: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
     with torch.inference_mode(False), torch.enable_grad():
         for done_chains, chain in enumerate(chains):
@@ -245,6 +256,7 @@ def run_chains(
                 torch.full((num_draws,), float("nan"), device=flat.device) if paired else None
             )
             draw_obs: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
+            tracker = MalaAcceptance(sampler) if mala else None
             bad = False
             for t in range(total):
                 batch = next(batches)
@@ -259,6 +271,8 @@ def run_chains(
                         with torch.no_grad():
                             for name, fn in observables.items():
                                 draw_obs[name].append(fn(flat.module).detach())
+                if tracker is not None:
+                    tracker.observe(*flat.sampled(), loss)
                 flat.step(sampler, generator)
                 if (t + 1) % check_every == 0 or t + 1 == total:
                     if not bool(torch.isfinite(step_loss[: t + 1]).all()):
@@ -274,6 +288,8 @@ def run_chains(
             if draw_ref is not None:
                 ref_rows.append(draw_ref.cpu())
             diverged.append(bad)
+            if tracker is not None:
+                acceptance.append(tracker.rate())
             for name in observables:
                 obs_rows[name].append(_pad_draws(draw_obs[name], num_draws))
     flat.reset()
@@ -283,6 +299,7 @@ def run_chains(
         reference=torch.stack(ref_rows) if ref_rows else None,
         observables={k: torch.stack(v) for k, v in obs_rows.items() if v},
         diverged=torch.tensor(diverged, dtype=torch.bool),
+        mala=torch.tensor(acceptance) if mala else None,
     )
 
 
