@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,12 @@ from lightning_devinterp.sampling import (
     reduce_loss,
     run_chains,
 )
+from lightning_devinterp.sampling.batched import BatchingUnsupported, run_chains_batched
+
+log = logging.getLogger(__name__)
+
+#: Largest (jobs x sampled entries) that batched chains stack by default.
+BATCHED_MAX_ENTRIES = 1 << 26
 
 #: Relative drift between the last two quarters of the draws above which (when also
 #: significant) a trace counts as not yet stationary.
@@ -267,12 +274,19 @@ def sample_components(
     progress: Callable[[int, int], None] | None = None,
     chain_ids: Sequence[int] | None = None,
     mala: bool = False,
+    batched: bool | None = None,
 ) -> list[LLCSamples]:
     """Sample the whole model (``None``) and/or components on one copy of the model.
 
     The copy and L(w*) are made once and shared; each component gets the same chains
     (same seeds), restricted to its entries. Returns one :class:`LLCSamples` per entry of
     ``components``, in order.
+
+    ``batched``: run all components x chains as one ``torch.func.vmap`` computation (same
+    draws as one by one, up to rounding). ``None`` (default) chooses it when there are several
+    jobs, no MALA diagnostic and at most ``BATCHED_MAX_ENTRIES`` stacked weights, and falls
+    back to one by one (logged at INFO) when the model cannot be vmapped (for example dropout
+    in train mode, in-place ops on weights, ``.item()`` in the loss).
     """
     check_sampling_args(num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches)
     for component in components:
@@ -286,25 +300,35 @@ def sample_components(
     )
     sampler = (sampler or SGLD(lr=1e-3)).resolve(batch_size)
     chains = list(range(num_chains)) if chain_ids is None else list(chain_ids)
+    masks = [component.masks if component is not None else None for component in components]
+    names = [component.name if component is not None else None for component in components]
+    run = dict(
+        chains=chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        steps_between_draws=steps_between_draws,
+        seed=seed,
+        paired=paired,
+        transfer=transfer,
+    )
+    jobs = len(components) * len(chains)
+    if batched is None:
+        batched = not mala and jobs > 1 and jobs * flat.params.numel() <= BATCHED_MAX_ENTRIES
+    if batched:
+        try:
+            traces = run_chains_batched(flat, loss_fn, dataloader, sampler, masks=masks, **run)
+            return [
+                LLCSamples(tr, init_losses, sampler, name)
+                for tr, name in zip(traces, names, strict=True)
+            ]
+        except BatchingUnsupported as error:
+            log.info(
+                "Batched chains unavailable for this model (%s); running them one by one.", error
+            )
     results = []
-    for component in components:
-        flat.activate(component.masks if component is not None else None)
-        traces = run_chains(
-            flat,
-            loss_fn,
-            dataloader,
-            sampler,
-            chains=chains,
-            num_draws=num_draws,
-            num_burnin=num_burnin,
-            steps_between_draws=steps_between_draws,
-            seed=seed,
-            paired=paired,
-            transfer=transfer,
-            progress=progress,
-            mala=mala,
-        )
-        name = component.name if component is not None else None
+    for component_masks, name in zip(masks, names, strict=True):
+        flat.activate(component_masks)
+        traces = run_chains(flat, loss_fn, dataloader, sampler, progress=progress, mala=mala, **run)
         results.append(LLCSamples(traces, init_losses, sampler, name))
     return results
 

@@ -125,14 +125,7 @@ class FlatModel:
         self.masks = masks
         self.index = None
         if masks is not None:
-            selected = torch.cat(
-                [
-                    masks[n].to(self.device).reshape(-1)
-                    if n in masks
-                    else torch.zeros(p.numel(), dtype=torch.bool, device=self.device)
-                    for n, p in active
-                ]
-            )
+            selected = selection(active, masks, self.device)
             if not bool(selected.all()):
                 self.index = selected.nonzero().squeeze(1)
         self.grad = torch.zeros_like(flat)
@@ -187,6 +180,30 @@ class FlatModel:
         sub = self.params[self.index]
         sampler.step(sub, self.grad[self.index], self.anchor[self.index], generator, self.noise)
         self.params.index_copy_(0, self.index, sub)
+
+
+def selection(
+    params: Sequence[tuple[str, torch.Tensor]],
+    masks: Mapping[str, torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor:
+    """The masks of ``params`` (in order) as one flat boolean vector; missing names: False."""
+    return torch.cat(
+        [
+            masks[n].to(device).reshape(-1)
+            if n in masks
+            else torch.zeros(p.numel(), dtype=torch.bool, device=device)
+            for n, p in params
+        ]
+    )
+
+
+def cut_after_divergence(
+    draws: torch.Tensor, step_loss: torch.Tensor, num_burnin: int, steps_between_draws: int
+) -> None:
+    """Set to NaN, in place, the draws from the first non-finite step loss on."""
+    first = int((~torch.isfinite(step_loss)).nonzero()[0])
+    draws[max(0, -(-(first - num_burnin) // steps_between_draws)) :] = float("nan")
 
 
 def _ignore(*args: Any, **kwargs: Any) -> None:
@@ -281,9 +298,7 @@ def run_chains(
                     if progress is not None:
                         progress(done_chains * total + t + 1, len(chains) * total)
             if bad:
-                first = int((~torch.isfinite(step_loss)).nonzero()[0])
-                cut = max(0, -(-(first - num_burnin) // steps_between_draws))
-                draw_loss[cut:] = float("nan")
+                cut_after_divergence(draw_loss, step_loss, num_burnin, steps_between_draws)
             loss_rows.append(draw_loss.cpu())
             if draw_ref is not None:
                 ref_rows.append(draw_ref.cpu())
