@@ -283,8 +283,9 @@ def sample_components(
     ``components``, in order.
 
     ``batched``: run all components x chains as one ``torch.func.vmap`` computation (same
-    draws as one by one, up to rounding). ``None`` (default) chooses it when there are several
-    jobs, no MALA diagnostic and at most ``BATCHED_MAX_ENTRIES`` stacked weights, and falls
+    draws as one by one, up to rounding). ``None`` (default) chooses it on an accelerator when
+    there are several jobs, no MALA diagnostic and at most ``BATCHED_MAX_ENTRIES`` stacked
+    weights (on a CPU, batching measured slower for attention models, see BENCHMARKS.md); it falls
     back to one by one (logged at INFO) when the model cannot be vmapped (for example dropout
     in train mode, in-place ops on weights, ``.item()`` in the loss).
     """
@@ -313,7 +314,12 @@ def sample_components(
     )
     jobs = len(components) * len(chains)
     if batched is None:
-        batched = not mala and jobs > 1 and jobs * flat.params.numel() <= BATCHED_MAX_ENTRIES
+        batched = (
+            not mala
+            and jobs > 1
+            and flat.device.type != "cpu"
+            and jobs * flat.params.numel() <= BATCHED_MAX_ENTRIES
+        )
     if batched:
         try:
             traces = run_chains_batched(flat, loss_fn, dataloader, sampler, masks=masks, **run)
