@@ -13,7 +13,7 @@ from lightning_devinterp.sampling import FlatModel, run_chains
 from lightning_devinterp.sampling.batched import run_chains_batched
 
 
-def setup():
+def problem():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 8, generator=g), torch.randint(0, 3, (256,), generator=g)
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
@@ -32,7 +32,7 @@ def loss(model, batch):
 
 
 def test_batched_and_sequential_give_the_same_draws():
-    model, batches, components = setup()
+    model, batches, components = problem()
     sampler = SGLD(lr=1e-3, nbeta=20.0, localization=100.0)
     run = dict(chains=[0, 1, 2], num_draws=30, num_burnin=5, steps_between_draws=2, seed=4)
     flat = FlatModel(model)
@@ -49,7 +49,7 @@ def test_batched_and_sequential_give_the_same_draws():
 
 
 def test_falls_back_to_one_by_one_when_vmap_cannot_run(caplog):
-    model, batches, _ = setup()
+    model, batches, _ = problem()
 
     def loss_with_item(m, batch):
         value = loss(m, batch)
@@ -58,9 +58,15 @@ def test_falls_back_to_one_by_one_when_vmap_cannot_run(caplog):
         return value
 
     sampler = SGLD(lr=1e-3, nbeta=20.0, localization=100.0)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="lightning_devinterp"):
         fallback = sample_components(
-            model, batches, loss_with_item, sampler=sampler, num_chains=2, num_draws=10
+            model,
+            batches,
+            loss_with_item,
+            sampler=sampler,
+            num_chains=2,
+            num_draws=10,
+            batched=True,
         )
     assert "one by one" in caplog.text
     plain = sample_components(
@@ -70,7 +76,7 @@ def test_falls_back_to_one_by_one_when_vmap_cannot_run(caplog):
 
 
 def test_estimate_is_the_same_batched_or_not():
-    model, batches, components = setup()
+    model, batches, components = problem()
     kwargs = dict(sampler=SGLD(lr=1e-3, nbeta=20.0, localization=100.0), num_chains=3, num_draws=40)
     a, b = (
         llc_from_samples(
