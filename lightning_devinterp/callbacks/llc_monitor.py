@@ -25,7 +25,7 @@ from lightning_devinterp.estimators import (
     sample_components,
 )
 from lightning_devinterp.estimators.llc import check_sampling_args
-from lightning_devinterp.reporting import JsonlWriter, log_scalars
+from lightning_devinterp.reporting import JsonlWriter, curve_layout, log_scalars, write_layout
 from lightning_devinterp.sampling import SGLD
 
 #: Published small-transformer settings (rLLC paper): used when no sampler is given.
@@ -161,6 +161,7 @@ class LLCMonitor(Callback):
         self.last_estimates: dict[str, LLCEstimate] = {}
         self._writer: JsonlWriter | None = None
         self._active = False
+        self._layout_written = False
 
     @property
     @override
@@ -282,12 +283,25 @@ class LLCMonitor(Callback):
         self._record(trainer, step, estimates, time.perf_counter() - started)
         return estimates
 
+    def _layout(self) -> dict[str, Any]:
+        """One chart per component group (a layer's heads), for each refined-LLC family."""
+        groups: dict[str, list[str]] = {}
+        for component in self._components or []:
+            groups.setdefault(component.group or "components", []).append(component.name)
+        layout: dict[str, Any] = {}
+        for data_name in [None, *(self.data or {})]:
+            layout.update(curve_layout(groups, self._family(data_name, refined=True)))
+        return layout
+
+    def _family(self, data_name: str | None, refined: bool) -> str:
+        """``llc``, ``rllc``, ``llc_<data>`` or ``rllc_<data>``."""
+        base = f"r{self.name}" if refined else self.name
+        return f"{base}_{data_name}" if data_name is not None else base
+
     def _prefix(self, data_name: str | None, component: Component | None) -> str:
         """``llc``, ``rllc/<component>``, ``llc_<data>``, ``rllc_<data>/<component>``."""
-        base = self.name if component is None else f"r{self.name}"
-        if data_name is not None:
-            base = f"{base}_{data_name}"
-        return base if component is None else f"{base}/{component.name}"
+        family = self._family(data_name, component is not None)
+        return family if component is None else f"{family}/{component.name}"
 
     def _record(
         self, trainer: Trainer, step: int, estimates: dict[str, LLCEstimate], seconds: float
@@ -309,6 +323,9 @@ class LLCMonitor(Callback):
         if trainer.is_global_zero:
             if self._writer is not None:
                 self._writer.append(record)
+            if not self._layout_written:
+                write_layout(trainer.loggers, self._layout())
+                self._layout_written = True
             log_scalars(trainer.loggers, metrics, step)
             for prefix, est in estimates.items():
                 for message in est.warnings:

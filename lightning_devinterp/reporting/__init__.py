@@ -2,5 +2,6 @@
 
 from lightning_devinterp.reporting.jsonl import JsonlWriter, read_jsonl
 from lightning_devinterp.reporting.scalars import log_scalars
+from lightning_devinterp.reporting.tensorboard import curve_layout, write_layout
 
-__all__ = ["JsonlWriter", "log_scalars", "read_jsonl"]
+__all__ = ["JsonlWriter", "curve_layout", "log_scalars", "read_jsonl", "write_layout"]

@@ -276,3 +276,29 @@ def test_bad_components_and_data_names_fail_at_construction():
         LLCMonitor(components="mlp")
     with pytest.raises(ValueError, match="data name"):
         LLCMonitor(data={"my data": []})
+
+
+def test_tensorboard_gets_scalars_and_one_chart_per_component_group(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    probe = RegressionModule()
+    components = [
+        Component("a", Component.from_patterns(probe, "net.0.weight").masks, group="l0"),
+        Component("b", Component.from_patterns(probe, "net.0.bias").masks, group="l0"),
+        Component("c", Component.from_patterns(probe, "net.4.*").masks, group="l1"),
+    ]
+    monitor = LLCMonitor(every_n_steps=2, components=components, **FAST)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit(tmp_path, monitor, max_steps=4, logger=logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    llc = events.Scalars("llc/mean")
+    assert [e.step for e in llc] == [2, 4]
+    assert [e.value for e in llc] == pytest.approx([r["llc/mean"] for r in monitor.history])
+    assert [e.step for e in events.Scalars("rllc/c/mean")] == [2, 4]
+    layout_events = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(layout_events[0].tensor_proto.string_val[0])
+    charts = {c.title: c.multiline.tag for cat in layout.category for c in cat.chart}
+    assert charts == {"l0": ["^rllc/(a|b)/mean$"], "l1": ["^rllc/(c)/mean$"]}
