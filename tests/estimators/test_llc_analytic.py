@@ -104,6 +104,7 @@ def test_regular_model_matches_the_exact_finite_temperature_value():
         num_burnin=400,
         seed=0,
     )
+    print(f"regular: estimate {est.mean:.3f}, exact {exact:.3f}, d/2 {d / 2}")
     assert 45 < exact < 55  # far from d/2 = 100: gamma matters
     assert abs(est.mean - exact) < 0.05 * exact, (est.mean, exact)
     assert est.healthy, est.warnings
@@ -196,6 +197,9 @@ def test_normal_crossing_estimate_is_near_one_quarter_not_one():
         num_burnin=2000,
         paired=False,
         seed=0,
+    )
+    print(
+        f"normal crossing: estimate {est.mean:.4f} (chains {est.per_chain.tolist()}), exact {exact:.4f}"
     )
     assert not est.diverged_chains
     assert 0.19 < exact < 0.21
@@ -328,6 +332,7 @@ def test_reduced_rank_regression_order_and_convergence():
     sweep = {1000: rrr_estimate(shape, 1000, 1500, 200), 4000: rrr_estimate(shape, 4000, 2500, 500)}
     sweep[20000] = estimates[shape]
     errors = [(lam - sweep[n]) / lam for n in (1000, 4000, 20000)]
+    print(f"rrr shapes at n=20000: {estimates}; sweep {sweep}; relative errors {errors}")
     assert all(e > 0 for e in errors), sweep
     assert errors[0] - errors[1] > 0.05 and errors[1] - errors[2] > 0.05, (sweep, errors)
 
@@ -340,14 +345,21 @@ def test_reduced_rank_regression_order_and_convergence():
 @pytest.mark.slow
 def test_paired_estimator_has_much_smaller_variance_at_large_nbeta():
     """Plain form: nbeta (L_B(w) - L_init) with L_init the mean of 16 batch losses at w*. Its
-    noise is nbeta times the batch-to-batch spread of the loss: with 16 x 100 samples of a loss
-    whose per-sample sd is sigma^2/sqrt(2) = 0.18, nbeta = 2000 gives sd(nbeta L_init) ~ 8.8,
-    shared by all chains of an estimate, plus nbeta 0.18 / sqrt(100) = 35 per draw. The paired
-    form subtracts L_B(w*) on the same batch and removes both; what is left is the posterior's
-    own spread (d/2 = 5 per draw) and nbeta (w - w*).grad L_B(w*) ~ sqrt(nbeta d sigma^2 / m).
+    noise is nbeta times the batch-to-batch spread of the loss: per-sample loss sd
+    sigma^2/sqrt(2) = 0.25, so with nbeta = 2000 and batches of 100, sd(nbeta L_init) = 8.9
+    (16 x 100 samples, 8% of the data), shared by all chains of an estimate, plus 50 per draw
+    (averaged over 600 draws: 2.0). The paired form subtracts L_B(w*) on the same batch and
+    removes both; what is left is the posterior's own spread (d/2 = 5 per draw, autocorrelated)
+    and nbeta (w - w*).grad L_B(w*).
 
-    10 repeated estimates with seeds 0..9 (2 chains x 300 draws each); the same seed runs the
-    same chains in both forms, so only the reference differs.
+    10 repeated estimates with seeds 0..9 (2 chains x 300 draws after 100 burn-in); the same seed
+    runs the same chains in both forms, so only the reference differs. Measured: paired sd 0.39,
+    plain sd 8.9, ratio 23. An sd ratio estimated from 10 + 10 values is within a factor 2.3 of
+    the truth with 99% probability, so "several times" is asserted as > 6.
+
+    (At this nbeta the minibatch gradient noise, (eps/2)^2 nbeta^2 Var(grad L_B) per step, is 17%
+    of the injected eps: both forms sit ~20% above the exact 4.76. That bias is the same for both
+    forms and is not what this test is about.)
     """
     d, n, m, sigma, nbeta, gamma = 10, 20000, 100, 0.6, 2000.0, 100.0
     g = torch.Generator().manual_seed(1)
@@ -371,6 +383,6 @@ def test_paired_estimator_has_much_smaller_variance_at_large_nbeta():
     paired_sd, plain_sd = float(np.std(paired, ddof=1)), float(np.std(plain, ddof=1))
     ratio = plain_sd / paired_sd
     print(f"paired sd {paired_sd:.3f}, plain sd {plain_sd:.3f}, ratio {ratio:.1f}")
-    # both centre on the same value (d nbeta h/(nbeta h + gamma)/2 ~ 4.8)
-    assert abs(np.mean(paired) - 4.8) < 1.0
-    assert ratio > 4, (paired, plain)
+    assert ratio > 6, (paired, plain)
+    # both references are unbiased for L_n(w*): the two forms agree within the plain form's noise
+    assert abs(np.mean(paired) - np.mean(plain)) < 3 * plain_sd / math.sqrt(len(plain))
