@@ -25,7 +25,15 @@ from lightning_devinterp.estimators import (
     sample_components,
 )
 from lightning_devinterp.estimators.llc import check_sampling_args
-from lightning_devinterp.reporting import JsonlWriter, curve_layout, log_scalars, write_layout
+from lightning_devinterp.reporting import (
+    JsonlWriter,
+    curve_layout,
+    declare_metrics,
+    log_group_charts,
+    log_scalars,
+    wandb_runs,
+    write_layout,
+)
 from lightning_devinterp.sampling import SGLD
 
 #: Published small-transformer settings (rLLC paper): used when no sampler is given.
@@ -162,6 +170,7 @@ class LLCMonitor(Callback):
         self._writer: JsonlWriter | None = None
         self._active = False
         self._layout_written = False
+        self._declared: set[str] = set()
 
     @property
     @override
@@ -283,14 +292,18 @@ class LLCMonitor(Callback):
         self._record(trainer, step, estimates, time.perf_counter() - started)
         return estimates
 
-    def _layout(self) -> dict[str, Any]:
-        """One chart per component group (a layer's heads), for each refined-LLC family."""
+    def _groups(self) -> dict[str, list[str]]:
+        """Component names by group (a layer's heads), for dashboards."""
         groups: dict[str, list[str]] = {}
         for component in self._components or []:
             groups.setdefault(component.group or "components", []).append(component.name)
+        return groups
+
+    def _layout(self) -> dict[str, Any]:
+        """One TensorBoard chart per component group, for each refined-LLC family."""
         layout: dict[str, Any] = {}
         for data_name in [None, *(self.data or {})]:
-            layout.update(curve_layout(groups, self._family(data_name, refined=True)))
+            layout.update(curve_layout(self._groups(), self._family(data_name, refined=True)))
         return layout
 
     def _family(self, data_name: str | None, refined: bool) -> str:
@@ -326,7 +339,12 @@ class LLCMonitor(Callback):
             if not self._layout_written:
                 write_layout(trainer.loggers, self._layout())
                 self._layout_written = True
+            runs = wandb_runs(trainer.loggers)
+            declare_metrics(runs, metrics, self._declared)
             log_scalars(trainer.loggers, metrics, step)
+            for data_name in [None, *(self.data or {})]:
+                family = self._family(data_name, refined=True)
+                log_group_charts(runs, self.history, self._groups(), family, step)
             for prefix, est in estimates.items():
                 for message in est.warnings:
                     rank_zero_warn(f"LLCMonitor: {prefix} at step {step}: {message}")

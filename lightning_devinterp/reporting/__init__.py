@@ -3,5 +3,15 @@
 from lightning_devinterp.reporting.jsonl import JsonlWriter, read_jsonl
 from lightning_devinterp.reporting.scalars import log_scalars
 from lightning_devinterp.reporting.tensorboard import curve_layout, write_layout
+from lightning_devinterp.reporting.wandb import declare_metrics, log_group_charts, wandb_runs
 
-__all__ = ["JsonlWriter", "curve_layout", "log_scalars", "read_jsonl", "write_layout"]
+__all__ = [
+    "JsonlWriter",
+    "curve_layout",
+    "declare_metrics",
+    "log_group_charts",
+    "log_scalars",
+    "read_jsonl",
+    "wandb_runs",
+    "write_layout",
+]

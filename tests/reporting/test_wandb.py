@@ -1,0 +1,88 @@
+"""A real offline W&B run, read back from its run directory (no mock of wandb)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.loggers import WandbLogger
+
+from lightning_devinterp import SGLD, Component, LLCMonitor
+from tests.helpers import RegressionModule, trainer
+
+pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+
+BLOCK = 32768
+HEADER = 7  # ":W&B", magic, version
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a .wandb file (a LevelDB-style log of 32 KiB blocks)."""
+    data, pos, records, pending = path.read_bytes(), HEADER, [], b""
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:
+            pos += BLOCK - pos % BLOCK
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        elif kind in (3, 4):  # middle, last
+            pending += chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_offline_run_history_metrics_and_group_charts(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    L.seed_everything(0, verbose=False)
+    module = RegressionModule()
+    components = [
+        Component("a", Component.from_patterns(module, "net.0.*").masks, group="l0"),
+        Component("b", Component.from_patterns(module, "net.4.*").masks, group="l0"),
+    ]
+    monitor = LLCMonitor(
+        SGLD(lr=1e-4, nbeta=10.0, localization=100.0),
+        num_chains=2,
+        num_draws=10,
+        every_n_steps=2,
+        components=components,
+    )
+    logger = WandbLogger(project="devinterp-test", save_dir=str(tmp_path), offline=True)
+    t = trainer(tmp_path, callbacks=[monitor], max_steps=4, logger=logger)
+    t.fit(module)
+    import wandb
+
+    wandb.finish()
+    [run_file] = list(tmp_path.rglob("run-*.wandb"))
+    records = wandb_records(run_file)
+    rows = [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    llc_rows = [row for row in rows if "llc/mean" in row]
+    assert [row["trainer/global_step"] for row in llc_rows] == [2, 4]
+    assert [row["llc/mean"] for row in llc_rows] == pytest.approx(
+        [h["llc/mean"] for h in monitor.history]
+    )
+    assert all("rllc/a/mean" in row and "rllc/b/mean" in row for row in llc_rows)
+    declared = {
+        r.metric.name: r.metric.step_metric
+        for r in records
+        if r.WhichOneof("record_type") == "metric"
+    }
+    for name in ("llc/mean", "llc/std", "rllc/a/mean", "rllc/b/std"):
+        assert declared.get(name) == "trainer/global_step", name
+    # one chart (a W&B line series over a table) with both heads of layer l0, redrawn each time
+    charts = [row for row in rows if any(k.startswith("rllc_chart/l0_table/") for k in row)]
+    assert [row["trainer/global_step"] for row in charts] == [2, 4]
