@@ -24,6 +24,7 @@ from lightning_devinterp.sampling import (
     move_to_device,
     reduce_loss,
     run_chains,
+    seeded_global_rng,
 )
 from lightning_devinterp.sampling.batched import BatchingUnsupported, run_chains_batched
 
@@ -444,7 +445,8 @@ def reference_losses(
     """
     batches = BatchStream(dataloader, chain_seed(seed, -1, 2), transfer)
     values, batch_size = [], 0
-    with torch.inference_mode(False):
+    rng = seeded_global_rng(chain_seed(seed, -1, 4), flat.device)  # dropout in train_mode
+    with rng, torch.inference_mode(False), torch.no_grad():
         for _ in range(num_batches):
             batch = next(batches)
             batch_size = batch_size or batch_size_of(batch)

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 
 @contextmanager
-def seeded_global_rng(seed: int) -> Iterator[None]:
-    """Run a block with torch's global CPU generator seeded, then put its state back.
+def seeded_global_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with the global generators seeded from ``seed``, then put them back.
 
-    Shuffling samplers and worker seeds draw from this generator; seeding it here fixes the
-    batch order (common random numbers) without the caller's stream ever moving.
+    Covers torch's CPU generator (shuffling samplers, worker seeds, dropout on a CPU), the
+    CUDA generator of ``device`` when it is a GPU (dropout there), and numpy's and
+    ``random``'s global states (data augmentation). Inside, they are reproducible (common
+    random numbers); outside, the caller's streams never move.
     """
-    generator = torch.random.default_generator
-    state = generator.get_state()
-    generator.manual_seed(seed)
+    cpu = torch.random.default_generator
+    cpu_state, np_state, py_state = cpu.get_state(), np.random.get_state(), random.getstate()
+    cuda = device is not None and device.type == "cuda"
+    cuda_state = torch.cuda.get_rng_state(device) if cuda else None
+    cpu.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if cuda:
+        torch.cuda.manual_seed(seed)  # the current device's generator
     try:
         yield
     finally:
-        generator.set_state(state)
+        cpu.set_state(cpu_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 class BatchStream:

@@ -13,7 +13,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lightning_devinterp.sampling.batches import BatchStream, chain_seed, move_to_device
+from lightning_devinterp.sampling.batches import (
+    BatchStream,
+    chain_seed,
+    move_to_device,
+    seeded_global_rng,
+)
 from lightning_devinterp.sampling.mala import MalaAcceptance
 from lightning_devinterp.sampling.sgld import NOISE_CHUNK, SGLD
 
@@ -259,62 +264,105 @@ def run_chains(
     observables = dict(observables or {})
     transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
     total = num_burnin + num_draws * steps_between_draws
-    loss_rows, ref_rows, diverged, acceptance = [], [], [], []
-    obs_rows: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
+    rows = []
     with torch.inference_mode(False), torch.enable_grad():
-        for done_chains, chain in enumerate(chains):
-            flat.reset()
-            generator = torch.Generator(device=flat.device)
-            generator.manual_seed(chain_seed(seed, chain))
-            batches = BatchStream(dataloader, chain_seed(seed, chain, 1), transfer)
-            step_loss = torch.full((total,), float("nan"), device=flat.device)
-            draw_loss = torch.full((num_draws,), float("nan"), device=flat.device)
-            draw_ref = (
-                torch.full((num_draws,), float("nan"), device=flat.device) if paired else None
-            )
-            draw_obs: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
-            tracker = MalaAcceptance(sampler) if mala else None
-            bad = False
-            for t in range(total):
-                batch = next(batches)
-                loss = flat.loss_and_grad(loss_fn, batch)
-                step_loss[t] = loss
-                k, offset = divmod(t - num_burnin, steps_between_draws)
-                if t >= num_burnin and offset == 0:
-                    draw_loss[k] = loss
-                    if draw_ref is not None:
-                        draw_ref[k] = flat.loss_at_anchor(loss_fn, batch)
-                    if observables:
-                        with torch.no_grad():
-                            for name, fn in observables.items():
-                                draw_obs[name].append(fn(flat.module).detach())
-                if tracker is not None:
-                    tracker.observe(*flat.sampled(), loss)
-                flat.step(sampler, generator)
-                if (t + 1) % check_every == 0 or t + 1 == total:
-                    if not bool(torch.isfinite(step_loss[: t + 1]).all()):
-                        bad = True
-                        break
-                    if progress is not None:
-                        progress(done_chains * total + t + 1, len(chains) * total)
-            if bad:
-                cut_after_divergence(draw_loss, step_loss, num_burnin, steps_between_draws)
-            loss_rows.append(draw_loss.cpu())
-            if draw_ref is not None:
-                ref_rows.append(draw_ref.cpu())
-            diverged.append(bad)
-            if tracker is not None:
-                acceptance.append(tracker.rate())
-            for name in observables:
-                obs_rows[name].append(_pad_draws(draw_obs[name], num_draws))
+        for done, chain in enumerate(chains):
+            # dropout (train_mode) and any other global draws inside the chain are seeded by
+            # the chain; the caller's generators never move
+            with seeded_global_rng(chain_seed(seed, chain, 3), flat.device):
+                flat.reset()
+                generator = torch.Generator(device=flat.device)
+                generator.manual_seed(chain_seed(seed, chain))
+                rows.append(
+                    _run_chain(
+                        flat,
+                        loss_fn,
+                        BatchStream(dataloader, chain_seed(seed, chain, 1), transfer),
+                        sampler,
+                        generator,
+                        num_draws=num_draws,
+                        num_burnin=num_burnin,
+                        steps_between_draws=steps_between_draws,
+                        paired=paired,
+                        observables=observables,
+                        tracker=MalaAcceptance(sampler) if mala else None,
+                        check_every=check_every,
+                        progress=progress
+                        and (lambda t, d=done: progress(d * total + t, len(chains) * total)),
+                    )
+                )
     flat.reset()
     return ChainTraces(
         chains=list(chains),
-        loss=torch.stack(loss_rows) if loss_rows else torch.zeros(0, num_draws),
-        reference=torch.stack(ref_rows) if ref_rows else None,
-        observables={k: torch.stack(v) for k, v in obs_rows.items() if v},
-        diverged=torch.tensor(diverged, dtype=torch.bool),
-        mala=torch.tensor(acceptance) if mala else None,
+        loss=torch.stack([r.loss for r in rows]) if rows else torch.zeros(0, num_draws),
+        reference=torch.stack([r.reference for r in rows]) if paired and rows else None,
+        observables={k: torch.stack([r.observables[k] for r in rows]) for k in observables if rows},
+        diverged=torch.tensor([r.diverged for r in rows], dtype=torch.bool),
+        mala=torch.tensor([r.mala for r in rows]) if mala else None,
+    )
+
+
+@dataclass
+class _ChainResult:
+    loss: torch.Tensor
+    reference: torch.Tensor | None
+    observables: dict[str, torch.Tensor]
+    diverged: bool
+    mala: float | None
+
+
+def _run_chain(
+    flat: FlatModel,
+    loss_fn: LossFn,
+    batches: BatchStream,
+    sampler: SGLD,
+    generator: torch.Generator,
+    *,
+    num_draws: int,
+    num_burnin: int,
+    steps_between_draws: int,
+    paired: bool,
+    observables: Mapping[str, Observable],
+    tracker: MalaAcceptance | None,
+    check_every: int,
+    progress: Callable[[int], None] | None,
+) -> _ChainResult:
+    """One chain from w*: its draws, until the end or its first non-finite loss."""
+    total = num_burnin + num_draws * steps_between_draws
+    step_loss = torch.full((total,), float("nan"), device=flat.device)
+    draw_loss = torch.full((num_draws,), float("nan"), device=flat.device)
+    draw_ref = torch.full((num_draws,), float("nan"), device=flat.device) if paired else None
+    draw_obs: dict[str, list[torch.Tensor]] = {k: [] for k in observables}
+    bad = False
+    for t in range(total):
+        batch = next(batches)
+        loss = flat.loss_and_grad(loss_fn, batch)
+        step_loss[t] = loss
+        k, offset = divmod(t - num_burnin, steps_between_draws)
+        if t >= num_burnin and offset == 0:
+            draw_loss[k] = loss
+            if draw_ref is not None:
+                draw_ref[k] = flat.loss_at_anchor(loss_fn, batch)
+            with torch.no_grad():
+                for name, fn in observables.items():
+                    draw_obs[name].append(fn(flat.module).detach())
+        if tracker is not None:
+            tracker.observe(*flat.sampled(), loss)
+        flat.step(sampler, generator)
+        if (t + 1) % check_every == 0 or t + 1 == total:
+            if not bool(torch.isfinite(step_loss[: t + 1]).all()):
+                bad = True
+                break
+            if progress is not None:
+                progress(t + 1)
+    if bad:
+        cut_after_divergence(draw_loss, step_loss, num_burnin, steps_between_draws)
+    return _ChainResult(
+        loss=draw_loss.cpu(),
+        reference=draw_ref.cpu() if draw_ref is not None else None,
+        observables={k: _pad_draws(v, num_draws) for k, v in draw_obs.items()},
+        diverged=bad,
+        mala=tracker.rate() if tracker is not None else None,
     )
 
 

@@ -228,11 +228,6 @@ def test_global_rng_states_are_unchanged_with_a_shuffling_loader():
     assert not torch.equal(seen, regression().tensors[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: dropout in train_mode draws from the caller's global torch generator "
-    "(neither restored nor seeded per chain); see the report of issue 'Foundation'",
-)
 def test_global_torch_rng_is_unchanged_by_dropout_in_train_mode():
     model = mlp()
     loader = DataLoader(regression(), batch_size=16, shuffle=True)
@@ -241,11 +236,6 @@ def test_global_torch_rng_is_unchanged_by_dropout_in_train_mode():
     assert_rng_unchanged(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: dropout masks in train_mode come from the caller's global torch "
-    "generator, so the same seed does not give the same chains",
-)
 def test_same_seed_same_chains_with_dropout_in_train_mode():
     model = mlp()
     loader = DataLoader(regression(), batch_size=16, shuffle=True)
@@ -271,11 +261,6 @@ class Augmented(Dataset):
         return x + 1e-3 * float(np.random.rand()) + 1e-3 * random.random(), y
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the numpy and random states are not restored after sampling (only the "
-    "LLCMonitor's isolation restores them)",
-)
 def test_numpy_and_random_states_are_unchanged_by_an_augmenting_dataset():
     loader = DataLoader(Augmented(), batch_size=16, shuffle=True)
     model = nn.Linear(3, 1)
@@ -552,11 +537,6 @@ def test_loss_function_errors_are_type_errors():
     assert issubclass(LossFnError, TypeError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: reference_losses is @torch.no_grad but its inference_mode(False) turns "
-    "grad mode back on, so the 16 init-loss forwards build autograd graphs",
-)
 def test_reference_losses_at_w_star_are_computed_without_autograd():
     model = nn.Linear(3, 1)
     rec = Recorder(model, init_calls=4)
