@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_devinterp.callbacks.distributed import all_gather_objects, my_chains
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.schedule import Schedule
-from lightning_devinterp.components import Component
+from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import (
     LLCEstimate,
     check_inputs,
@@ -366,8 +366,6 @@ class LLCMonitor(Callback):
     def _resolve_components(self, pl_module: LightningModule) -> list[Component]:
         if self._components is None:
             if self.components == "heads":
-                from lightning_devinterp.components import attention_heads
-
                 self._components = attention_heads(pl_module)
             else:
                 self._components = list(self.components or [])

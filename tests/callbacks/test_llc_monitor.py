@@ -302,3 +302,33 @@ def test_tensorboard_gets_scalars_and_one_chart_per_component_group(tmp_path):
     layout = layout_pb2.Layout.FromString(layout_events[0].tensor_proto.string_val[0])
     charts = {c.title: c.multiline.tag for cat in layout.category for c in cat.chart}
     assert charts == {"l0": ["^rllc/(a|b)/mean$"], "l1": ["^rllc/(c)/mean$"]}
+
+
+def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
+    from lightning_devinterp.demos import AttentionOnlyTransformer, InductionData, token_loss
+
+    class TinyLM(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = AttentionOnlyTransformer(16, d_model=16, n_heads=2, n_layers=2, context=16)
+
+        def training_step(self, batch, batch_idx):
+            return token_loss(self.model, batch).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    data = InductionData(size=64, length=16, vocab_size=16)
+    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=InductionData.collate)
+    monitor = LLCMonitor(at_steps=[2], components="heads", **FAST)
+    L.seed_everything(0, verbose=False)
+    trainer(tmp_path, callbacks=[monitor], max_steps=2).fit(TinyLM(), loader)
+    record = monitor.history[0]
+    heads = sorted(k.split("/")[1] for k in record if k.startswith("rllc/") and k.endswith("/mean"))
+    assert heads == ["l0h0", "l0h1", "l1h0", "l1h1"]
+    assert monitor._layout() == {
+        "rllc": {
+            "l0": ["Multiline", ["^rllc/(l0h0|l0h1)/mean$"]],
+            "l1": ["Multiline", ["^rllc/(l1h0|l1h1)/mean$"]],
+        }
+    }
