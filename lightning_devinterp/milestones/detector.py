@@ -197,6 +197,7 @@ class MilestoneDetector:
         noise: float | None = None,
         threshold: float = 4.0,
         trend_threshold: float = 2.5,
+        flat_threshold: float = 1.5,
         flat: float = 0.1,
         resolution: float = 0.01,
         window: int = 64,
@@ -234,6 +235,13 @@ class MilestoneDetector:
             low_ok=False,
             hint="use e.g. trend_threshold=2.5",
         )
+        self.flat_threshold = _check_real(
+            "flat_threshold",
+            flat_threshold,
+            low=0.0,
+            low_ok=True,
+            hint="use e.g. flat_threshold=1.5",
+        )
         self.flat = _check_real("flat", flat, low=0.0, low_ok=True, hint="use e.g. flat=0.1")
         self.resolution = _check_real(
             "resolution",
@@ -256,6 +264,7 @@ class MilestoneDetector:
         self.min_noise_points = _check_int(
             "min_noise_points", min_noise_points, low=3, hint="use e.g. min_noise_points=8"
         )
+        self.persist = 2
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -278,7 +287,10 @@ class MilestoneDetector:
         self._ymax = -math.inf
         # segmentation
         self._anchor = 0
+        self._prev_anchor: int | None = None
         self._pending = True
+        self._candidate: str | None = None
+        self._candidate_count = 0
         self._knot_value = math.nan
         self._trend: str | None = None
         self._last_ms_x: float | None = None
@@ -296,6 +308,7 @@ class MilestoneDetector:
             "noise": self.noise,
             "threshold": self.threshold,
             "trend_threshold": self.trend_threshold,
+            "flat_threshold": self.flat_threshold,
             "flat": self.flat,
             "resolution": self.resolution,
             "window": self.window,
@@ -328,7 +341,10 @@ class MilestoneDetector:
             "ymin": None if math.isinf(self._ymin) else self._ymin,
             "ymax": None if math.isinf(self._ymax) else self._ymax,
             "anchor": self._anchor,
+            "prev_anchor": self._prev_anchor,
             "pending": self._pending,
+            "candidate": self._candidate,
+            "candidate_count": self._candidate_count,
             "knot_value": None if math.isnan(self._knot_value) else self._knot_value,
             "trend": self._trend,
             "last_ms_x": self._last_ms_x,
@@ -372,7 +388,11 @@ class MilestoneDetector:
         self._ymin = math.inf if state["ymin"] is None else float(state["ymin"])
         self._ymax = -math.inf if state["ymax"] is None else float(state["ymax"])
         self._anchor = int(state["anchor"])
+        pa = state["prev_anchor"]
+        self._prev_anchor = None if pa is None else int(pa)
         self._pending = bool(state["pending"])
+        self._candidate = state["candidate"]
+        self._candidate_count = int(state["candidate_count"])
         kv = state["knot_value"]
         self._knot_value = math.nan if kv is None else float(kv)
         self._trend = state["trend"]
@@ -399,7 +419,9 @@ class MilestoneDetector:
         """Stages between consecutive online milestones; the last one is open."""
         out = []
         n = len(self._stage_starts)
-        for i, (start, trend) in enumerate(zip(self._stage_starts, self._stage_trends)):
+        for i, (start, trend) in enumerate(
+            zip(self._stage_starts, self._stage_trends, strict=True)
+        ):
             end = self._stage_starts[i + 1] if i + 1 < n else None
             out.append(Stage(index=i, start=start, end=end, trend=trend))
         return out
@@ -512,32 +534,71 @@ class MilestoneDetector:
         return max(sigma, 1e-9 * scale)
 
     def _flat_slope(self, sigma: float) -> float:
+        """Slopes (per decade) below this are flat: ``flat`` times the value range."""
         if not self._bx:
             return 0.0
-        span = max(self._bx[-1] - self._bx[0], 1.0)
-        return self.flat * max(self._ymax - self._ymin - 4.0 * sigma, 0.0) / span
+        return self.flat * max(self._ymax - self._ymin - 4.0 * sigma, 0.0)
 
-    def _classify(self, a: int, n: int, sigma: float, forced: bool) -> tuple[str | None, float]:
-        """Trend of the segment from bin ``a`` to bin ``n`` (inclusive)."""
-        after = n - a
-        if after < self.confirm and not forced:
-            return None, 0.0
+    def _segment_slope(self, a: int, n: int, sigma: float) -> tuple[int, float, float, float]:
+        """Fit of the segment that starts at knot ``a`` and ends at bin ``n``.
+
+        The fit is continuous at the knot with the previous segment when one exists
+        (which pins the knot's level and halves the slope's error), and the knot is
+        re-placed at the best of the bins ``a - 2 .. a + 2``, since data after it have
+        arrived since the break was found. Without a previous segment it is a plain line.
+
+        Returns:
+            (knot, slope after it, standard error of that slope, fitted value at knot).
+        """
+        lo = max(n - self.window + 1, 0)
+        if self._prev_anchor is not None:
+            lo = max(lo, self._prev_anchor)
+        if a - lo >= 2:
+            x = np.asarray(self._bx[lo : n + 1])
+            y = np.asarray(self._by[lo : n + 1])
+            w = np.asarray(self._bw[lo : n + 1])
+            cands = np.arange(max(a - 2, lo + 2), min(a + 2, n - self.confirm) + 1)
+            if len(cands) == 0:
+                cands = np.array([a])
+            d = x[None, :] - x[cands - lo][:, None]
+            design = np.stack([np.ones_like(d), np.minimum(d, 0.0), np.maximum(d, 0.0)], axis=2)
+            gram = np.einsum("kip,kiq,i->kpq", design, design, w)
+            rhs = np.einsum("kip,i->kp", design, w * y)
+            det = np.linalg.det(gram)
+            ok = np.abs(det) > 1e-300
+            if ok.any():
+                design, gram, rhs, cands = design[ok], gram[ok], rhs[ok], cands[ok]
+                inv = np.linalg.inv(gram)
+                beta = np.einsum("kpq,kq->kp", inv, rhs)
+                res = y[None, :] - np.einsum("kip,kp->ki", design, beta)
+                best = int(np.argmin((res * res * w[None, :]).sum(axis=1)))
+                se = sigma * math.sqrt(max(float(inv[best, 2, 2]), 0.0))
+                return int(cands[best]), float(beta[best, 2]), se, float(beta[best, 0])
         lo = max(a, n - self.window + 1)
         x = np.asarray(self._bx[lo : n + 1])
         y = np.asarray(self._by[lo : n + 1])
-        w = np.asarray(self._bw[lo : n + 1])
-        if len(x) < 2:
-            return "flat", 0.0
-        slope, root_sxx, _, _ = _line_fit(x, y, w)
+        slope, root_sxx, xbar, ybar = _line_fit(x, y, np.asarray(self._bw[lo : n + 1]))
         se = sigma / root_sxx if root_sxx > 0 else math.inf
-        bar = max(self._flat_slope(sigma), self.trend_threshold * se)
+        return a, slope, se, ybar + slope * (self._bx[a] - xbar)
+
+    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, float, int, float]:
+        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
+
+        Returns:
+            (trend or None, slope, re-placed knot, fitted value at the knot).
+        """
+        if n - a < 1:
+            return None, 0.0, a, self._knot_value
+        knot, slope, se, value = self._segment_slope(a, n, sigma)
+        band = self._flat_slope(sigma)
+        bar = max(band, self.trend_threshold * se)
         if slope > bar:
-            return "rising", slope
+            return "rising", slope, knot, value
         if slope < -bar:
-            return "falling", slope
-        if forced or after >= 2 * self.confirm:
-            return "flat", slope
-        return None, slope
+            return "falling", slope, knot, value
+        if abs(slope) + self.flat_threshold * se < band:
+            return "flat", slope, knot, value
+        return None, slope, knot, value
 
     def _settle(self, trend: str, slope: float, now: int, sigma: float) -> Milestone | None:
         """The current segment's trend is known: announce a milestone if it changed."""
@@ -587,17 +648,31 @@ class MilestoneDetector:
                 if drss[best] > thr2:
                     k = s + int(knots[best])
                     if self._pending:
-                        trend, slope = self._classify(self._anchor, k, sigma, forced=True)
-                        ms = self._settle(trend or "flat", slope, now, sigma)
-                        if ms is not None:
-                            out.append(ms)
+                        # the segment is closed: decide its trend with all its points;
+                        # if still undecided, it does not change the trend
+                        trend, slope, _, _ = self._classify(self._anchor, k, sigma)
+                        if trend is None and self._trend is None:
+                            trend = "flat"  # the series has not moved significantly yet
+                        if trend is not None:
+                            ms = self._settle(trend, slope, now, sigma)
+                            if ms is not None:
+                                out.append(ms)
+                    self._prev_anchor = self._anchor
                     self._anchor = k
                     self._knot_value = float(value[best])
                     self._pending = True
+                    self._candidate = None
+                    self._candidate_count = 0
                     continue
-            if self._pending:
-                trend, slope = self._classify(self._anchor, n, sigma, forced=False)
-                if trend is not None:
+            if self._pending and n - self._anchor >= c:
+                trend, slope, knot, value = self._classify(self._anchor, n, sigma)
+                self._anchor, self._knot_value = knot, value
+                if trend is not None and trend == self._candidate:
+                    self._candidate_count += 1
+                else:
+                    self._candidate = trend
+                    self._candidate_count = 0 if trend is None else 1
+                if trend is not None and self._candidate_count >= self.persist:
                     ms = self._settle(trend, slope, now, sigma)
                     if ms is not None:
                         out.append(ms)
