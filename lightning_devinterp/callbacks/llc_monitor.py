@@ -25,14 +25,17 @@ from lightning_devinterp.estimators import (
     sample_components,
 )
 from lightning_devinterp.estimators.llc import check_sampling_args
+from lightning_devinterp.milestones import Milestone, MilestoneDetector
 from lightning_devinterp.reporting import (
     JsonlWriter,
     curve_layout,
     declare_metrics,
     log_group_charts,
     log_scalars,
+    report_milestones,
     wandb_runs,
     write_layout,
+    write_milestones_json,
 )
 from lightning_devinterp.sampling import SGLD
 
@@ -79,6 +82,16 @@ class LLCMonitor(Callback):
         data: named extra data sets, e.g. ``{"code": code_loader}``: each gives a data-refined
             LLC (``llc_code/mean``), and with ``components`` a refined one per component
             (``rllc_code/l0h3/mean``). ``loss_fn`` must accept their batches.
+        milestones: ``True`` (default) detects milestones online on the LLC (series
+            ``"llc"``) and on L(w*) (series ``"loss"``, where sharp drops show); or one or more
+            configured :class:`MilestoneDetector` (series ``"llc"``, ``"loss"``, a refined-LLC
+            prefix such as ``"rllc/l0h1"``, ...); ``False`` for none. Confirmed milestones go to
+            :attr:`milestones`, ``milestones.json`` beside the JSON-lines file, a ``<name>/stage``
+            scalar, a W&B table and summary, and TensorBoard text.
+        on_milestone: called as ``on_milestone(trainer, pl_module, milestone)`` for each
+            confirmed milestone.
+        checkpoint_on_milestone: save a checkpoint at each milestone (``milestone-*.ckpt``
+            beside the JSON-lines file).
         on_error: ``"warn"`` reports a failed estimate and training goes on; ``"raise"`` stops.
         name: prefix of the metrics and name of the JSON-lines file (two monitors need two
             names).
@@ -112,6 +125,9 @@ class LLCMonitor(Callback):
         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
         components: Literal["heads"] | Sequence[Component] | None = None,
         data: Mapping[str, Iterable] | None = None,
+        milestones: bool | MilestoneDetector | Sequence[MilestoneDetector] = True,
+        on_milestone: Callable[[Trainer, LightningModule, Milestone], None] | None = None,
+        checkpoint_on_milestone: bool = False,
         on_error: Literal["warn", "raise"] = "warn",
         name: str = "llc",
         output_dir: str | None = None,
@@ -161,6 +177,26 @@ class LLCMonitor(Callback):
                     f"data name {data_name!r} is invalid; use names like 'code' or 'prose' "
                     "(letters, digits, underscores)."
                 )
+        if milestones is True:
+            detectors = [MilestoneDetector(name), MilestoneDetector("loss", drop=2.0)]
+        elif milestones is False or milestones is None:
+            detectors = []
+        elif isinstance(milestones, MilestoneDetector):
+            detectors = [milestones]
+        else:
+            detectors = list(milestones)
+        if not all(isinstance(d, MilestoneDetector) for d in detectors):
+            raise TypeError(
+                f"milestones={milestones!r} is invalid; use True, False, a MilestoneDetector or "
+                "a list of them."
+            )
+        if on_milestone is not None and not callable(on_milestone):
+            raise TypeError(
+                "on_milestone must be callable as on_milestone(trainer, module, milestone)."
+            )
+        self.detectors = detectors
+        self.on_milestone = on_milestone
+        self.checkpoint_on_milestone = checkpoint_on_milestone
         self.components = components
         self.data = dict(data) if data is not None else None
         self._components: list[Component] | None = None
@@ -224,15 +260,37 @@ class LLCMonitor(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_train_end:
             self._maybe_estimate(trainer, pl_module, trainer.global_step, force=True)
+        if self._active and self.detectors:
+            for detector in self.detectors:
+                detector.refine()
+            if trainer.is_global_zero:
+                self._write_milestones()
+
+    @property
+    def milestones(self) -> list[Milestone]:
+        """Every milestone confirmed online so far, all series, in order of confirmation."""
+        found = [m for d in self.detectors for m in d.milestones]
+        return sorted(found, key=lambda m: (m.detected_at, m.step))
+
+    @property
+    def milestones_path(self) -> Path | None:
+        """``milestones.json`` beside the JSON-lines file."""
+        return self._writer.path.with_name("milestones.json") if self._writer else None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history], "errors": list(self.errors)}
+        return {
+            "history": [dict(r) for r in self.history],
+            "errors": list(self.errors),
+            "detectors": [d.state_dict() for d in self.detectors],
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self.errors = list(state_dict.get("errors", []))
+        for detector, state in zip(self.detectors, state_dict.get("detectors", []), strict=False):
+            detector.load_state_dict(state)
 
     # ---------------------------------------------------------------- work
 
@@ -327,6 +385,10 @@ class LLCMonitor(Callback):
             record[f"{prefix}/warnings"] = list(est.warnings)
         main = estimates[self.name]
         record.update(metrics)
+        new = self._detect(step, record)
+        if self.detectors:
+            metrics[f"{self.name}/stage"] = float(self.detectors[0].current_stage)
+            record[f"{self.name}/stage"] = self.detectors[0].current_stage
         record[f"{self.name}/nbeta"] = float(main.sampler.nbeta)
         record[f"{self.name}/seconds"] = seconds
         self.history.append(record)
@@ -348,6 +410,43 @@ class LLCMonitor(Callback):
             for prefix, est in estimates.items():
                 for message in est.warnings:
                     rank_zero_warn(f"LLCMonitor: {prefix} at step {step}: {message}")
+            if new:
+                self._write_milestones()
+                report_milestones(trainer.loggers, self.milestones, step, self.name)
+        for milestone in new:
+            rank_zero_info(
+                f"LLCMonitor: milestone ({milestone.series} {milestone.kind}) at step "
+                f"{milestone.step}, confirmed at step {step}."
+            )
+            if self.checkpoint_on_milestone and self._writer is not None:
+                name = f"milestone-{milestone.series.replace('/', '_')}-{milestone.kind}-step{milestone.step}.ckpt"
+                trainer.save_checkpoint(self._writer.path.with_name(name))
+            if self.on_milestone is not None:
+                self.on_milestone(trainer, trainer.lightning_module, milestone)
+
+    def _detect(self, step: int, record: dict[str, Any]) -> list[Milestone]:
+        """Feed each detector its series from ``record``; the milestones it confirmed."""
+        new = []
+        for detector in self.detectors:
+            if detector.series == "loss":
+                value, std = record.get(f"{self.name}/init_loss"), None
+            else:
+                value, std = (
+                    record.get(f"{detector.series}/mean"),
+                    record.get(f"{detector.series}/std"),
+                )
+            if value is not None:
+                new.extend(detector.update(step, value, std))
+        return new
+
+    def _write_milestones(self) -> None:
+        if self.milestones_path is not None:
+            write_milestones_json(
+                self.milestones_path,
+                self.milestones,
+                [m for d in self.detectors for m in d.refined],
+                {d.series: d.stages for d in self.detectors},
+            )
 
     def _fail(self, trainer: Trainer, step: int, message: str) -> None:
         if self.on_error == "raise":

@@ -1,6 +1,7 @@
 """Reporting: one sink per backend; sinks never compute science."""
 
 from lightning_devinterp.reporting.jsonl import JsonlWriter, read_jsonl
+from lightning_devinterp.reporting.milestones import report_milestones, write_milestones_json
 from lightning_devinterp.reporting.scalars import log_scalars
 from lightning_devinterp.reporting.tensorboard import curve_layout, write_layout
 from lightning_devinterp.reporting.wandb import declare_metrics, log_group_charts, wandb_runs
@@ -12,6 +13,8 @@ __all__ = [
     "log_group_charts",
     "log_scalars",
     "read_jsonl",
+    "report_milestones",
     "wandb_runs",
     "write_layout",
+    "write_milestones_json",
 ]

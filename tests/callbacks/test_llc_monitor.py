@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, Component, LLCMonitor
+from lightning_devinterp.milestones import Milestone, MilestoneDetector
 from lightning_devinterp.reporting import read_jsonl
 from tests.helpers import RegressionModule, mse_loss, regression_data, trainer
 
@@ -332,3 +334,53 @@ def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
             "l1": ["Multiline", ["^rllc/(l1h0|l1h1)/mean$"]],
         }
     }
+
+
+class AnnouncesAt(MilestoneDetector):
+    """A real detector that also announces a planted milestone when it sees ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__("llc")
+        self.planted = step
+        self.announced: list[Milestone] = []
+
+    def update(self, step, value, std=None):
+        found = super().update(step, value, std)
+        if step == self.planted:
+            self.announced.append(Milestone(step - 1, step, "plateau_end", value, "llc"))
+            found = [*found, self.announced[-1]]
+        return found
+
+    @property
+    def milestones(self):
+        return [*super().milestones, *self.announced]
+
+
+def test_milestones_reach_json_hook_checkpoint_stage_and_state(tmp_path):
+    seen = []
+    monitor = LLCMonitor(
+        every_n_steps=2,
+        milestones=AnnouncesAt(4),
+        on_milestone=lambda trainer, module, m: seen.append((trainer.global_step, m.step)),
+        checkpoint_on_milestone=True,
+        **FAST,
+    )
+    fit(tmp_path, monitor, max_steps=6)
+    assert seen == [(4, 3)]
+    assert [m.step for m in monitor.milestones] == [3]
+    saved = json.loads(monitor.milestones_path.read_text())
+    assert [m["step"] for m in saved["online"]] == [3] and "llc" in saved["stages"]
+    assert list(monitor.milestones_path.parent.glob("milestone-llc-plateau_end-step3.ckpt"))
+    assert all("llc/stage" in r for r in monitor.history)
+    state = monitor.state_dict()
+    assert len(state["detectors"]) == 1
+    restored = LLCMonitor(milestones=MilestoneDetector("llc"), **FAST)
+    restored.load_state_dict(state)
+    assert restored.detectors[0].state_dict() == state["detectors"][0]
+
+
+def test_default_milestone_detectors_watch_the_llc_and_the_loss():
+    assert [d.series for d in LLCMonitor().detectors] == ["llc", "loss"]
+    assert LLCMonitor(milestones=False).detectors == []
+    with pytest.raises(TypeError, match="milestones="):
+        LLCMonitor(milestones=["llc"])
