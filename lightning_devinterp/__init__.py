@@ -3,6 +3,7 @@
 from lightning_devinterp.callbacks import LLCMonitor
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import LLCEstimate, estimate_llc
+from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
 from lightning_devinterp.sampling import SGLD
 
 __version__ = "0.1.0"
@@ -12,6 +13,9 @@ __all__ = [
     "Component",
     "LLCEstimate",
     "LLCMonitor",
+    "Milestone",
+    "MilestoneDetector",
+    "Stage",
     "attention_heads",
     "estimate_llc",
     "__version__",
