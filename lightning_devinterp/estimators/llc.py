@@ -323,7 +323,8 @@ def sample_components(
         )
     if batched:
         try:
-            traces = run_chains_batched(flat, loss_fn, dataloader, sampler, masks=masks, **run)
+            with seeded_global_rng(chain_seed(seed, -1, 5), flat.device):  # augmentation
+                traces = run_chains_batched(flat, loss_fn, dataloader, sampler, masks=masks, **run)
             return [
                 LLCSamples(tr, init_losses, sampler, name)
                 for tr, name in zip(traces, names, strict=True)
