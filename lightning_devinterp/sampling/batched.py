@@ -99,19 +99,12 @@ def run_chains_batched(
                 if draw_ref is not None:
                     chain_batches = tree_map(lambda *xs: torch.stack(xs), *per_chain)
                     draw_ref[:, k] = value_fn(flat.anchor, chain_batches)
-            # the same arithmetic as SGLD.step, entry by entry, on every job at once
-            drift = grads.mul_(sampler.nbeta)
-            if sampler.localization:
-                drift.add_(theta, alpha=sampler.localization).sub_(
-                    flat.anchor, alpha=sampler.localization
-                )
-            if sampler.weight_decay:
-                drift.add_(theta, alpha=sampler.weight_decay)
             for row, ((j, _), generator) in enumerate(zip(jobs, generators, strict=True)):
                 noise[row, index[j]] = torch.randn(
                     index[j].numel(), generator=generator, device=flat.device, dtype=theta.dtype
                 )
-            moved = theta.add(drift, alpha=-sampler.lr / 2).add_(noise, alpha=scale)
+            # the same arithmetic as SGLD.step, entry by entry, on every job at once
+            moved = sampler.drift(theta.clone(), grads, flat.anchor).add_(noise, alpha=scale)
             theta = torch.where(keep, moved, theta)
     results = []
     for j in range(len(masks)):

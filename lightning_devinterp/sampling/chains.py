@@ -100,6 +100,9 @@ class FlatModel:
 
         The copy must be at w* (as after construction or :meth:`reset`).
         """
+        if masks is None and getattr(self, "active", None) is not None and self.masks is None:
+            self.reset()  # already sampling everything: keep the buffers (no second copy)
+            return
         if masks is not None:
             known = {n for n, _ in self.named}
             unknown = [n for n in masks if n not in known]

@@ -64,6 +64,14 @@ class SGLD:
             return self
         return SGLD(**{**asdict(self), "nbeta": default_nbeta(batch_size)})
 
+    def drift(self, params: torch.Tensor, grad: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """``params`` moved in place by the deterministic part of one step; returns it."""
+        lr = self.lr
+        params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
+        if self.localization:
+            params.add_(anchor, alpha=lr * self.localization / 2)
+        return params.add_(grad, alpha=-lr * self.nbeta / 2)
+
     def step(
         self,
         params: torch.Tensor,
@@ -74,20 +82,15 @@ class SGLD:
     ) -> None:
         """Apply one SGLD update in place to the flat vector ``params``.
 
-        ``grad`` is the gradient of the minibatch mean loss at ``params`` (overwritten: it
-        serves as the work buffer); ``anchor`` is w*. ``noise`` is an optional work buffer
+        ``grad`` is the gradient of the minibatch mean loss at ``params``; ``anchor`` is w*. ``noise`` is an optional work buffer
         for the Gaussian draws: they are generated chunk by chunk into it, so the noise needs
         no memory the size of ``params``.
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
-        # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi
-        drift = grad.mul_(self.nbeta)
-        if self.localization:
-            drift.add_(params, alpha=self.localization).sub_(anchor, alpha=self.localization)
-        if self.weight_decay:
-            drift.add_(params, alpha=self.weight_decay)
-        params.add_(drift, alpha=-self.lr / 2)
+        # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi, rearranged as
+        # w*(1 - lr(gamma+delta)/2) + (lr gamma/2) w* - (lr nbeta/2) g: three passes
+        self.drift(params, grad, anchor)
         scale = self.noise_level * math.sqrt(self.lr)
         if noise is None:
             noise = params.new_empty(min(params.numel(), NOISE_CHUNK))
