@@ -12,29 +12,42 @@ How it works:
    log-spaced or every 100 steps (late in training many points share a bin). A bin is
    processed when the first point of a later bin arrives.
 2. **Noise that separates neighbours.** With common random numbers consecutive
-   estimates share batches and SGLD noise, so the spread across chains (``std``)
-   overstates the checkpoint-to-checkpoint noise. The noise level used is therefore
+   estimates share batches and SGLD noise, so the spread across chains (``std``) can
+   be far larger than the checkpoint-to-checkpoint noise. The noise level is therefore
    measured on the series itself: each bin is compared with the straight line through
-   its two neighbours, the residuals are normalized by their expected variance, and the
-   noise is ``1.4826 * median(|residual|)`` over the last ``window`` residuals (robust to
-   the few large residuals at corners). The user's ``std`` is only a fallback before
-   ``min_noise_points`` residuals exist, and optionally a floor (``std_floor``).
-3. **Segments.** The series since the last break is a segment. After each bin, a
-   continuous two-piece linear fit (a hinge) is tried at every knot of the segment's
-   last ``window`` bins that has at least ``confirm`` bins after it. If the best hinge
-   beats a single line by ``threshold**2`` noise variances, the segment is broken at
-   that knot.
-4. **Trends and milestones.** A new segment's trend is decided from its own line fit
-   once ``confirm`` bins follow its knot: ``rising``/``falling`` when the slope is above
-   both ``trend_threshold`` standard errors and the practical floor ``flat`` times the
-   series' mean absolute slope per decade; ``flat`` when it is not, once ``2 * confirm``
-   bins follow the knot (or when the segment is closed by the next break). A change of
-   trend is a milestone at the segment's knot: rising to falling is a ``peak``, falling
-   to rising a ``trough``, into flat a ``plateau_start``, out of flat a ``plateau_end``
-   (or a ``drop`` when ``drop`` is set and the series leaves the plateau falling at
-   least ``drop`` times its mean absolute slope: the loss-curve signature of a new
-   stage). Milestones closer than ``min_separation`` decades to the previous one are
-   not announced; the current stage takes the newer trend instead.
+   its two neighbours, the residuals are normalized to the variance of one observation,
+   and the noise is ``1.4826 * median(|residual|)`` over the last ``window`` residuals
+   (robust to the few large residuals at corners), inflated by ``1 + 1.5 / sqrt(m)``
+   for ``m`` residuals so that a short history does not under-estimate it. The user's
+   ``std`` is only a fallback before ``min_noise_points`` residuals exist, and
+   optionally a floor (``std_floor``). A fixed ``noise`` overrides all this.
+3. **Breaks.** The series since the last break is a segment. After each bin, one more
+   bend of a continuous piecewise-linear fit (continuous with the previous segment) is
+   tried at every bin of the current segment that has at least ``confirm`` bins after
+   it; if the best bend saves more than ``threshold**2`` noise variances of squared
+   residuals, the segment is broken there and a new segment starts at that knot.
+4. **Trends.** The new segment's trend is judged, once ``confirm`` bins follow its knot,
+   from a line fitted to its bins (stopping before any bend that is building up). Its
+   knot is first re-placed at the best position within two bins, now that data after
+   it exist. ``rising``/``falling`` need a slope beyond ``trend_threshold`` standard
+   errors and beyond the flat band; ``flat`` needs ``|slope| + flat_threshold * se``
+   inside the flat band, whose half-width is ``flat`` times the series' mean slope
+   (range of values so far over their span in decades, at least one decade, at least
+   five noise levels). The same verdict on two consecutive bins settles the trend;
+   a segment closed by the next break while still undecided leaves the trend unchanged.
+5. **Milestones.** A settled trend that differs from the current one is a milestone at
+   the segment's knot: rising to falling is a ``peak``, falling to rising a ``trough``,
+   into flat a ``plateau_start``, out of flat a ``plateau_end`` (or a ``drop`` when
+   ``drop`` is set and the series leaves the plateau falling at least ``drop`` times
+   its mean slope: the loss-curve signature of a new stage). ``detected_at`` is the
+   step of the point whose arrival settled it. A milestone closer than
+   ``min_separation`` decades to the previous one is not announced; the current stage
+   takes the newer trend instead.
+
+So nothing is announced from the last ``confirm`` bins alone (no edge effect), a
+straight or gently curving series gives no milestone, and the delay is a few points
+for peaks, troughs and plateau ends, longer for plateau starts at high noise (a flat
+slope needs enough points to be told from a slow rise).
 
 Example:
     >>> det = MilestoneDetector("llc")
@@ -57,6 +70,7 @@ from lightning_devinterp.milestones.records import Milestone, Stage
 log = logging.getLogger(__name__)
 
 _MAD_SCALE = 1.4826
+_PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
 _STATE_VERSION = 1
 
 
@@ -98,34 +112,42 @@ def _line_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float
 
 
 def _hinge_scan(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Improvement of a continuous hinge over a single line, for each knot index.
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: np.ndarray, base_knot: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Improvement of one more bend in a continuous piecewise-linear fit, per knot.
+
+    The null model is a line (``base_knot`` None) or a continuous line bent at
+    ``base_knot``; the alternative adds a bend at one of ``knots`` (indices into x).
 
     Returns:
-        (drss, slope_after, value_at_knot): the weighted residual sum of squares saved
-        by bending the line at each knot, the slope after the knot, and the fitted value
-        at the knot.
+        (drss, value_at_knot): the weighted residual sum of squares saved by the extra
+        bend at each knot, and the fitted value at that knot.
     """
-    sw = w.sum()
-    xbar = (w * x).sum() / sw
-    ybar = (w * y).sum() / sw
-    xc = x - xbar
-    sxx = (w * xc * xc).sum()
-    b = (w * xc * (y - ybar)).sum() / sxx
-    e = y - ybar - b * xc
+    sw = np.sqrt(w)
+    xc = x - x.mean()
+    cols = [np.ones_like(x), xc]
+    if base_knot is not None:
+        cols.append(np.maximum(x - x[base_knot], 0.0))
+    base = np.stack(cols, axis=1)
+    q, r = np.linalg.qr(base * sw[:, None])
+    yw = y * sw
+    qy = q.T @ yw
+    e = yw - q @ qy
     xk = x[knots]
     h = np.maximum(x[None, :] - xk[:, None], 0.0)
-    wh = h * w[None, :]
-    hbar = wh.sum(axis=1) / sw
-    bh = (wh * xc[None, :]).sum(axis=1) / sxx
-    den = (wh * h).sum(axis=1) - sw * hbar * hbar - sxx * bh * bh
-    den = np.maximum(den, 1e-300)
-    num = wh @ e
+    hw = h * sw[None, :]
+    qh = hw @ q
+    ht = hw - qh @ q.T
+    den = np.maximum((ht * ht).sum(axis=1), 1e-300)
+    num = ht @ e
     c = num / den
-    before = b - c * bh
-    value = ybar + b * (xk - xbar) - c * (hbar + bh * (xk - xbar))
-    return num * num / den, before + c, value
+    # fitted value at each knot: base part of (y - c h), since h vanishes at its knot
+    coef = np.linalg.solve(r, qy[:, None] - qh.T * c[None, :])
+    bk = [np.ones_like(xk), xk - x.mean()]
+    if base_knot is not None:
+        bk.append(np.maximum(xk - x[base_knot], 0.0))
+    value = (np.stack(bk, axis=1) * coef.T).sum(axis=1)
+    return num * num / den, value
 
 
 def _check_real(name: str, value: Any, *, low: float, low_ok: bool, hint: str) -> float:
@@ -196,14 +218,14 @@ class MilestoneDetector:
         min_separation: float = 0.1,
         noise: float | None = None,
         threshold: float = 4.0,
-        trend_threshold: float = 2.5,
-        flat_threshold: float = 1.5,
-        flat: float = 0.1,
+        trend_threshold: float = 3.0,
+        flat_threshold: float = 1.0,
+        flat: float = 0.5,
         resolution: float = 0.01,
         window: int = 64,
         drop: float | None = None,
         std_floor: float = 0.0,
-        min_noise_points: int = 8,
+        min_noise_points: int = 12,
     ) -> None:
         if not isinstance(series, str) or not series:
             raise ValueError(f"series={series!r} must be a non-empty string such as 'llc'.")
@@ -264,7 +286,6 @@ class MilestoneDetector:
         self.min_noise_points = _check_int(
             "min_noise_points", min_noise_points, low=3, hint="use e.g. min_noise_points=8"
         )
-        self.persist = 2
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -523,7 +544,8 @@ class MilestoneDetector:
             return self.noise
         sigma: float | None = None
         if len(self._resid) >= self.min_noise_points:
-            sigma = _MAD_SCALE * float(np.median(np.abs(self._resid)))
+            m = len(self._resid)
+            sigma = _MAD_SCALE * float(np.median(np.abs(self._resid))) * (1.0 + 1.5 / math.sqrt(m))
         elif self._stds:
             sigma = float(np.median(self._stds))
         if sigma is None:
@@ -533,53 +555,57 @@ class MilestoneDetector:
         scale = max(abs(self._ymin), abs(self._ymax), 1e-30)
         return max(sigma, 1e-9 * scale)
 
-    def _flat_slope(self, sigma: float) -> float:
-        """Slopes (per decade) below this are flat: ``flat`` times the value range."""
+    def _mean_slope(self, sigma: float) -> float:
+        """The series' mean absolute slope per decade so far (see module docstring)."""
         if not self._bx:
             return 0.0
-        return self.flat * max(self._ymax - self._ymin - 4.0 * sigma, 0.0)
+        span = max(self._bx[-1] - self._bx[0], 1.0)
+        return max(self._ymax - self._ymin - 4.0 * sigma, 5.0 * sigma) / span
 
     def _segment_slope(self, a: int, n: int, sigma: float) -> tuple[int, float, float, float]:
-        """Fit of the segment that starts at knot ``a`` and ends at bin ``n``.
+        """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
 
-        The fit is continuous at the knot with the previous segment when one exists
-        (which pins the knot's level and halves the slope's error), and the knot is
-        re-placed at the best of the bins ``a - 2 .. a + 2``, since data after it have
-        arrived since the break was found. Without a previous segment it is a plain line.
+        When a previous segment exists, the knot is first re-placed at the best position
+        between bins ``a - 2`` and ``a + 2`` (quarter-bin grid) of a fit continuous with
+        the previous segment, since data after it have arrived since the break was
+        found. The slope itself comes from a free line on the bins from the knot on: a
+        continuous fit would have a smaller nominal error, but the knot search makes
+        that error optimistic and a misplaced knot biases it.
 
         Returns:
-            (knot, slope after it, standard error of that slope, fitted value at knot).
+            (knot bin, slope, standard error of the slope, fitted value at the knot).
         """
+        value = None
         lo = max(n - self.window + 1, 0)
         if self._prev_anchor is not None:
             lo = max(lo, self._prev_anchor)
-        if a - lo >= 2:
+        if self._prev_anchor is not None and a - lo >= 2:
             x = np.asarray(self._bx[lo : n + 1])
             y = np.asarray(self._by[lo : n + 1])
             w = np.asarray(self._bw[lo : n + 1])
-            cands = np.arange(max(a - 2, lo + 2), min(a + 2, n - self.confirm) + 1)
-            if len(cands) == 0:
-                cands = np.array([a])
-            d = x[None, :] - x[cands - lo][:, None]
+            first = max(a - 2, lo + 2)
+            last = max(min(a + 2, n - self.confirm), first)
+            xk = np.linspace(x[first - lo], x[last - lo], 4 * (last - first) + 1)
+            d = x[None, :] - xk[:, None]
             design = np.stack([np.ones_like(d), np.minimum(d, 0.0), np.maximum(d, 0.0)], axis=2)
             gram = np.einsum("kip,kiq,i->kpq", design, design, w)
             rhs = np.einsum("kip,i->kp", design, w * y)
-            det = np.linalg.det(gram)
-            ok = np.abs(det) > 1e-300
+            ok = np.abs(np.linalg.det(gram)) > 1e-300
             if ok.any():
-                design, gram, rhs, cands = design[ok], gram[ok], rhs[ok], cands[ok]
-                inv = np.linalg.inv(gram)
-                beta = np.einsum("kpq,kq->kp", inv, rhs)
+                design, gram, rhs, xk = design[ok], gram[ok], rhs[ok], xk[ok]
+                beta = np.linalg.solve(gram, rhs[..., None])[..., 0]
                 res = y[None, :] - np.einsum("kip,kp->ki", design, beta)
                 best = int(np.argmin((res * res * w[None, :]).sum(axis=1)))
-                se = sigma * math.sqrt(max(float(inv[best, 2, 2]), 0.0))
-                return int(cands[best]), float(beta[best, 2]), se, float(beta[best, 0])
+                a = lo + int(np.argmin(np.abs(x - xk[best])))
+                value = float(beta[best, 0])
         lo = max(a, n - self.window + 1)
         x = np.asarray(self._bx[lo : n + 1])
         y = np.asarray(self._by[lo : n + 1])
         slope, root_sxx, xbar, ybar = _line_fit(x, y, np.asarray(self._bw[lo : n + 1]))
         se = sigma / root_sxx if root_sxx > 0 else math.inf
-        return a, slope, se, ybar + slope * (self._bx[a] - xbar)
+        if value is None:
+            value = ybar + slope * (self._bx[a] - xbar)
+        return a, slope, se, value
 
     def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, float, int, float]:
         """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
@@ -590,7 +616,7 @@ class MilestoneDetector:
         if n - a < 1:
             return None, 0.0, a, self._knot_value
         knot, slope, se, value = self._segment_slope(a, n, sigma)
-        band = self._flat_slope(sigma)
+        band = self.flat * self._mean_slope(sigma)
         bar = max(band, self.trend_threshold * se)
         if slope > bar:
             return "rising", slope, knot, value
@@ -616,8 +642,7 @@ class MilestoneDetector:
             return None
         kind = _transition_kind(prev, trend)
         if kind == "plateau_end" and trend == "falling" and self.drop is not None:
-            mean_slope = self._flat_slope(sigma) / self.flat if self.flat > 0 else 0.0
-            if mean_slope > 0 and -slope >= self.drop * mean_slope:
+            if -slope >= self.drop * self._mean_slope(sigma):
                 kind = "drop"
         step = self._bstep[self._anchor]
         ms = Milestone(step, now, kind, float(self._knot_value), self.series)
@@ -636,14 +661,22 @@ class MilestoneDetector:
         thr2 = self.threshold**2 * sigma * sigma
         while True:
             n = len(self._bx) - 1
+            # window: back to the previous knot when possible, so that the current
+            # segment's start is pinned by the previous segment (continuity)
             s = max(self._anchor, n - self.window + 1)
-            length = n - s + 1
-            if length >= 3 + c:
+            base = None
+            if self._prev_anchor is not None:
+                s2 = max(self._prev_anchor, n - self.window + 1)
+                if self._anchor - s2 >= 2:
+                    s, base = s2, self._anchor - s2
+            first = 2 if base is None else base + 2
+            end = n  # last bin used to classify the current segment
+            if n - c - s >= first:
                 x = np.asarray(self._bx[s:])
                 y = np.asarray(self._by[s:])
                 w = np.asarray(self._bw[s:])
-                knots = np.arange(2, length - c)
-                drss, _, value = _hinge_scan(x, y, w, knots)
+                knots = np.arange(first, n - c - s + 1)
+                drss, value = _hinge_scan(x, y, w, knots, base)
                 best = int(np.argmax(drss))
                 if drss[best] > thr2:
                     k = s + int(knots[best])
@@ -651,7 +684,7 @@ class MilestoneDetector:
                         # the segment is closed: decide its trend with all its points;
                         # if still undecided, it does not change the trend
                         trend, slope, _, _ = self._classify(self._anchor, k, sigma)
-                        if trend is None and self._trend is None:
+                        if trend is None and self._trend is None and k - self._anchor >= 2 * c:
                             trend = "flat"  # the series has not moved significantly yet
                         if trend is not None:
                             ms = self._settle(trend, slope, now, sigma)
@@ -664,15 +697,19 @@ class MilestoneDetector:
                     self._candidate = None
                     self._candidate_count = 0
                     continue
-            if self._pending and n - self._anchor >= c:
-                trend, slope, knot, value = self._classify(self._anchor, n, sigma)
+                if drss[best] > 0.25 * thr2 and s + int(knots[best]) > self._anchor:
+                    # a bend is building up: judge the segment on the bins before it
+                    end = s + int(knots[best])
+            if self._pending and end - self._anchor >= c:
+                trend, slope, knot, value = self._classify(self._anchor, end, sigma)
                 self._anchor, self._knot_value = knot, value
-                if trend is not None and trend == self._candidate:
-                    self._candidate_count += 1
-                else:
-                    self._candidate = trend
-                    self._candidate_count = 0 if trend is None else 1
-                if trend is not None and self._candidate_count >= self.persist:
+                if trend is not None:
+                    if trend == self._candidate:
+                        self._candidate_count += 1
+                    else:
+                        self._candidate = trend
+                        self._candidate_count = 1
+                if trend is not None and self._candidate_count >= _PERSIST:
                     ms = self._settle(trend, slope, now, sigma)
                     if ms is not None:
                         out.append(ms)
@@ -787,7 +824,7 @@ class MilestoneDetector:
         cov = np.linalg.pinv(a.T @ a) * sigma * sigma
         fitted = (a @ beta) / sw
         span = max(float(x[-1] - x[0]), 1.0)
-        mean_slope = max(float(fitted.max() - fitted.min()), 0.0) / span
+        mean_slope = max(float(fitted.max() - fitted.min()), 5.0 * sigma) / span
         flat_slope = self.flat * mean_slope
         trends: list[str] = []
         slopes: list[float] = []
