@@ -69,7 +69,8 @@ def run_chains_batched(
     selected = [_flat_mask(flat, m) for m in masks]
     keep = torch.stack([selected[j] for j, _ in jobs])  # (K, P) entries each job moves
     index = [sel.nonzero().squeeze(1) for sel in selected]
-    theta = flat.anchor.expand(len(jobs), size).clone()
+    anchor = flat.anchor()
+    theta = anchor.expand(len(jobs), size).clone()
     generators = [
         torch.Generator(device=flat.device).manual_seed(chain_seed(seed, chains[c]))
         for _, c in jobs
@@ -98,13 +99,13 @@ def run_chains_batched(
                 draw_loss[:, k] = losses
                 if draw_ref is not None:
                     chain_batches = tree_map(lambda *xs: torch.stack(xs), *per_chain)
-                    draw_ref[:, k] = value_fn(flat.anchor, chain_batches)
+                    draw_ref[:, k] = value_fn(anchor, chain_batches)
             for row, ((j, _), generator) in enumerate(zip(jobs, generators, strict=True)):
                 noise[row, index[j]] = torch.randn(
                     index[j].numel(), generator=generator, device=flat.device, dtype=theta.dtype
                 )
             # the same arithmetic as SGLD.step, entry by entry, on every job at once
-            moved = sampler.drift(theta.clone(), grads, flat.anchor).add_(noise, alpha=scale)
+            moved = sampler.drift(theta.clone(), grads, anchor).add_(noise, alpha=scale)
             theta = torch.where(keep, moved, theta)
     results = []
     for j in range(len(masks)):

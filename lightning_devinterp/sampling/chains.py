@@ -61,8 +61,10 @@ class FlatModel:
     """A private copy of ``model`` prepared for sampling.
 
     The copy is made once; the entries that are sampled (all trainable parameters, or those
-    of one component) become views into one flat vector ``params`` whose starting value
-    ``anchor`` is w*. Parameters that do not require grad are never touched.
+    of one component) become views into one flat vector ``params``, with the flat gradient
+    ``grad`` beside it. w* is read from the original model's own weights (never written), so
+    an estimate holds two extra copies of the weights: the chain and its gradient.
+    Parameters that do not require grad are never touched.
 
     A LightningModule-style ``log``/``log_dict`` on the copy is replaced by a no-op, so a
     ``training_step`` used as the loss logs nothing.
@@ -74,6 +76,7 @@ class FlatModel:
     """
 
     def __init__(self, model: nn.Module, train_mode: bool = False):
+        self.source = {name: p.detach() for name, p in model.named_parameters()}
         self.module = copy.deepcopy(model)
         self.module.train(train_mode)
         for name in ("log", "log_dict"):
@@ -120,22 +123,26 @@ class FlatModel:
             p.requires_grad_(False)
         total = sum(p.numel() for _, p in active)
         flat = torch.empty(total, dtype=self.dtype, device=self.device)
+        self.views = []
         offset = 0
         for _, p in active:
             n = p.numel()
-            flat[offset : offset + n].copy_(p.detach().reshape(-1))
-            p.data = flat[offset : offset + n].view_as(p)
+            view = flat[offset : offset + n].view_as(p)
+            view.copy_(p.detach())
+            p.data = view  # the copy's own storage for p is freed here
             p.requires_grad_(True)
+            self.views.append(view)
             offset += n
         self.active = active
         self.params = flat
-        self.anchor = flat.clone()
+        self.anchor_parts = [self.source[name] for name, _ in active]
         self.masks = masks
         self.index = None
         if masks is not None:
             selected = selection(active, masks, self.device)
             if not bool(selected.all()):
                 self.index = selected.nonzero().squeeze(1)
+                self.anchor_sub = flat[self.index]  # a copy of the component's w* entries
         self.grad = torch.zeros_like(flat)
         offset = 0
         for _, p in active:  # backward accumulates straight into the flat gradient
@@ -147,7 +154,12 @@ class FlatModel:
     def reset(self) -> None:
         """Put the sampled entries back at w*."""
         with torch.no_grad():
-            self.params.copy_(self.anchor)
+            for view, anchor in zip(self.views, self.anchor_parts, strict=True):
+                view.copy_(anchor)
+
+    def anchor(self) -> torch.Tensor:
+        """w* of the sampled parameters as one flat vector (a new tensor)."""
+        return torch.cat([a.reshape(-1) for a in self.anchor_parts])
 
     @property
     def num_sampled(self) -> int:
@@ -165,28 +177,27 @@ class FlatModel:
     @torch.no_grad()
     def loss_at_anchor(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         """Mean loss of w* on ``batch``, without moving the chain."""
-        views = {}
-        offset = 0
-        for name, p in self.active:
-            n = p.numel()
-            views["model." + name] = self.anchor[offset : offset + n].view_as(p)
-            offset += n
-        return functional_call(_LossCall(self.module, loss_fn), views, (batch,), strict=False)
+        weights = {
+            "model." + name: anchor
+            for (name, _), anchor in zip(self.active, self.anchor_parts, strict=True)
+        }
+        return functional_call(_LossCall(self.module, loss_fn), weights, (batch,), strict=False)
 
     def sampled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sampled entries, their gradient and their value at w* (flat)."""
         if self.index is None:
-            return self.params, self.grad, self.anchor
-        return self.params[self.index], self.grad[self.index], self.anchor[self.index]
+            return self.params, self.grad, self.anchor()
+        return self.params[self.index], self.grad[self.index], self.anchor_sub
 
     @torch.no_grad()
     def step(self, sampler: SGLD, generator: torch.Generator) -> None:
         """One SGLD update of the sampled entries from the gradient in ``self.grad``."""
         if self.index is None:
-            sampler.step(self.params, self.grad, self.anchor, generator, self.noise)
+            anchor = (self.views, self.anchor_parts)
+            sampler.step(self.params, self.grad, anchor, generator, self.noise)
             return
         sub = self.params[self.index]
-        sampler.step(sub, self.grad[self.index], self.anchor[self.index], generator, self.noise)
+        sampler.step(sub, self.grad[self.index], self.anchor_sub, generator, self.noise)
         self.params.index_copy_(0, self.index, sub)
 
 

@@ -11,9 +11,13 @@ where ``L_B`` is the minibatch mean loss and ``w*`` the weights the chain starte
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+
+#: w* as one tensor, or as (views of the sampled vector, matching tensors of w*).
+Anchor = torch.Tensor | tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -64,19 +68,28 @@ class SGLD:
             return self
         return SGLD(**{**asdict(self), "nbeta": default_nbeta(batch_size)})
 
-    def drift(self, params: torch.Tensor, grad: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        """``params`` moved in place by the deterministic part of one step; returns it."""
+    def drift(self, params: torch.Tensor, grad: torch.Tensor, anchor: Anchor) -> torch.Tensor:
+        """``params`` moved in place by the deterministic part of one step; returns it.
+
+        ``anchor`` is w*: a tensor like ``params``, or ``(views, parts)``: views of ``params``
+        and the matching tensors of w* (so w* need not be copied into one vector).
+        """
         lr = self.lr
         params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
         if self.localization:
-            params.add_(anchor, alpha=lr * self.localization / 2)
+            if isinstance(anchor, torch.Tensor):
+                params.add_(anchor, alpha=lr * self.localization / 2)
+            else:
+                torch._foreach_add_(
+                    list(anchor[0]), list(anchor[1]), alpha=lr * self.localization / 2
+                )
         return params.add_(grad, alpha=-lr * self.nbeta / 2)
 
     def step(
         self,
         params: torch.Tensor,
         grad: torch.Tensor,
-        anchor: torch.Tensor,
+        anchor: Anchor,
         generator: torch.Generator,
         noise: torch.Tensor | None = None,
     ) -> None:
