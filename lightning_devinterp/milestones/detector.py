@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 _MAD_SCALE = 1.4826
 _PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
+_HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
 _STATE_VERSION = 1
 
 
@@ -109,6 +110,31 @@ def _line_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float
         return 0.0, 0.0, xbar, ybar
     slope = float((w * xc * (y - ybar)).sum() / sxx)
     return slope, math.sqrt(sxx), xbar, ybar
+
+
+def _is_hump(x: np.ndarray, y: np.ndarray, w: np.ndarray, sigma: float, z: float) -> bool:
+    """Whether a quadratic fit rises then falls (or the reverse) across the bins.
+
+    True when the fitted slopes at both ends are beyond ``z`` standard errors and of
+    opposite signs: the segment is the round top of a peak (bottom of a trough), not a
+    plateau, even if a line through it is flat.
+    """
+    if len(x) < 5:
+        return False
+    u = x - (w * x).sum() / w.sum()
+    design = np.stack([np.ones_like(u), u, u * u], axis=1)
+    gram = design.T @ (design * w[:, None])
+    try:
+        inv = np.linalg.inv(gram)
+    except np.linalg.LinAlgError:
+        return False
+    coef = inv @ (design.T @ (w * y))
+    zs = []
+    for end in (u[0], u[-1]):
+        g = np.array([0.0, 1.0, 2.0 * end])
+        var = float(g @ inv @ g) * sigma * sigma
+        zs.append(float(g @ coef) / math.sqrt(var) if var > 0 else 0.0)
+    return zs[0] * zs[1] < 0 and min(abs(zs[0]), abs(zs[1])) > z
 
 
 def _hinge_scan(
@@ -312,6 +338,7 @@ class MilestoneDetector:
         self._pending = True
         self._candidate: str | None = None
         self._candidate_count = 0
+        self._undecided_from: int | None = None
         self._knot_value = math.nan
         self._trend: str | None = None
         self._last_ms_x: float | None = None
@@ -366,6 +393,7 @@ class MilestoneDetector:
             "pending": self._pending,
             "candidate": self._candidate,
             "candidate_count": self._candidate_count,
+            "undecided_from": self._undecided_from,
             "knot_value": None if math.isnan(self._knot_value) else self._knot_value,
             "trend": self._trend,
             "last_ms_x": self._last_ms_x,
@@ -414,6 +442,8 @@ class MilestoneDetector:
         self._pending = bool(state["pending"])
         self._candidate = state["candidate"]
         self._candidate_count = int(state["candidate_count"])
+        uf = state["undecided_from"]
+        self._undecided_from = None if uf is None else int(uf)
         kv = state["knot_value"]
         self._knot_value = math.nan if kv is None else float(kv)
         self._trend = state["trend"]
@@ -623,11 +653,25 @@ class MilestoneDetector:
         if slope < -bar:
             return "falling", slope, knot, value
         if abs(slope) + self.flat_threshold * se < band:
-            return "flat", slope, knot, value
+            lo = max(knot, n - self.window + 1)
+            hump = _is_hump(
+                np.asarray(self._bx[lo : n + 1]),
+                np.asarray(self._by[lo : n + 1]),
+                np.asarray(self._bw[lo : n + 1]),
+                sigma,
+                _HUMP_Z,
+            )
+            if not hump:  # the round top of a peak is no plateau
+                return "flat", slope, knot, value
         return None, slope, knot, value
 
     def _settle(self, trend: str, slope: float, now: int, sigma: float) -> Milestone | None:
         """The current segment's trend is known: announce a milestone if it changed."""
+        ms = self._announce(trend, slope, now, sigma)
+        self._undecided_from = None
+        return ms
+
+    def _announce(self, trend: str, slope: float, now: int, sigma: float) -> Milestone | None:
         self._pending = False
         prev = self._trend
         self._trend = trend
@@ -644,13 +688,38 @@ class MilestoneDetector:
         if kind == "plateau_end" and trend == "falling" and self.drop is not None:
             if -slope >= self.drop * self._mean_slope(sigma):
                 kind = "drop"
-        step = self._bstep[self._anchor]
-        ms = Milestone(step, now, kind, float(self._knot_value), self.series)
+        at, value = self._anchor, self._knot_value
+        if kind in ("peak", "trough") and self._undecided_from is not None:
+            at, value = self._extremum(kind)
+            x_knot = self._bx[at]
+            if self._last_ms_x is not None and x_knot - self._last_ms_x < self.min_separation:
+                self._stage_trends[-1] = trend
+                return None
+        step = self._bstep[at]
+        ms = Milestone(step, now, kind, float(value), self.series)
         self._milestones.append(ms)
         self._stage_starts.append(step)
         self._stage_trends.append(trend)
         self._last_ms_x = x_knot
         return ms
+
+    def _extremum(self, kind: str) -> tuple[int, float]:
+        """Bin and value of the top of a peak (bottom of a trough) before the knot.
+
+        Used when undecided segments (a round top) lie between the last settled trend
+        and the current knot: the extreme of a three-bin weighted moving average there.
+        """
+        a = self._anchor
+        lo = max(int(self._undecided_from or 0), a - self.window)
+        hi = min(a + 1, len(self._bx) - 1)
+        x0 = max(lo - 1, 0)
+        y = np.asarray(self._by[x0 : hi + 2])
+        w = np.asarray(self._bw[x0 : hi + 2])
+        yw = np.convolve(y * w, np.ones(3), mode="same")
+        ww = np.convolve(w, np.ones(3), mode="same")
+        smooth = (yw / ww)[lo - x0 : hi - x0 + 1]
+        j = int(np.argmax(smooth) if kind == "peak" else np.argmin(smooth))
+        return lo + j, float(smooth[j])
 
     def _process(self, now: int) -> list[Milestone]:
         sigma = self._noise()
@@ -690,6 +759,8 @@ class MilestoneDetector:
                             ms = self._settle(trend, slope, now, sigma)
                             if ms is not None:
                                 out.append(ms)
+                        elif self._undecided_from is None:
+                            self._undecided_from = self._anchor
                     self._prev_anchor = self._anchor
                     self._anchor = k
                     self._knot_value = float(value[best])
@@ -697,7 +768,7 @@ class MilestoneDetector:
                     self._candidate = None
                     self._candidate_count = 0
                     continue
-                if drss[best] > 0.25 * thr2 and s + int(knots[best]) > self._anchor:
+                if drss[best] > 0.25 * thr2 and s + int(knots[best]) >= self._anchor + c:
                     # a bend is building up: judge the segment on the bins before it
                     end = s + int(knots[best])
             if self._pending and end - self._anchor >= c:
@@ -723,11 +794,14 @@ class MilestoneDetector:
         continuous piecewise-linear function of ``log10(step)``: knots are added greedily
         while one saves more than ``threshold**2`` noise variances, each knot is then
         moved to its best position between its neighbours, and knots that no longer
-        pass the test are removed. Each segment's trend is classified as online but with
-        all its points; trend changes are milestones (``detected_at`` is the last step),
-        and changes closer than ``min_separation`` are merged (a rise and fall merge
-        into a peak at the highest knot; a change that is undone is dropped). The result
-        is stored in :attr:`refined`; :attr:`milestones` is unchanged.
+        pass the test are removed. Each segment's trend is judged with the online rules
+        on all its bins; an undecided segment, or one with fewer than ``confirm`` bins
+        after its knot, keeps the trend before it. Trend changes are milestones
+        (``detected_at`` is the last step; a peak or trough sits at the extreme of the
+        fit between the last two settled segments), and changes closer than
+        ``min_separation`` are merged (a rise and a fall merge into a peak at the higher
+        knot; a change that is undone is dropped). The result is stored in
+        :attr:`refined`; :attr:`milestones` is unchanged.
 
         Returns:
             The refined milestones.
@@ -787,14 +861,14 @@ class MilestoneDetector:
             return (ht @ e) ** 2 / den
 
         def allowed(knots: list[int], lo: int, hi: int) -> np.ndarray:
-            cands = np.arange(max(lo, 2), min(hi, n - 1 - c) + 1)
+            cands = np.arange(max(lo, 2), min(hi, n - 3) + 1)
             for k in knots:
                 cands = cands[np.abs(cands - k) >= gap]
             return cands
 
         knots: list[int] = []
         for _ in range(n // 3):
-            cands = allowed(knots, 2, n - 1 - c)
+            cands = allowed(knots, 2, n - 3)
             if len(cands) == 0:
                 break
             gain = scan(knots, cands)
@@ -806,7 +880,7 @@ class MilestoneDetector:
             for j in range(len(knots)):
                 others = knots[:j] + knots[j + 1 :]
                 lo = knots[j - 1] + gap if j > 0 else 2
-                hi = knots[j + 1] - gap if j + 1 < len(knots) else n - 1 - c
+                hi = knots[j + 1] - gap if j + 1 < len(knots) else n - 3
                 cands = allowed(others, lo, hi)
                 if len(cands):
                     knots[j] = int(cands[int(np.argmax(scan(others, cands)))])
@@ -818,44 +892,63 @@ class MilestoneDetector:
                 break
             del knots[j]
 
-        # segment slopes and their standard errors from the final fit
+        # each segment's trend from a line on its own bins, with the online rules;
+        # an undecided segment keeps the trend before it
         a = basis(knots)
         beta, *_ = np.linalg.lstsq(a, yw, rcond=None)
-        cov = np.linalg.pinv(a.T @ a) * sigma * sigma
         fitted = (a @ beta) / sw
         span = max(float(x[-1] - x[0]), 1.0)
         mean_slope = max(float(fitted.max() - fitted.min()), 5.0 * sigma) / span
-        flat_slope = self.flat * mean_slope
-        trends: list[str] = []
-        slopes: list[float] = []
-        for j in range(len(knots) + 1):
-            g = np.zeros(a.shape[1])
-            g[1] = 1.0
-            g[2 : 2 + j] = 1.0
-            slope = float(g @ beta)
-            se = math.sqrt(max(float(g @ cov @ g), 0.0))
-            bar = max(flat_slope, self.trend_threshold * se)
-            trends.append("rising" if slope > bar else "falling" if slope < -bar else "flat")
-            slopes.append(slope)
+        band = self.flat * mean_slope
+        bounds = [0, *knots, n - 1]
+        segments = []  # (start knot, trend or None, slope)
+        for j in range(len(bounds) - 1):
+            lo, hi = bounds[j], bounds[j + 1]
+            xs, ys, ws = x[lo : hi + 1], y[lo : hi + 1], w[lo : hi + 1]
+            slope, root_sxx, _, _ = _line_fit(xs, ys, ws)
+            se = sigma / root_sxx if root_sxx > 0 else math.inf
+            bar = max(band, self.trend_threshold * se)
+            trend: str | None = None
+            if lo > n - 1 - c:
+                pass  # fewer than `confirm` bins after the knot: not confirmed
+            elif slope > bar:
+                trend = "rising"
+            elif slope < -bar:
+                trend = "falling"
+            elif abs(slope) + self.flat_threshold * se < band:
+                if not _is_hump(xs, ys, ws, sigma, _HUMP_Z):
+                    trend = "flat"
+            elif j == 0:
+                trend = "flat"  # the series has not moved significantly yet
+            segments.append((lo, trend, slope))
 
-        # transitions, merged when closer than min_separation
-        events: list[list[Any]] = []  # [knot, before, after, slope_after]
-        for j, k in enumerate(knots):
-            if trends[j] == trends[j + 1]:
+        events: list[list[Any]] = []  # [bin, before, after, slope after]
+        current: str | None = None
+        since = 0  # first knot after the last settled segment
+        for lo, trend, slope in segments:
+            if trend is None:
                 continue
-            ev = [k, trends[j], trends[j + 1], slopes[j + 1]]
-            if events and x[k] - x[events[-1][0]] < self.min_separation:
-                prev = events.pop()
-                if prev[1] == ev[2]:
-                    continue
-                kind = _transition_kind(prev[1], ev[2])
-                pick = prev[0]
-                if kind == "peak" and fitted[k] > fitted[pick]:
-                    pick = k
-                if kind == "trough" and fitted[k] < fitted[pick]:
-                    pick = k
-                ev = [pick, prev[1], ev[2], ev[3]]
-            events.append(ev)
+            if current is not None and trend != current:
+                kind = _transition_kind(current, trend)
+                at = lo
+                if kind in ("peak", "trough"):
+                    part = fitted[since : lo + 1]
+                    at = since + int(np.argmax(part) if kind == "peak" else np.argmin(part))
+                ev = [at, current, trend, slope]
+                if events and x[at] - x[events[-1][0]] < self.min_separation:
+                    prev = events.pop()
+                    if prev[1] != trend:
+                        kind = _transition_kind(prev[1], trend)
+                        pick = prev[0]
+                        if kind == "peak" and fitted[at] > fitted[pick]:
+                            pick = at
+                        if kind == "trough" and fitted[at] < fitted[pick]:
+                            pick = at
+                        events.append([pick, prev[1], trend, slope])
+                else:
+                    events.append(ev)
+            current = trend
+            since = lo
         out = []
         last = int(self._last_step)
         for k, before, after, slope in events:
@@ -864,7 +957,6 @@ class MilestoneDetector:
                 kind == "plateau_end"
                 and after == "falling"
                 and self.drop is not None
-                and mean_slope > 0
                 and -slope >= self.drop * mean_slope
             ):
                 kind = "drop"
