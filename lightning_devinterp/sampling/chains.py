@@ -61,9 +61,10 @@ class FlatModel:
     """A private copy of ``model`` prepared for sampling.
 
     The copy is made once; the entries that are sampled (all trainable parameters, or those
-    of one component) become views into one flat vector ``params``, with the flat gradient
-    ``grad`` beside it. w* is read from the original model's own weights (never written), so
-    an estimate holds two extra copies of the weights: the chain and its gradient.
+    of one component) become views into one flat vector ``params``. Gradients stay where
+    autograd puts them (``.grad`` of each parameter, freed after each step) and w* is read
+    from the original model's own weights (never written), so an estimate holds two extra
+    copies of the weights at most: the chain and its gradient.
     Parameters that do not require grad are never touched.
 
     A LightningModule-style ``log``/``log_dict`` on the copy is replaced by a no-op, so a
@@ -143,11 +144,6 @@ class FlatModel:
             if not bool(selected.all()):
                 self.index = selected.nonzero().squeeze(1)
                 self.anchor_sub = flat[self.index]  # a copy of the component's w* entries
-        self.grad = torch.zeros_like(flat)
-        offset = 0
-        for _, p in active:  # backward accumulates straight into the flat gradient
-            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
         size = self.index.numel() if self.index is not None else total
         self.noise = torch.empty(min(size, NOISE_CHUNK), dtype=self.dtype, device=self.device)
 
@@ -167,12 +163,23 @@ class FlatModel:
         return int(self.index.numel()) if self.index is not None else self.params.numel()
 
     def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
-        """Mean loss at the current weights; its gradient is written into ``self.grad``."""
+        """Mean loss at the current weights; its gradient goes to the parameters' ``.grad``."""
         loss = reduce_loss(loss_fn(self.module, batch))
-        self.grad.zero_()
         if loss.requires_grad:  # False when no sampled entry affects the loss
             loss.backward()
         return loss.detach()
+
+    def grads(self) -> list[torch.Tensor]:
+        """The gradient of each sampled parameter (zeros where the loss does not reach it)."""
+        return [
+            p.grad if p.grad is not None else torch.zeros_like(view)
+            for (_, p), view in zip(self.active, self.views, strict=True)
+        ]
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """The gradient of the sampled parameters as one flat vector (a new tensor)."""
+        return torch.cat([g.reshape(-1) for g in self.grads()])
 
     @torch.no_grad()
     def loss_at_anchor(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
@@ -191,14 +198,16 @@ class FlatModel:
 
     @torch.no_grad()
     def step(self, sampler: SGLD, generator: torch.Generator) -> None:
-        """One SGLD update of the sampled entries from the gradient in ``self.grad``."""
+        """One SGLD update of the sampled entries from the gradients in their ``.grad``."""
         if self.index is None:
-            anchor = (self.views, self.anchor_parts)
-            sampler.step(self.params, self.grad, anchor, generator, self.noise)
-            return
-        sub = self.params[self.index]
-        sampler.step(sub, self.grad[self.index], self.anchor_sub, generator, self.noise)
-        self.params.index_copy_(0, self.index, sub)
+            grads = self.grads()
+            sampler.step(self.params, grads, self.anchor_parts, generator, self.noise, self.views)
+        else:
+            sub = self.params[self.index]
+            sampler.step(sub, self.grad[self.index], self.anchor_sub, generator, self.noise)
+            self.params.index_copy_(0, self.index, sub)
+        for _, p in self.active:
+            p.grad = None  # autograd allocates the next gradient afresh: no stale memory
 
 
 def selection(

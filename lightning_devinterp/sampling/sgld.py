@@ -16,9 +16,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-#: w* as one tensor, or as (views of the sampled vector, matching tensors of w*).
-Anchor = torch.Tensor | tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
-
 
 @dataclass(frozen=True)
 class SGLD:
@@ -68,42 +65,53 @@ class SGLD:
             return self
         return SGLD(**{**asdict(self), "nbeta": default_nbeta(batch_size)})
 
-    def drift(self, params: torch.Tensor, grad: torch.Tensor, anchor: Anchor) -> torch.Tensor:
+    def drift(
+        self,
+        params: torch.Tensor,
+        grad: torch.Tensor | Sequence[torch.Tensor],
+        anchor: torch.Tensor | Sequence[torch.Tensor],
+        views: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """``params`` moved in place by the deterministic part of one step; returns it.
 
-        ``anchor`` is w*: a tensor like ``params``, or ``(views, parts)``: views of ``params``
-        and the matching tensors of w* (so w* need not be copied into one vector).
+        ``grad`` and ``anchor`` (w*) are tensors like ``params``, or, when ``views`` (views of
+        ``params``, one per parameter) is given, lists of tensors matching ``views``, so that
+        neither needs to be copied into one vector.
         """
         lr = self.lr
+        pull, push = lr * self.localization / 2, -lr * self.nbeta / 2
         params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
-        if self.localization:
-            if isinstance(anchor, torch.Tensor):
-                params.add_(anchor, alpha=lr * self.localization / 2)
-            else:
-                torch._foreach_add_(
-                    list(anchor[0]), list(anchor[1]), alpha=lr * self.localization / 2
-                )
-        return params.add_(grad, alpha=-lr * self.nbeta / 2)
+        if views is None:
+            if self.localization:
+                params.add_(anchor, alpha=pull)
+            params.add_(grad, alpha=push)
+        else:
+            if self.localization:
+                torch._foreach_add_(list(views), list(anchor), alpha=pull)
+            torch._foreach_add_(list(views), list(grad), alpha=push)
+        return params
 
     def step(
         self,
         params: torch.Tensor,
-        grad: torch.Tensor,
-        anchor: Anchor,
+        grad: torch.Tensor | Sequence[torch.Tensor],
+        anchor: torch.Tensor | Sequence[torch.Tensor],
         generator: torch.Generator,
         noise: torch.Tensor | None = None,
+        views: Sequence[torch.Tensor] | None = None,
     ) -> None:
         """Apply one SGLD update in place to the flat vector ``params``.
 
-        ``grad`` is the gradient of the minibatch mean loss at ``params``; ``anchor`` is w*. ``noise`` is an optional work buffer
-        for the Gaussian draws: they are generated chunk by chunk into it, so the noise needs
-        no memory the size of ``params``.
+        ``grad`` is the gradient of the minibatch mean loss at ``params``; ``anchor`` is w*
+        (both as in :meth:`drift`). ``noise`` is an optional work buffer for the Gaussian
+        draws: they are generated chunk by chunk into it, so the noise needs no memory the
+        size of ``params``.
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
         # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi, rearranged as
         # w*(1 - lr(gamma+delta)/2) + (lr gamma/2) w* - (lr nbeta/2) g: three passes
-        self.drift(params, grad, anchor)
+        self.drift(params, grad, anchor, views)
         scale = self.noise_level * math.sqrt(self.lr)
         if noise is None:
             noise = params.new_empty(min(params.numel(), NOISE_CHUNK))
