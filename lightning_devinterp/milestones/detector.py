@@ -204,25 +204,28 @@ class MilestoneDetector:
 
     Args:
         series: Name stored in each milestone (``"llc"``, ``"loss"``, ...).
-        confirm: Bins that must follow a change before it is announced: a break needs
-            ``confirm`` bins after its knot, a plateau ``2 * confirm``. Larger is
-            safer and slower.
+        confirm: Bins that must follow a knot before the segment after it is judged
+            (and before a break there can be found). Larger is safer and slower.
         min_separation: Minimum distance between announced milestones, in decades of
             step (``log10`` units).
         noise: Fixed noise level of one observation, in the series' units. ``None``
             (default) measures it from the series (see module docstring).
-        threshold: A break is accepted when the hinge saves at least ``threshold**2``
-            noise variances of squared residuals (a z-score for the slope change).
+        threshold: A break is accepted when the extra bend saves more than
+            ``threshold**2`` noise variances of squared residuals (a z-score for the
+            change of slope).
         trend_threshold: z-score a segment's slope needs to count as rising or falling.
-        flat: Practical flatness: slopes smaller than ``flat`` times the series' mean
-            absolute slope per decade (range of values over range of log10 step,
-            at least one decade) count as flat however well they are measured.
+        flat_threshold: A segment is flat when ``|slope| + flat_threshold * se`` is
+            inside the flat band (0 judges on the slope alone).
+        flat: Half-width of the flat band, as a fraction of the series' mean slope per
+            decade (range of values so far over their span in decades, at least one
+            decade). A straight series is never flat; a slope below this is flat
+            however well it is measured.
         resolution: Width of the log10(step) bins.
         window: Number of recent bins used by the break test and by the noise
             estimate; bounds the cost of :meth:`update`.
         drop: If set, a plateau left by a fall at least ``drop`` times the series' mean
-            absolute slope is announced as ``"drop"`` instead of ``"plateau_end"``
-            (useful for a loss series, e.g. ``drop=2.0``).
+            slope is announced as ``"drop"`` instead of ``"plateau_end"`` (useful for a
+            loss series, e.g. ``drop=2.0``).
         std_floor: If positive, the noise level is at least ``std_floor`` times the
             median ``std`` passed to :meth:`update`.
         min_noise_points: Residuals needed before the measured noise is trusted; until
@@ -517,20 +520,22 @@ class MilestoneDetector:
                 "update() with strictly increasing steps (create a new detector, or "
                 "load_state_dict, to start over)."
             )
-        if std is not None:
-            if isinstance(std, bool) or not isinstance(std, Real):
-                raise ValueError(f"std={std!r} must be a number or None.")
-            if std < 0:
-                raise ValueError(f"std={std!r} is negative; pass the spread of the estimate.")
-        self._last_step = step
         try:
             value = float(value)
         except (TypeError, ValueError) as err:
             raise ValueError(f"value={value!r} is not a number.") from err
+        if std is not None:
+            try:
+                std = float(std)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"std={std!r} must be a number or None.") from err
+            if std < 0:
+                raise ValueError(f"std={std!r} is negative; pass the spread of the estimate.")
+        self._last_step = step
         if not math.isfinite(value):
             return []
         if std is not None and math.isfinite(std):
-            self._stds.append(float(std))
+            self._stds.append(std)
             if len(self._stds) > self.window:
                 del self._stds[0]
         x = math.log10(max(step, 1))
