@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def pca_trajectory(X: np.ndarray, n_components: int = 3) -> tuple[np.ndarray, np
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or inf; drop or repair those checkpoints first.")
     kmax = min(X.shape)
-    if isinstance(n_components, bool) or not isinstance(n_components, int):
+    if isinstance(n_components, bool) or not isinstance(n_components, Integral):
         raise ValueError(f"n_components={n_components!r} must be an integer.")
     if not 1 <= n_components <= kmax:
         raise ValueError(
@@ -88,7 +89,7 @@ def smooth_trajectory(scores: np.ndarray, sigma: float, mode: str = "reflect") -
         The smoothed array, same shape as ``scores``.
     """
     arr = np.asarray(scores, dtype=float)
-    if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+    if not isinstance(sigma, Real) or not math.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma={sigma!r} must be a finite number >= 0 (in checkpoints).")
     if mode not in _EDGE_MODES:
         raise ValueError(f"mode={mode!r} must be one of {_EDGE_MODES}.")
@@ -192,13 +193,13 @@ def find_trajectory_milestones(
     if len(steps_arr) > 1 and np.any(np.diff(steps_arr) <= 0):
         raise ValueError("steps must be strictly increasing; sort the checkpoints by step.")
     for name, val in (("min_angle", min_angle), ("prominence", prominence), ("edge", edge)):
-        if not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+        if not isinstance(val, Real) or not math.isfinite(val) or val < 0:
             raise ValueError(f"{name}={val!r} must be a finite number >= 0.")
-    if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+    if not isinstance(sigma, Real) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma={sigma!r} must be a finite number > 0 (in checkpoints).")
     if min_separation is None:
         min_separation = max(int(round(2 * sigma)), 1)
-    if isinstance(min_separation, bool) or not isinstance(min_separation, int):
+    if isinstance(min_separation, bool) or not isinstance(min_separation, Integral):
         raise ValueError(f"min_separation={min_separation!r} must be an integer (checkpoints).")
     n = X.shape[0]
     margin = int(math.ceil(edge * sigma))
