@@ -79,6 +79,10 @@ def main() -> None:
             f"{record['step']:>6}  {record['llc/mean']:>8.3f}  {record['llc/std']:>7.3f}  "
             f"{record['llc/init_loss']:>9.4f}  {health}"
         )
+    print("\nEarly on the weights are far from a minimum, so the LLC is negative and flagged.")
+    for m in monitor.milestones:
+        print(f"milestone: {m.series} {m.kind} at step {m.step} (confirmed at {m.detected_at})")
+    print(f"milestones file: {monitor.milestones_path}")
 
 
 if __name__ == "__main__":
