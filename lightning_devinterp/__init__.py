@@ -1,6 +1,6 @@
 """lightning_devinterp: developmental interpretability as PyTorch Lightning callbacks."""
 
-from lightning_devinterp.callbacks import LLCMonitor
+from lightning_devinterp.callbacks import EssentialDynamics, LLCMonitor
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import LLCEstimate, estimate_llc
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SGLD",
     "Component",
+    "EssentialDynamics",
     "LLCEstimate",
     "LLCMonitor",
     "Milestone",

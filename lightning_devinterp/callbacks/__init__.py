@@ -1,6 +1,7 @@
 """The Lightning layer: schedules, isolation from training, DDP, state."""
 
+from lightning_devinterp.callbacks.essential_dynamics import EssentialDynamics
 from lightning_devinterp.callbacks.llc_monitor import LLCMonitor
 from lightning_devinterp.callbacks.schedule import Schedule
 
-__all__ = ["LLCMonitor", "Schedule"]
+__all__ = ["EssentialDynamics", "LLCMonitor", "Schedule"]

@@ -1,0 +1,205 @@
+"""EssentialDynamics: milestones from the model's function-space trajectory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from lightning_devinterp.callbacks.isolation import isolated
+from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.milestones import Milestone, find_trajectory_milestones, pca_trajectory
+from lightning_devinterp.reporting import report_milestones, write_milestones_json
+from lightning_devinterp.sampling import move_to_device
+
+
+class EssentialDynamics(Callback):
+    """Record the model's outputs on a fixed probe batch over training, and find milestones
+    where that trajectory (in its top principal components) turns sharply.
+
+    Each scheduled step costs one forward pass in eval mode under ``no_grad`` (modes and RNG
+    states are restored; no weight is touched).
+
+    Args:
+        probe: the fixed input, passed as ``output_fn(model, probe)``.
+        output_fn: what to record; default ``model(probe)``.
+        every_n_steps, num_estimates, at_steps: the schedule (as in :class:`LLCMonitor`).
+        n_components: principal components of the trajectory searched for turns.
+        sigma: Gaussian smoothing (in checkpoints) before the turn search.
+        max_checkpoints: memory bound: past it, every other stored checkpoint is dropped.
+        max_features: outputs longer than this are projected with a fixed random matrix
+            (distances are preserved in expectation).
+        min_checkpoints: checkpoints needed before milestones are searched for.
+        name: prefix of the logged names and of the files written.
+        output_dir: default ``<trainer.log_dir>/devinterp``.
+    """
+
+    def __init__(
+        self,
+        probe: Any,
+        *,
+        output_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+        every_n_steps: int | None = None,
+        num_estimates: int | None = None,
+        at_steps: Sequence[int] | None = None,
+        n_components: int = 3,
+        sigma: float = 3.0,
+        max_checkpoints: int = 512,
+        max_features: int = 4096,
+        min_checkpoints: int = 12,
+        name: str = "essential_dynamics",
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        for label, value, least in (
+            ("n_components", n_components, 2),
+            ("max_checkpoints", max_checkpoints, 8),
+            ("max_features", max_features, 2),
+            ("min_checkpoints", min_checkpoints, 4),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{label}={value!r} is invalid; use an integer >= {least}.")
+        if not sigma > 0:
+            raise ValueError(f"sigma={sigma!r} is invalid; use a positive smoothing width.")
+        self.probe = probe
+        self.output_fn = output_fn or (lambda model, x: model(x))
+        self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
+        self.n_components = n_components
+        self.sigma = sigma
+        self.max_checkpoints = max_checkpoints
+        self.max_features = max_features
+        self.min_checkpoints = min_checkpoints
+        self.name = name
+        self.output_dir = output_dir
+        self.steps: list[int] = []
+        self.rows: list[np.ndarray] = []
+        self.milestones: list[Milestone] = []
+        self._projection: np.ndarray | None = None
+        self._folder: Path | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._folder = Path(
+                self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "devinterp"
+            )
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        last = trainer.max_steps if trainer.max_steps >= 0 else trainer.estimated_stepping_batches
+        self.schedule.resolve(last)
+        self._record(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._record(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and len(self.rows) >= 3 and self._folder is not None:
+            self._save_figure()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.steps),
+            "rows": [r.tolist() for r in self.rows],
+            "milestones": [m.to_dict() for m in self.milestones],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = list(state_dict.get("steps", []))
+        self.rows = [np.asarray(r, dtype=np.float32) for r in state_dict.get("rows", [])]
+        self.milestones = [Milestone.from_dict(m) for m in state_dict.get("milestones", [])]
+
+    def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
+        """The checkpoints' steps and their scores in the top principal components."""
+        scores, _ = pca_trajectory(np.stack(self.rows), self.n_components)
+        return np.asarray(self.steps), scores
+
+    def _record(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        step = trainer.global_step
+        if trainer.sanity_checking or trainer.fast_dev_run or not self.schedule.is_due(step):
+            return
+        if self.steps and step <= self.steps[-1]:
+            return
+        with isolated(pl_module), torch.no_grad():
+            pl_module.eval()
+            probe = move_to_device(self.probe, pl_module.device)
+            output = self.output_fn(pl_module, probe).detach().float().reshape(-1).cpu().numpy()
+        self.steps.append(step)
+        self.rows.append(self._project(output))
+        if len(self.rows) > self.max_checkpoints:
+            self.steps, self.rows = self.steps[::2], self.rows[::2]
+        if len(self.rows) >= self.min_checkpoints:
+            self._detect(trainer, step)
+
+    def _project(self, output: np.ndarray) -> np.ndarray:
+        if output.size <= self.max_features:
+            return output.astype(np.float32)
+        if self._projection is None or self._projection.shape[1] != output.size:
+            rng = np.random.default_rng(0)
+            shape = (self.max_features, output.size)
+            self._projection = (rng.standard_normal(shape) / np.sqrt(self.max_features)).astype(
+                np.float32
+            )
+        return self._projection @ output.astype(np.float32)
+
+    def _detect(self, trainer: Trainer, step: int) -> None:
+        found = find_trajectory_milestones(
+            np.asarray(self.steps),
+            np.stack(self.rows),
+            self.n_components,
+            self.sigma,
+            series=self.name,
+        )
+        where = {s: i for i, s in enumerate(self.steps)}
+        known = [where.get(m.step, -10) for m in self.milestones]
+        new = [  # a turn re-found within 3 checkpoints of an announced one is the same turn
+            Milestone(m.step, step, m.kind, m.value, m.series)
+            for m in found
+            if all(abs(where.get(m.step, -10) - k) > 3 for k in known)
+        ]
+        if not new:
+            return
+        self.milestones.extend(new)
+        for m in new:
+            rank_zero_info(f"EssentialDynamics: {m.kind} at step {m.step}, seen at step {step}.")
+        if trainer.is_global_zero and self._folder is not None:
+            write_milestones_json(
+                self._folder / f"{self.name}_milestones.json", self.milestones, [], {}
+            )
+            report_milestones(trainer.loggers, self.milestones, step, self.name)
+
+    def _save_figure(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        steps, scores = self.trajectory()
+        fig, ax = plt.subplots(figsize=(5, 4))
+        points = ax.scatter(scores[:, 0], scores[:, 1], c=np.log10(np.maximum(steps, 1)), s=12)
+        ax.plot(scores[:, 0], scores[:, 1], lw=0.6, color="grey")
+        for m in self.milestones:
+            i = int(np.argmin(np.abs(steps - m.step)))
+            ax.annotate(str(m.step), scores[i, :2], color="red")
+        fig.colorbar(points, label="log10(step)")
+        ax.set(xlabel="PC1", ylabel="PC2", title="Essential dynamics")
+        self._folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self._folder / f"{self.name}.png", dpi=100)
+        plt.close(fig)
