@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.milestones import Milestone, find_trajectory_milestones, pca_trajectory
-from lightning_devinterp.reporting import report_milestones, write_milestones_json
+from lightning_devinterp.reporting import log_figure, report_milestones, write_milestones_json
 from lightning_devinterp.sampling import move_to_device
 
 
@@ -108,7 +108,11 @@ class EssentialDynamics(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and len(self.rows) >= 3 and self._folder is not None:
-            self._save_figure()
+            figure = self._figure()
+            if figure is not None:
+                self._folder.mkdir(parents=True, exist_ok=True)
+                figure.savefig(self._folder / f"{self.name}.png", dpi=100)
+                log_figure(trainer.loggers, f"{self.name}/trajectory", figure, trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -183,14 +187,16 @@ class EssentialDynamics(Callback):
             )
             report_milestones(trainer.loggers, self.milestones, step, self.name)
 
-    def _save_figure(self) -> None:
+    def _figure(self) -> Any:
+        """The trajectory in its top two components, milestones marked (None without
+        matplotlib)."""
         try:
             import matplotlib
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            return
+            return None
         steps, scores = self.trajectory()
         fig, ax = plt.subplots(figsize=(5, 4))
         points = ax.scatter(scores[:, 0], scores[:, 1], c=np.log10(np.maximum(steps, 1)), s=12)
@@ -200,6 +206,5 @@ class EssentialDynamics(Callback):
             ax.annotate(str(m.step), scores[i, :2], color="red")
         fig.colorbar(points, label="log10(step)")
         ax.set(xlabel="PC1", ylabel="PC2", title="Essential dynamics")
-        self._folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self._folder / f"{self.name}.png", dpi=100)
-        plt.close(fig)
+        plt.close(fig)  # detached from pyplot; still drawable and savable
+        return fig

@@ -15,3 +15,16 @@ def log_scalars(loggers: Iterable[Any], metrics: Mapping[str, float], step: int)
     for logger in loggers:
         logger.log_metrics(clean, step=step)
         logger.save()
+
+
+def log_figure(loggers: Iterable[Any], tag: str, figure: Any, step: int) -> None:
+    """Give a matplotlib figure to the loggers that show images (TensorBoard, W&B)."""
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "TensorBoardLogger":
+            logger.experiment.add_figure(tag, figure, step, close=False)
+            logger.experiment.flush()
+        elif kind == "WandbLogger":
+            import wandb
+
+            logger.experiment.log({tag: wandb.Image(figure), "trainer/global_step": step})

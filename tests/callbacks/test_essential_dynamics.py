@@ -75,3 +75,17 @@ def test_state_round_trip_and_bad_arguments():
         EssentialDynamics(torch.zeros(1), n_components=1)
     with pytest.raises(ValueError, match="sigma"):
         EssentialDynamics(torch.zeros(1), sigma=0)
+
+
+def test_the_trajectory_figure_reaches_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dynamics = EssentialDynamics(regression_data(n=8).tensors[0], every_n_steps=2)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    L.seed_everything(0, verbose=False)
+    trainer(tmp_path, callbacks=[dynamics], max_steps=12, logger=logger).fit(RegressionModule())
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("essential_dynamics/trajectory")] == [12]
+    assert list(tmp_path.rglob("essential_dynamics.png"))
