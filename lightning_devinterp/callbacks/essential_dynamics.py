@@ -206,5 +206,6 @@ class EssentialDynamics(Callback):
             ax.annotate(str(m.step), scores[i, :2], color="red")
         fig.colorbar(points, label="log10(step)")
         ax.set(xlabel="PC1", ylabel="PC2", title="Essential dynamics")
+        fig.tight_layout()
         plt.close(fig)  # detached from pyplot; still drawable and savable
         return fig
