@@ -384,3 +384,20 @@ def test_default_milestone_detectors_watch_the_llc_and_the_loss():
     assert LLCMonitor(milestones=False).detectors == []
     with pytest.raises(TypeError, match="milestones="):
         LLCMonitor(milestones=["llc"])
+
+
+def test_a_persistent_workers_loader_keeps_its_training_iterator(tmp_path):
+    """A second iterator over a persistent-workers loader would reset training's; the monitor
+    samples from a worker-less clone instead, so training sees the same batches."""
+
+    def module():
+        m = RegressionModule(noisy=False)
+        m.train_dataloader = lambda: DataLoader(
+            regression_data(), batch_size=32, shuffle=True, num_workers=1, persistent_workers=True
+        )
+        return m
+
+    _, plain = fit(tmp_path / "plain", module=module, max_steps=6)
+    monitor = LLCMonitor(every_n_steps=2, **FAST)
+    _, watched = fit(tmp_path / "watched", monitor, module=module, max_steps=6)
+    assert plain.losses == watched.losses and len(monitor.history) == 3
