@@ -80,15 +80,17 @@ class SGLD:
         """
         lr = self.lr
         pull, push = lr * self.localization / 2, -lr * self.nbeta / 2
-        params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
-        if views is None:
-            if self.localization:
-                params.add_(anchor, alpha=pull)
-            params.add_(grad, alpha=push)
+        if self.localization and not self.weight_decay:  # w + pull (w* - w): one pass
+            if views is None:
+                params.lerp_(anchor, pull)
+            else:
+                torch._foreach_lerp_(list(views), list(anchor), pull)
         else:
+            if self.weight_decay:
+                params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
             if self.localization:
-                torch._foreach_add_(list(views), list(anchor), alpha=pull)
-            torch._foreach_add_(list(views), list(grad), alpha=push)
+                _add(params, views, anchor, pull)
+        _add(params, views, grad, push)
         return params
 
     def step(
@@ -119,8 +121,21 @@ class SGLD:
             chunk.add_(noise[: chunk.numel()].normal_(generator=generator), alpha=scale)
 
 
-#: Gaussian draws are generated in chunks of at most this many entries.
-NOISE_CHUNK = 1 << 20
+#: Gaussian draws are generated in chunks of at most this many entries (256 KiB in float32).
+NOISE_CHUNK = 1 << 16
+
+
+def _add(
+    params: torch.Tensor,
+    views: Sequence[torch.Tensor] | None,
+    other: torch.Tensor | Sequence[torch.Tensor],
+    alpha: float,
+) -> None:
+    """``params += alpha * other``, as one tensor or parameter by parameter."""
+    if views is None:
+        params.add_(other, alpha=alpha)
+    else:
+        torch._foreach_add_(list(views), list(other), alpha=alpha)
 
 
 def default_nbeta(batch_size: int) -> float:
