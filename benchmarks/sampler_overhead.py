@@ -16,8 +16,10 @@ the median of ``--repeats`` interleaved measurements, after a warm-up call of ea
 Memory: peak resident memory of a fresh process running one estimate, or three Adam steps, on a
 large MLP (default 16.6M parameters, 63 MiB), minus its memory before; as a multiple of the
 parameter bytes. With glibc's mmap threshold fixed at 64 KiB, large blocks go back to the
-system on free, so the peak RSS tracks live tensors. The engine's flat buffers, analytically: the sampled entries (1x, the copy's weights are
-re-pointed into them), w* (1x), the gradient (1x), a noise chunk (<= 4 MB).
+system on free, so the peak RSS tracks live tensors. The engine's buffers, analytically: the
+chain's weights (1x, the copy's weights are re-pointed into one flat vector), the gradient
+(1x, autograd's own, freed after each step), a noise chunk (<= 256 KiB); w* is read from the
+model itself.
 
     python benchmarks/sampler_overhead.py [--steps 50] [--repeats 3] [--threads 1] [--profile]
 """
@@ -253,20 +255,16 @@ def main() -> None:
         "(multiples of the parameter bytes):"
     )
     print()
-    print("| run | measured peak extra | engine's flat buffers (analytic) |")
+    print("| run | measured peak extra | engine's buffers (analytic) |")
     print("|---|---:|---:|")
     print(f"| 3 Adam training steps | {mem['train']:.2f} | (grads 1 + Adam state 2) |")
     print(
         f"| estimate_llc, paired=False | {mem['sgld']:.2f} "
-        "| params 1 + w* 1 + grad 1 + noise chunk (<= 4 MiB) |"
+        "| chain 1 + gradient 1 + noise chunk (<= 256 KiB) |"
     )
     print(f"| estimate_llc, paired=True | {mem['paired']:.2f} | same |")
     print()
-    print(
-        "Transients on top of the flat buffers: autograd's gradient of the largest parameter "
-        "before it is added into the flat gradient (0.5 here), and re-activating the whole model "
-        "after the copy (a second set of flat buffers while the first is still alive: +1)."
-    )
+    print("The rest of the measured peak is the forward pass's activations and allocator slack.")
     for name, text in profiles:
         print(f"\n### cProfile of {4 * args.steps} SGLD steps: {name}\n")
         print(text)
