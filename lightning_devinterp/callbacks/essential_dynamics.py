@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
 from lightning_devinterp.milestones import Milestone, find_trajectory_milestones, pca_trajectory
 from lightning_devinterp.reporting import log_figure, report_milestones, write_milestones_json
 from lightning_devinterp.sampling import move_to_device
@@ -91,14 +92,11 @@ class EssentialDynamics(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._folder = Path(
-                self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "devinterp"
-            )
+            self._folder = output_folder(trainer, self.output_dir)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        last = trainer.max_steps if trainer.max_steps >= 0 else trainer.estimated_stepping_batches
-        self.schedule.resolve(last)
+        self.schedule.resolve(last_step(trainer))
         self._record(trainer, pl_module)
 
     @override

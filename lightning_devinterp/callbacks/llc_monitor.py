@@ -16,6 +16,7 @@ from typing_extensions import override
 from lightning_devinterp.callbacks.distributed import all_gather_objects, my_chains
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import (
     LLCEstimate,
@@ -225,10 +226,7 @@ class LLCMonitor(Callback):
         if stage != "fit":
             return
         _check_strategy(trainer)
-        folder = self.output_dir or str(
-            Path(trainer.log_dir or trainer.default_root_dir) / "devinterp"
-        )
-        self._writer = JsonlWriter(Path(folder) / f"{self.name}.jsonl")
+        self._writer = JsonlWriter(output_folder(trainer, self.output_dir) / f"{self.name}.jsonl")
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -236,8 +234,7 @@ class LLCMonitor(Callback):
         if not self._active:
             rank_zero_info(f"LLCMonitor({self.name}): skipped under fast_dev_run.")
             return
-        last = trainer.max_steps if trainer.max_steps >= 0 else trainer.estimated_stepping_batches
-        self.schedule.resolve(last)
+        self.schedule.resolve(last_step(trainer))
         with isolated(pl_module):
             check_inputs(pl_module, self._data(trainer), self.loss_fn, self._transfer(pl_module))
         if self.sampler is None:

@@ -157,11 +157,6 @@ class FlatModel:
         """w* of the sampled parameters as one flat vector (a new tensor)."""
         return torch.cat([a.reshape(-1) for a in self.anchor_parts])
 
-    @property
-    def num_sampled(self) -> int:
-        """Number of entries a chain moves."""
-        return int(self.index.numel()) if self.index is not None else self.params.numel()
-
     def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         """Mean loss at the current weights; its gradient goes to the parameters' ``.grad``."""
         loss = reduce_loss(loss_fn(self.module, batch))
