@@ -17,6 +17,7 @@ from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
 from lightning_devinterp.milestones import Milestone, find_trajectory_milestones, pca_trajectory
 from lightning_devinterp.reporting import log_figure, report_milestones, write_milestones_json
+from lightning_devinterp.reporting.figures import plot_trajectory, save_png
 from lightning_devinterp.sampling import move_to_device
 
 
@@ -106,11 +107,13 @@ class EssentialDynamics(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and len(self.rows) >= 3 and self._folder is not None:
-            figure = self._figure()
-            if figure is not None:
-                self._folder.mkdir(parents=True, exist_ok=True)
-                figure.savefig(self._folder / f"{self.name}.png", dpi=100)
-                log_figure(trainer.loggers, f"{self.name}/trajectory", figure, trainer.global_step)
+            try:
+                figure = plot_trajectory(*self.trajectory(), self.milestones)
+            except ImportError as error:
+                rank_zero_info(f"EssentialDynamics: no trajectory figure ({error}).")
+                return
+            save_png(figure, self._folder / f"{self.name}.png")
+            log_figure(trainer.loggers, f"{self.name}/trajectory", figure, trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -184,26 +187,3 @@ class EssentialDynamics(Callback):
                 self._folder / f"{self.name}_milestones.json", self.milestones, [], {}
             )
             report_milestones(trainer.loggers, self.milestones, step, self.name)
-
-    def _figure(self) -> Any:
-        """The trajectory in its top two components, milestones marked (None without
-        matplotlib)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return None
-        steps, scores = self.trajectory()
-        fig, ax = plt.subplots(figsize=(5, 4))
-        points = ax.scatter(scores[:, 0], scores[:, 1], c=np.log10(np.maximum(steps, 1)), s=12)
-        ax.plot(scores[:, 0], scores[:, 1], lw=0.6, color="grey")
-        for m in self.milestones:
-            i = int(np.argmin(np.abs(steps - m.step)))
-            ax.annotate(str(m.step), scores[i, :2], color="red")
-        fig.colorbar(points, label="log10(step)")
-        ax.set(xlabel="PC1", ylabel="PC2", title="Essential dynamics")
-        fig.tight_layout()
-        plt.close(fig)  # detached from pyplot; still drawable and savable
-        return fig

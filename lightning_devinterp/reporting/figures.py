@@ -1,0 +1,268 @@
+"""Figures: pure functions of plain data (history records, milestones, arrays) that return a
+matplotlib ``Figure``, and :func:`save_png`.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so they never
+change the user's backend, never accumulate in pyplot's registry, and render headless.
+matplotlib is imported on first use (``pip install lightning-devinterp[plot]``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lightning_devinterp.milestones.records import Milestone, Stage
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: Shading of a stage by what the series does in it.
+TREND_COLORS = {"rising": "tab:red", "falling": "tab:blue", "flat": "tab:gray"}
+
+_HEAD = re.compile(r"^(l\d+)h\d+$")
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` detached from pyplot.
+
+    Raises:
+        ImportError: matplotlib is not installed; the message says how to install it.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "Figures need matplotlib: pip install lightning-devinterp[plot]"
+        ) from error
+    return Figure(**kwargs)
+
+
+def save_png(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``figure`` as a PNG to ``path`` (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=dpi)
+    return path
+
+
+def plot_llc_curve(
+    history: Sequence[Mapping[str, Any]],
+    stages: Sequence[Stage] = (),
+    milestones: Sequence[Milestone] = (),
+    *,
+    prefix: str = "llc",
+    title: str | None = None,
+) -> Figure:
+    """The estimate ``<prefix>/mean`` against the step on a log axis, with a ±std band,
+    the stages shaded by trend and the milestones marked.
+
+    Args:
+        history: records as ``LLCMonitor.history`` or its JSON-lines file holds them; records
+            without a finite ``<prefix>/mean`` (failed estimates) and step 0 (which has no
+            place on a log axis) are left out.
+        stages: shaded from ``start`` to ``end`` (the last step for the current stage),
+            coloured by :data:`TREND_COLORS`.
+        milestones: a dashed line at each ``step``, labelled with its kind.
+        prefix: the metric family (``"llc"``, ``"rllc/l0h1"``, ``"llc_code"``, ...).
+        title: default the prefix.
+
+    Raises:
+        ValueError: no record has a finite ``<prefix>/mean`` at a positive step.
+    """
+    steps, mean, std = _series(history, prefix)
+    fig = new_figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.fill_between(steps, mean - std, mean + std, color="tab:purple", alpha=0.25, lw=0)
+    ax.errorbar(steps, mean, yerr=std, color="tab:purple", marker="o", ms=3, lw=1.2, capsize=2)
+    last = float(steps[-1])
+    shaded = set()
+    for stage in stages:
+        start = max(float(stage.start), float(steps[0]))
+        end = last if stage.end is None else float(stage.end)
+        if end <= start:
+            continue
+        label = None if stage.trend in shaded else stage.trend
+        shaded.add(stage.trend)
+        color = TREND_COLORS.get(stage.trend, "tab:olive")
+        ax.axvspan(start, end, color=color, alpha=0.12, lw=0, label=label)
+    for m in milestones:
+        if m.step <= 0:
+            continue
+        ax.axvline(m.step, color="black", ls="--", lw=0.8)
+        ax.annotate(
+            m.kind,
+            (m.step, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+        )
+    ax.set_xscale("log")
+    ax.set(xlabel="step", ylabel=f"{prefix} (mean ± std over chains)", title=title or prefix)
+    if shaded:
+        ax.legend(loc="best", fontsize=8, title="stage trend", title_fontsize=8)
+    return fig
+
+
+def component_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """Attention-head names (``l<layer>h<head>``) grouped by layer; any other name goes to
+    the group ``"components"``."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        match = _HEAD.match(name)
+        groups.setdefault(match.group(1) if match else "components", []).append(name)
+    return groups
+
+
+def refined_components(history: Sequence[Mapping[str, Any]], family: str = "rllc") -> list[str]:
+    """The component names with a ``<family>/<component>/mean`` entry, in order of
+    appearance."""
+    names: dict[str, None] = {}
+    pattern = re.compile(rf"^{re.escape(family)}/(.+)/mean$")
+    for record in history:
+        for key in record:
+            match = pattern.match(key)
+            if match:
+                names.setdefault(match.group(1))
+    return list(names)
+
+
+def plot_rllc_heads(
+    history: Sequence[Mapping[str, Any]],
+    groups: Mapping[str, Sequence[str]] | None = None,
+    *,
+    family: str = "rllc",
+    title: str | None = None,
+) -> Figure:
+    """Refined LLCs over training: one panel per component group (a layer), one line per
+    component (a head), on a log-step axis.
+
+    Args:
+        history: records with ``<family>/<component>/mean`` entries.
+        groups: component names by group; default from the names (``l0h3`` is in ``l0``).
+        family: ``"rllc"``, or ``"rllc_<data>"`` for a data-and-weight-refined family.
+        title: default ``"<family> per component"``.
+
+    Raises:
+        ValueError: the history has no ``<family>/<component>/mean`` entry.
+    """
+    names = refined_components(history, family)
+    if not names:
+        raise ValueError(
+            f"No '{family}/<component>/mean' entries in the history: refined LLCs need "
+            "LLCMonitor(components='heads') or a list of Component."
+        )
+    groups = groups or component_groups(names)
+    fig = new_figure(figsize=(4.5 * len(groups), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True, squeeze=False)[0])
+    for ax, (group, members) in zip(axes, groups.items(), strict=True):
+        for name in members:
+            steps, mean, _ = _series(history, f"{family}/{name}", required=False)
+            if len(steps):
+                ax.plot(steps, mean, marker="o", ms=2.5, lw=1.2, label=name)
+        ax.set_xscale("log")
+        ax.set(title=group, xlabel="step")
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel(f"{family} (mean over chains)")
+    fig.suptitle(title or f"{family} per component")
+    return fig
+
+
+def plot_response_matrix(
+    matrix: Any,
+    probes: Sequence[str],
+    components: Sequence[str],
+    title: str | None = None,
+) -> Figure:
+    """A probes x components heatmap on a diverging colormap centred at 0.
+
+    Args:
+        matrix: array-like of shape ``(len(probes), len(components))`` (for example
+            susceptibilities); NaN entries are left blank.
+        probes: row labels.
+        components: column labels.
+        title: default ``"Response matrix"``.
+
+    Raises:
+        ValueError: the shape of ``matrix`` does not match the labels.
+    """
+    values = np.asarray(matrix, dtype=float)
+    if values.shape != (len(probes), len(components)):
+        raise ValueError(
+            f"matrix has shape {values.shape} but there are {len(probes)} probes and "
+            f"{len(components)} components; pass a (probes, components) matrix."
+        )
+    finite = np.abs(values[np.isfinite(values)])
+    limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    fig = new_figure(
+        figsize=(1.2 + 0.5 * len(components), 1.2 + 0.4 * len(probes)), layout="constrained"
+    )
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(components)), [str(c) for c in components], rotation=90)
+    ax.set_yticks(range(len(probes)), [str(p) for p in probes])
+    ax.set(xlabel="component", ylabel="probe", title=title or "Response matrix")
+    fig.colorbar(image, ax=ax, label="response")
+    return fig
+
+
+def plot_trajectory(
+    steps: Any,
+    scores: Any,
+    milestones: Sequence[Milestone] = (),
+    title: str = "Essential dynamics",
+) -> Figure:
+    """An essential-dynamics trajectory in its top two principal components, coloured by
+    log10(step), each milestone labelled with its step at the nearest checkpoint.
+
+    Args:
+        steps: the checkpoints' steps, shape ``(n,)``.
+        scores: their principal-component scores, shape ``(n, k)`` with ``k >= 2``.
+        milestones: marked at the checkpoint nearest to their ``step``.
+        title: the axes' title.
+
+    Raises:
+        ValueError: the shapes do not match.
+    """
+    steps, scores = np.asarray(steps), np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] < 2 or len(scores) != len(steps):
+        raise ValueError(
+            f"scores has shape {scores.shape} for {len(steps)} steps; pass (steps, components) "
+            "scores with at least two components."
+        )
+    fig = new_figure(figsize=(5, 4), layout="constrained")
+    ax = fig.subplots()
+    points = ax.scatter(scores[:, 0], scores[:, 1], c=np.log10(np.maximum(steps, 1)), s=12)
+    ax.plot(scores[:, 0], scores[:, 1], lw=0.6, color="grey")
+    for m in milestones:
+        i = int(np.argmin(np.abs(steps - m.step)))
+        ax.annotate(str(m.step), scores[i, :2], color="red")
+    fig.colorbar(points, ax=ax, label="log10(step)")
+    ax.set(xlabel="PC1", ylabel="PC2", title=title)
+    return fig
+
+
+def _series(
+    history: Sequence[Mapping[str, Any]], prefix: str, required: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps (> 0), means and stds (0 when missing) of ``<prefix>/mean``, sorted by step."""
+    rows = []
+    for record in history:
+        mean, std = record.get(f"{prefix}/mean"), record.get(f"{prefix}/std")
+        if mean is None or not math.isfinite(mean) or record.get("step", 0) <= 0:
+            continue
+        rows.append((record["step"], mean, std if std is not None and math.isfinite(std) else 0.0))
+    if required and not rows:
+        raise ValueError(
+            f"No record has a finite '{prefix}/mean' at a step > 0; nothing to plot. Check the "
+            "metric prefix (LLCMonitor's name) and that estimates succeeded."
+        )
+    rows.sort()
+    table = np.asarray(rows, dtype=float).reshape(-1, 3)
+    return table[:, 0], table[:, 1], table[:, 2]
