@@ -1,0 +1,130 @@
+"""Figures rendered headless from plain data: axes content, log axes, PNG files."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+
+from lightning_devinterp.milestones import Milestone, Stage
+from lightning_devinterp.reporting.figures import (
+    TREND_COLORS,
+    component_groups,
+    plot_llc_curve,
+    plot_response_matrix,
+    plot_rllc_heads,
+    plot_trajectory,
+    save_png,
+)
+
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+
+
+def history(heads=("l0h0", "l0h1", "l0h2", "l1h0", "l1h1")):
+    records = []
+    for i, step in enumerate(STEPS):
+        record = {"step": step, "llc/mean": 10.0 + i, "llc/std": 0.5}
+        for j, head in enumerate(heads):
+            record[f"rllc/{head}/mean"] = float(i * (j + 1))
+        records.append(record)
+    records.insert(3, {"step": 3, "error": "RuntimeError: diverged"})  # a failed estimate
+    records.append({"step": 256, "llc/mean": None, "llc/std": None})  # NaN written as null
+    return records
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_llc_curve_on_a_log_axis_with_stages_shaded_and_milestones_marked(tmp_path):
+    stages = [Stage(0, 0, 8, "rising"), Stage(1, 8, 32, "flat"), Stage(2, 32, None, "falling")]
+    milestones = [
+        Milestone(8, 16, "plateau_start", 13.0, "llc"),
+        Milestone(32, 64, "peak", 15.0, "llc"),
+    ]
+    fig = plot_llc_curve(history(), stages, milestones)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    data = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(data) == 1
+    assert list(data[0].get_xdata()) == STEPS[1:]  # step 0, the failure and the null left out
+    assert list(data[0].get_ydata()) == [11.0 + i for i in range(8)]
+    assert len(ax.collections) >= 1  # the ±std band
+    spans = ax.patches
+    assert [to_rgba(p.get_facecolor(), 1) for p in spans] == [
+        to_rgba(TREND_COLORS[t], 1) for t in ("rising", "flat", "falling")
+    ]
+    assert spans[0].get_x() == 1.0 and spans[2].get_x() + spans[2].get_width() == 128.0
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert sorted(line.get_xdata()[0] for line in dashed) == [8, 32]
+    assert {t.get_text() for t in ax.texts} == {"plateau_start", "peak"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rising", "flat", "falling"]
+    assert_png(save_png(fig, tmp_path / "figures" / "llc.png"))
+
+
+def test_llc_curve_without_a_finite_estimate_says_so():
+    with pytest.raises(ValueError, match="'llc_code/mean'"):
+        plot_llc_curve(history(), prefix="llc_code")
+
+
+def test_rllc_one_panel_per_layer_one_line_per_head(tmp_path):
+    fig = plot_rllc_heads(history())
+    assert [ax.get_title() for ax in fig.axes] == ["l0", "l1"]
+    assert [len(ax.lines) for ax in fig.axes] == [3, 2]
+    assert [line.get_label() for line in fig.axes[1].lines] == ["l1h0", "l1h1"]
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert list(fig.axes[0].lines[2].get_ydata()) == [3.0 * i for i in range(1, 9)]
+    custom = plot_rllc_heads(history(), {"early": ["l0h0"], "late": ["l1h0", "l1h1"]})
+    assert [len(ax.lines) for ax in custom.axes] == [1, 2]
+    assert_png(save_png(fig, tmp_path / "rllc.png"))
+
+
+def test_rllc_without_refined_estimates_says_how_to_get_them():
+    with pytest.raises(ValueError, match="components='heads'"):
+        plot_rllc_heads(history(heads=()))
+
+
+def test_component_groups_by_layer():
+    assert component_groups(["l0h1", "l12h0", "mlp", "l0h0"]) == {
+        "l0": ["l0h1", "l0h0"],
+        "l12": ["l12h0"],
+        "components": ["mlp"],
+    }
+
+
+def test_response_matrix_heatmap_is_centred_at_zero(tmp_path):
+    matrix = np.array([[0.5, -2.0, 0.0], [1.0, np.nan, -0.25]])
+    fig = plot_response_matrix(matrix, ["code", "prose"], ["l0h0", "l0h1", "l1h0"], title="chi")
+    ax, colorbar = fig.axes
+    (image,) = ax.images
+    assert image.get_clim() == (-2.0, 2.0)
+    assert image.get_cmap().name == "RdBu_r"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["l0h0", "l0h1", "l1h0"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["code", "prose"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("component", "probe", "chi")
+    assert colorbar.get_ylabel() == "response"
+    assert_png(save_png(fig, tmp_path / "chi.png"))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*3 probes"):
+        plot_response_matrix(matrix, ["a", "b", "c"], ["l0h0", "l0h1", "l1h0"])
+
+
+def test_trajectory_marks_milestones_at_the_nearest_checkpoint(tmp_path):
+    steps = np.array([1, 2, 4, 8, 16])
+    scores = np.arange(15.0).reshape(5, 3)
+    fig = plot_trajectory(steps, scores, [Milestone(7, 16, "cusp", 1.0, "ed")])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["7"]
+    assert tuple(ax.texts[0].xy) == (9.0, 10.0)  # checkpoint at step 8
+    assert len(ax.collections[0].get_offsets()) == 5
+    assert_png(save_png(fig, tmp_path / "ed.png"))
+    with pytest.raises(ValueError, match="at least two components"):
+        plot_trajectory(steps, scores[:, :1])
+
+
+def test_without_matplotlib_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"pip install lightning-devinterp\[plot\]"):
+        plot_llc_curve(history())
