@@ -58,13 +58,13 @@ def plot_llc_curve(
     prefix: str = "llc",
     title: str | None = None,
 ) -> Figure:
-    """The estimate ``<prefix>/mean`` against the step on a log axis, with a ±std band,
-    the stages shaded by trend and the milestones marked.
+    """The estimate ``<prefix>/mean`` against the step on a log axis, with a ±std band
+    (``<prefix>/std``), the stages shaded by trend and the milestones marked.
 
     Args:
         history: records as ``LLCMonitor.history`` or its JSON-lines file holds them; records
-            without a finite ``<prefix>/mean`` (failed estimates) and step 0 (which has no
-            place on a log axis) are left out.
+            without a finite value (failed estimates) and step 0 (which has no place on a log
+            axis) are left out.
         stages: shaded from ``start`` to ``end`` (the last step for the current stage),
             coloured by :data:`TREND_COLORS`.
         milestones: a dashed line at each ``step``, labelled with its kind.
@@ -74,11 +74,48 @@ def plot_llc_curve(
     Raises:
         ValueError: no record has a finite ``<prefix>/mean`` at a positive step.
     """
-    steps, mean, std = _series(history, prefix)
+    return plot_curve(
+        history,
+        f"{prefix}/mean",
+        std_key=f"{prefix}/std",
+        stages=stages,
+        milestones=milestones,
+        ylabel=f"{prefix} (mean ± std over chains)",
+        title=title or prefix,
+    )
+
+
+def plot_curve(
+    history: Sequence[Mapping[str, Any]],
+    key: str,
+    *,
+    std_key: str | None = None,
+    stages: Sequence[Stage] = (),
+    milestones: Sequence[Milestone] = (),
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Any recorded series (``llc/init_loss``, ...) as :func:`plot_llc_curve` draws the LLC;
+    with ``std_key``, a ±std band and error bars.
+
+    Raises:
+        ValueError: no record has a finite ``key`` at a positive step.
+    """
+    steps, mean, std = _series(history, key, std_key)
     fig = new_figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    ax.fill_between(steps, mean - std, mean + std, color="tab:purple", alpha=0.25, lw=0)
-    ax.errorbar(steps, mean, yerr=std, color="tab:purple", marker="o", ms=3, lw=1.2, capsize=2)
+    if std_key is not None:
+        ax.fill_between(steps, mean - std, mean + std, color="tab:purple", alpha=0.25, lw=0)
+    ax.errorbar(
+        steps,
+        mean,
+        yerr=std if std_key is not None else None,
+        color="tab:purple",
+        marker="o",
+        ms=3,
+        lw=1.2,
+        capsize=2,
+    )
     last = float(steps[-1])
     shaded = set()
     for stage in stages:
@@ -104,7 +141,7 @@ def plot_llc_curve(
             fontsize=7,
         )
     ax.set_xscale("log")
-    ax.set(xlabel="step", ylabel=f"{prefix} (mean ± std over chains)", title=title or prefix)
+    ax.set(xlabel="step", ylabel=ylabel or key, title=title or key)
     if shaded:
         ax.legend(loc="best", fontsize=8, title="stage trend", title_fontsize=8)
     return fig
@@ -163,7 +200,7 @@ def plot_rllc_heads(
     axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True, squeeze=False)[0])
     for ax, (group, members) in zip(axes, groups.items(), strict=True):
         for name in members:
-            steps, mean, _ = _series(history, f"{family}/{name}", required=False)
+            steps, mean, _ = _series(history, f"{family}/{name}/mean", required=False)
             if len(steps):
                 ax.plot(steps, mean, marker="o", ms=2.5, lw=1.2, label=name)
         ax.set_xscale("log")
@@ -249,19 +286,23 @@ def plot_trajectory(
 
 
 def _series(
-    history: Sequence[Mapping[str, Any]], prefix: str, required: bool = True
+    history: Sequence[Mapping[str, Any]],
+    key: str,
+    std_key: str | None = None,
+    required: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps (> 0), means and stds (0 when missing) of ``<prefix>/mean``, sorted by step."""
+    """Steps (> 0), values and stds (0 when missing) of ``key``, sorted by step."""
     rows = []
     for record in history:
-        mean, std = record.get(f"{prefix}/mean"), record.get(f"{prefix}/std")
-        if mean is None or not math.isfinite(mean) or record.get("step", 0) <= 0:
+        value = record.get(key)
+        std = record.get(std_key) if std_key else None
+        if value is None or not math.isfinite(value) or record.get("step", 0) <= 0:
             continue
-        rows.append((record["step"], mean, std if std is not None and math.isfinite(std) else 0.0))
+        rows.append((record["step"], value, std if std is not None and math.isfinite(std) else 0.0))
     if required and not rows:
         raise ValueError(
-            f"No record has a finite '{prefix}/mean' at a step > 0; nothing to plot. Check the "
-            "metric prefix (LLCMonitor's name) and that estimates succeeded."
+            f"No record has a finite '{key}' at a step > 0; nothing to plot. Check the metric "
+            "prefix (LLCMonitor's name) and that estimates succeeded."
         )
     rows.sort()
     table = np.asarray(rows, dtype=float).reshape(-1, 3)

@@ -12,6 +12,7 @@ from lightning_devinterp.milestones import Milestone, Stage
 from lightning_devinterp.reporting.figures import (
     TREND_COLORS,
     component_groups,
+    plot_curve,
     plot_llc_curve,
     plot_response_matrix,
     plot_rllc_heads,
@@ -128,3 +129,10 @@ def test_without_matplotlib_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"pip install lightning-devinterp\[plot\]"):
         plot_llc_curve(history())
+
+
+def test_a_series_without_std_is_drawn_without_band_or_error_bars():
+    fig = plot_curve(history(), "llc/mean", ylabel="L(w*)")
+    (ax,) = fig.axes
+    assert len(ax.collections) == 0 and len(ax.lines) == 1
+    assert (ax.get_ylabel(), ax.get_title(), ax.get_xscale()) == ("L(w*)", "llc/mean", "log")

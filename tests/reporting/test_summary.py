@@ -1,0 +1,109 @@
+"""The run report from files written by the project's own sinks and a real milestone detector."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from lightning_devinterp.milestones import MilestoneDetector
+from lightning_devinterp.reporting import JsonlWriter, write_milestones_json
+from lightning_devinterp.reporting.summary import find_histories, write_report
+
+HEADS = ("l0h0", "l0h1", "l1h0")
+
+
+def planted_run(folder):
+    """A rise to a plateau at step ~100, a fall after ~1000; one failed estimate."""
+    rng = np.random.default_rng(0)
+    detector = MilestoneDetector("llc")
+    writer = JsonlWriter(folder / "devinterp" / "llc.jsonl")
+    records = []
+    for step in np.unique(np.round(np.geomspace(1, 10_000, 60)).astype(int)).tolist():
+        x = np.log10(step)
+        mean = 10 + 20 * min(x, 2) - (15 * (x - 3) if x > 3 else 0) + rng.normal(0, 0.3)
+        record = {"step": step, "epoch": 0, "llc/mean": mean, "llc/std": 0.5}
+        record["llc/init_loss"] = 2.0 - 0.1 * x
+        record["llc/warnings"] = ["chains drift: raise num_burnin"] if step in (1, 2) else []
+        for i, head in enumerate(HEADS):
+            record[f"rllc/{head}/mean"], record[f"rllc/{head}/std"] = mean / (i + 2), 0.1
+        detector.update(step, mean, 0.5)
+        record["llc/stage"] = detector.current_stage
+        writer.append(record)
+        records.append(record)
+        if step == 50:
+            writer.append({"step": 51, "error": "RuntimeError: chain 2 diverged"})
+    online = list(detector.milestones)
+    detector.refine()
+    path = writer.path.with_name("milestones.json")
+    write_milestones_json(path, online, detector.refined, {"llc": detector.stages, "loss": []})
+    return records, detector
+
+
+def table_rows(text, first_cell):
+    return [line for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_path):
+    records, detector = planted_run(tmp_path / "run")
+    files = write_report(tmp_path / "run", tmp_path / "out")
+    md = files.markdown.read_text()
+    last = records[-1]
+    assert f"Final llc: **{last['llc/mean']:.4g} ± 0.5**" in md
+    assert f"at step {last['step']}; {len(records)} estimates, 1 failed" in md
+    # stages: one row each, the LLC of the nearest estimate at their ends
+    assert [s.trend for s in detector.stages] == ["rising", "flat", "falling"]
+    by_step = {r["step"]: r["llc/mean"] for r in records}
+    for stage in detector.stages:
+        (row,) = table_rows(md, f"{stage.index} | {stage.start} |")
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3] == stage.trend
+        assert cells[4] == f"{by_step[stage.start]:.4g}"
+        end = stage.end if stage.end is not None else last["step"]
+        assert cells[5] == f"{by_step[end]:.4g}"
+    # milestones: the online and the refined ones, by kind and step
+    online = [m.step for m in detector.milestones]
+    refined = [m.step for m in detector.refined]
+    rows = table_rows(md, "llc |")
+    assert [int(r.split("|")[3]) for r in rows if "| online |" in r] == online
+    assert [int(r.split("|")[3]) for r in rows if "| refined |" in r] == refined
+    # refined LLCs of the last estimate, each head
+    for i, head in enumerate(HEADS):
+        assert f"| rllc/{head} | {last['llc/mean'] / (i + 2):.4g} | 0.1 |" in md
+    assert "`llc` at steps 1, 2: chains drift: raise num_burnin" in md
+    assert "step 51: estimate failed: RuntimeError: chain 2 diverged" in md
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert images == ["llc_curve.png", "llc_loss.png", "llc_rllc.png"]
+    for name in images:
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    page = files.html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('<img src="') == 3
+    assert "<td>refined</td>" in page and "<td>rising</td>" in page
+    assert "<b>" in page and "**" not in page
+
+
+def test_report_default_folder_and_a_single_file(tmp_path):
+    planted_run(tmp_path)
+    history = tmp_path / "devinterp" / "llc.jsonl"
+    assert find_histories(tmp_path) == [history]
+    files = write_report(history)
+    assert files.markdown == tmp_path / "devinterp" / "report" / "report.md"
+    assert len(files.figures) == 3 and all(p.exists() for p in files.figures)
+
+
+def test_bad_sources_say_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_histories(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"No JSON-lines file \(\*\.jsonl\)"):
+        find_histories(tmp_path)
+
+
+def test_without_matplotlib_the_text_report_is_still_written(tmp_path, monkeypatch):
+    planted_run(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    files = write_report(tmp_path, tmp_path / "out")
+    md = files.markdown.read_text()
+    assert md.count("No figures: Figures need matplotlib: pip install") == 1
+    assert "![" not in md and files.figures == [] and "| rllc/l0h0 |" in md
