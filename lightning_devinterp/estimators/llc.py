@@ -17,6 +17,7 @@ from lightning_devinterp.sampling import (
     SGLD,
     BatchStream,
     ChainTraces,
+    Draw,
     FlatModel,
     LossFn,
     batch_size_of,
@@ -276,6 +277,7 @@ def sample_components(
     chain_ids: Sequence[int] | None = None,
     mala: bool = False,
     batched: bool | None = None,
+    on_draw: Callable[[int, Draw], None] | None = None,
 ) -> list[LLCSamples]:
     """Sample the whole model (``None``) and/or components on one copy of the model.
 
@@ -289,6 +291,9 @@ def sample_components(
     weights (on a CPU, batching measured slower for attention models, see BENCHMARKS.md); it falls
     back to one by one (logged at INFO) when the model cannot be vmapped (for example dropout
     in train mode, in-place ops on weights, ``.item()`` in the loss).
+
+    ``on_draw(i, draw)`` is called at every draw of the chains of ``components[i]`` (one by
+    one only), for statistics gathered while sampling (susceptibilities).
     """
     check_sampling_args(num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches)
     for component in components:
@@ -314,6 +319,8 @@ def sample_components(
         transfer=transfer,
     )
     jobs = len(components) * len(chains)
+    if on_draw is not None:
+        batched = False
     if batched is None:
         batched = (
             not mala
@@ -334,9 +341,12 @@ def sample_components(
                 "Batched chains unavailable for this model (%s); running them one by one.", error
             )
     results = []
-    for component_masks, name in zip(masks, names, strict=True):
+    for i, (component_masks, name) in enumerate(zip(masks, names, strict=True)):
         flat.activate(component_masks)
-        traces = run_chains(flat, loss_fn, dataloader, sampler, progress=progress, mala=mala, **run)
+        hook = on_draw and (lambda draw, i=i: on_draw(i, draw))
+        traces = run_chains(
+            flat, loss_fn, dataloader, sampler, progress=progress, mala=mala, on_draw=hook, **run
+        )
         results.append(LLCSamples(traces, init_losses, sampler, name))
     return results
 

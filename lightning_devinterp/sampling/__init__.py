@@ -9,10 +9,12 @@ from lightning_devinterp.sampling.batches import (
 )
 from lightning_devinterp.sampling.chains import (
     ChainTraces,
+    Draw,
     FlatModel,
     LossFn,
     LossFnError,
     Observable,
+    loss_terms,
     reduce_loss,
     run_chains,
 )
@@ -22,6 +24,7 @@ __all__ = [
     "SGLD",
     "BatchStream",
     "ChainTraces",
+    "Draw",
     "FlatModel",
     "LossFn",
     "LossFnError",
@@ -29,6 +32,7 @@ __all__ = [
     "batch_size_of",
     "chain_seed",
     "default_nbeta",
+    "loss_terms",
     "move_to_device",
     "reduce_loss",
     "run_chains",

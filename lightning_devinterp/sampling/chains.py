@@ -30,9 +30,10 @@ class LossFnError(TypeError):
     """The loss function returned something that is not a usable loss."""
 
 
-def reduce_loss(value: Any) -> torch.Tensor:
-    """The mean loss from what a ``loss_fn`` returned: a tensor (any shape, mean taken) or a
-    dict with a ``"loss"`` entry (as ``training_step`` may return)."""
+def loss_terms(value: Any) -> torch.Tensor:
+    """The loss tensor in what a ``loss_fn`` returned, as returned (a scalar mean, or
+    unreduced per-sample/per-token losses); a dict's ``"loss"`` entry (as ``training_step``
+    may return)."""
     if isinstance(value, Mapping) and "loss" in value:
         value = value["loss"]
     if not isinstance(value, torch.Tensor):
@@ -42,6 +43,12 @@ def reduce_loss(value: Any) -> torch.Tensor:
         )
     if not value.is_floating_point():
         raise LossFnError(f"loss_fn returned a {value.dtype} tensor; return a floating-point loss.")
+    return value
+
+
+def reduce_loss(value: Any) -> torch.Tensor:
+    """The mean loss from what a ``loss_fn`` returned (see :func:`loss_terms`)."""
+    value = loss_terms(value)
     return value.mean() if value.dim() else value
 
 
@@ -157,12 +164,14 @@ class FlatModel:
         """w* of the sampled parameters as one flat vector (a new tensor)."""
         return torch.cat([a.reshape(-1) for a in self.anchor_parts])
 
-    def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
-        """Mean loss at the current weights; its gradient goes to the parameters' ``.grad``."""
-        loss = reduce_loss(loss_fn(self.module, batch))
+    def loss_and_grad(self, loss_fn: LossFn, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss at the current weights, and the loss terms as ``loss_fn`` returned them
+        (detached); the mean's gradient goes to the parameters' ``.grad``."""
+        terms = loss_terms(loss_fn(self.module, batch))
+        loss = terms.mean() if terms.dim() else terms
         if loss.requires_grad:  # False when no sampled entry affects the loss
             loss.backward()
-        return loss.detach()
+        return loss.detach(), terms.detach()
 
     def grads(self) -> list[torch.Tensor]:
         """The gradient of each sampled parameter (zeros where the loss does not reach it)."""
@@ -234,6 +243,26 @@ def _ignore(*args: Any, **kwargs: Any) -> None:
 
 
 @dataclass
+class Draw:
+    """One draw of one chain, as given to an ``on_draw`` hook.
+
+    Attributes:
+        chain: the chain's index.
+        index: the draw's index within the chain.
+        module: the sampling copy, at the draw's weights (read only; no grad needed).
+        losses: the loss terms of the step's minibatch as ``loss_fn`` returned them (the
+            mean, or unreduced per-sample/per-token losses), detached.
+        reference: the mean loss of w* on the same minibatch (paired form), or None.
+    """
+
+    chain: int
+    index: int
+    module: nn.Module
+    losses: torch.Tensor
+    reference: torch.Tensor | None
+
+
+@dataclass
 class ChainTraces:
     """What the chains produced: per-draw losses and observables, and which chains diverged.
 
@@ -271,10 +300,13 @@ def run_chains(
     check_every: int = 32,
     progress: Callable[[int, int], None] | None = None,
     mala: bool = False,
+    on_draw: Callable[[Draw], None] | None = None,
 ) -> ChainTraces:
     """Run SGLD chains from w* on ``flat`` and record a draw every ``steps_between_draws`` steps
     after ``num_burnin`` steps. With ``mala``, also the MALA acceptance rate of the steps
     (a diagnostic: four extra vector passes and one extra copy of the sampled entries).
+    ``on_draw`` is called at every draw, under ``torch.no_grad``, for statistics computed as
+    the chain runs (they need not be stored per draw).
 
     Chain ``c`` owns a generator and a batch order seeded from ``(seed, c)``: the same seed gives
     the same noise and batches on every call (common random numbers), whatever the weights.
@@ -293,6 +325,7 @@ def run_chains(
                 generator.manual_seed(chain_seed(seed, chain))
                 rows.append(
                     _run_chain(
+                        chain,
                         flat,
                         loss_fn,
                         BatchStream(dataloader, chain_seed(seed, chain, 1), transfer),
@@ -304,6 +337,7 @@ def run_chains(
                         paired=paired,
                         observables=observables,
                         tracker=MalaAcceptance(sampler) if mala else None,
+                        on_draw=on_draw,
                         check_every=check_every,
                         progress=progress
                         and (lambda t, d=done: progress(d * total + t, len(chains) * total)),
@@ -330,6 +364,7 @@ class _ChainResult:
 
 
 def _run_chain(
+    chain: int,
     flat: FlatModel,
     loss_fn: LossFn,
     batches: BatchStream,
@@ -342,6 +377,7 @@ def _run_chain(
     paired: bool,
     observables: Mapping[str, Observable],
     tracker: MalaAcceptance | None,
+    on_draw: Callable[[Draw], None] | None,
     check_every: int,
     progress: Callable[[int], None] | None,
 ) -> _ChainResult:
@@ -354,16 +390,19 @@ def _run_chain(
     bad = False
     for t in range(total):
         batch = next(batches)
-        loss = flat.loss_and_grad(loss_fn, batch)
+        loss, terms = flat.loss_and_grad(loss_fn, batch)
         step_loss[t] = loss
         k, offset = divmod(t - num_burnin, steps_between_draws)
         if t >= num_burnin and offset == 0:
             draw_loss[k] = loss
+            reference = flat.loss_at_anchor(loss_fn, batch) if draw_ref is not None else None
             if draw_ref is not None:
-                draw_ref[k] = flat.loss_at_anchor(loss_fn, batch)
+                draw_ref[k] = reference
             with torch.no_grad():
                 for name, fn in observables.items():
                     draw_obs[name].append(fn(flat.module).detach())
+                if on_draw is not None:
+                    on_draw(Draw(chain, k, flat.module, terms, reference))
         if tracker is not None:
             tracker.observe(*flat.sampled(), loss)
         flat.step(sampler, generator)
