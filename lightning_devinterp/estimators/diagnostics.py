@@ -6,6 +6,22 @@ import math
 
 import torch
 
+#: Relative drift between the last two quarters of the draws above which (when also
+#: significant) a trace counts as not yet stationary.
+DRIFT_TOLERANCE = 0.1
+#: z-score above which the drift is significant.
+DRIFT_Z = 3.0
+#: Largest Gelman-Rubin R-hat at which the chains count as agreeing (the usual 1.1).
+RHAT_MAX = 1.1
+
+
+class LLCHealthWarning(UserWarning):
+    """An LLC estimate whose chains are unhealthy; the message says what to change.
+
+    Filter it like any warning, e.g.
+    ``warnings.filterwarnings("ignore", category=LLCHealthWarning)``.
+    """
+
 
 def stationarity(trace: torch.Tensor) -> tuple[float, float]:
     """Change of the mean from the third to the last quarter of the draws, and its z-score.
@@ -32,6 +48,33 @@ def stationarity(trace: torch.Tensor) -> tuple[float, float]:
     return mean_change, mean_change / stderr
 
 
+def is_stationary(drift: float, drift_z: float) -> bool:
+    """False when the drift is both significant (``|z| > DRIFT_Z``) and larger than
+    ``DRIFT_TOLERANCE`` of the estimate."""
+    return not (math.isfinite(drift_z) and abs(drift_z) > DRIFT_Z and abs(drift) > DRIFT_TOLERANCE)
+
+
+def gelman_rubin(trace: torch.Tensor) -> float:
+    """The potential scale reduction factor R-hat of (chains, draws) finite values.
+
+    R-hat compares the spread of the chain means with the spread of the draws within each
+    chain: near 1 when the chains sample the same distribution and each has many draws per
+    autocorrelation time; well above 1 when a chain sits elsewhere or the draws are too few
+    (roughly ``sqrt(1 + tau / draws)`` for an integrated autocorrelation time ``tau``).
+    ``nan`` with fewer than two chains or four draws.
+    """
+    chains, draws = trace.shape
+    if chains < 2 or draws < 4:
+        return math.nan
+    trace = trace.double()
+    between = draws * float(trace.mean(1).var())
+    within = float(trace.var(1).mean())
+    if within == 0.0:
+        return 1.0 if between == 0.0 else math.inf
+    pooled = (draws - 1) / draws * within + between / draws
+    return math.sqrt(pooled / within)
+
+
 def health_warnings(
     *,
     mean: float,
@@ -41,6 +84,7 @@ def health_warnings(
     drift_z: float,
     lr: float,
     stationary: bool,
+    rhat: float = math.nan,
 ) -> list[str]:
     """Messages that say what is wrong with an estimate and what to change."""
     messages = []
@@ -51,13 +95,26 @@ def health_warnings(
         )
     if math.isfinite(mean) and mean < 0:
         messages.append(
-            f"The LLC is negative ({mean:.4g}): the weights are not at a local minimum at this "
-            "resolution, or lr is too large; use a smaller lr or a larger localization."
+            f"The LLC is negative ({mean:.4g}): the chains found lower loss than w*, so the "
+            "weights are not at a local minimum at this resolution, or lr is too large; use a "
+            "smaller lr or a larger localization (or estimate at weights nearer a minimum)."
         )
     if not stationary:
-        direction = "rising" if drift > 0 else "falling"
+        change = f"(drift {drift:+.1%} of the estimate, z={drift_z:.1f})"
+        if drift > 0:
+            messages.append(
+                f"The loss trace is still rising at the last draws {change}: the chains have not "
+                "reached their plateau; use more draws (num_draws) or burn-in (num_burnin), or a "
+                "larger lr."
+            )
+        else:
+            messages.append(
+                f"The loss trace is still falling at the last draws {change}: the chains are "
+                "sliding to lower loss; use a larger localization or a smaller lr."
+            )
+    if rhat > RHAT_MAX:  # False for nan
         messages.append(
-            f"The loss trace is still {direction} over the last draws (drift {drift:+.1%} of the "
-            f"estimate, z={drift_z:.1f}): use more draws (num_draws) or burn-in, or a larger lr."
+            f"The chains disagree (R-hat {rhat:.2f} > {RHAT_MAX}: their LLCs differ more than "
+            "their own draws explain): use more chains (num_chains) or more draws (num_draws)."
         )
     return messages

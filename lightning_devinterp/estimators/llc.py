@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,7 +13,14 @@ import torch
 from torch import nn
 
 from lightning_devinterp.components import Component
-from lightning_devinterp.estimators.diagnostics import health_warnings, stationarity
+from lightning_devinterp.estimators.diagnostics import (
+    RHAT_MAX,
+    LLCHealthWarning,
+    gelman_rubin,
+    health_warnings,
+    is_stationary,
+    stationarity,
+)
 from lightning_devinterp.sampling import (
     SGLD,
     BatchStream,
@@ -33,12 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Largest (jobs x sampled entries) that batched chains stack by default.
 BATCHED_MAX_ENTRIES = 1 << 26
-
-#: Relative drift between the last two quarters of the draws above which (when also
-#: significant) a trace counts as not yet stationary.
-DRIFT_TOLERANCE = 0.1
-#: z-score above which the drift is significant.
-DRIFT_Z = 3.0
 
 
 @dataclass
@@ -62,6 +64,8 @@ class LLCEstimate:
         drift: change of the mean of ``llc_trace`` from the third to the last quarter of the
             draws, relative to ``mean``; ``drift_z`` is its significance.
         stationary: False when the drift is both significant and larger than 10%.
+        rhat: Gelman-Rubin R-hat of ``llc_trace`` over the healthy chains (NaN with one).
+        chains_agree: ``rhat`` is at most 1.1 (or unknown).
         warnings: what is wrong, each with what to change.
         component: name of the component sampled, or None for the whole model.
         mala_acceptance: mean MALA acceptance probability of the SGLD steps (when asked for
@@ -82,14 +86,18 @@ class LLCEstimate:
     drift: float = float("nan")
     drift_z: float = float("nan")
     stationary: bool = True
+    rhat: float = float("nan")
+    chains_agree: bool = True
     warnings: list[str] = field(default_factory=list)
     component: str | None = None
     mala_acceptance: float | None = None
 
     @property
     def healthy(self) -> bool:
-        """No diverged chain, not negative, stationary."""
-        return not self.diverged_chains and not self.negative and self.stationary
+        """No diverged chain, not negative, stationary, chains agree."""
+        return (
+            not self.diverged_chains and not self.negative and self.stationary and self.chains_agree
+        )
 
     def metrics(self, prefix: str = "llc") -> dict[str, float]:
         """Scalars to log, named ``<prefix>/mean``, ``<prefix>/std``, ``<prefix>/health/...``."""
@@ -100,6 +108,8 @@ class LLCEstimate:
             f"{prefix}/health/diverged_chains": float(len(self.diverged_chains)),
             f"{prefix}/health/negative": float(self.negative),
             f"{prefix}/health/drift": self.drift,
+            f"{prefix}/health/stationary": float(self.stationary),
+            f"{prefix}/health/rhat": self.rhat,
             **(
                 {f"{prefix}/health/mala_acceptance": self.mala_acceptance}
                 if self.mala_acceptance is not None
@@ -123,6 +133,8 @@ class LLCEstimate:
             "drift": _json_float(self.drift),
             "drift_z": _json_float(self.drift_z),
             "stationary": self.stationary,
+            "rhat": _json_float(self.rhat),
+            "chains_agree": self.chains_agree,
             "warnings": list(self.warnings),
             "component": self.component,
             "mala_acceptance": self.mala_acceptance,
@@ -151,7 +163,8 @@ def llc_from_traces(
     std = float(healthy.std()) if healthy.numel() > 1 else 0.0
     change, z = stationarity(llc_trace[ok]) if healthy.numel() else (math.nan, math.nan)
     drift = change / abs(mean) if mean not in (0.0,) and math.isfinite(mean) else 0.0
-    stationary = not (math.isfinite(z) and abs(z) > DRIFT_Z and abs(drift) > DRIFT_TOLERANCE)
+    stationary = is_stationary(drift, z)
+    rhat = gelman_rubin(llc_trace[ok])
     diverged = [c for c, good in zip(traces.chains, ok.tolist(), strict=True) if not good]
     return LLCEstimate(
         mean=mean,
@@ -168,6 +181,8 @@ def llc_from_traces(
         drift=drift,
         drift_z=z,
         stationary=stationary,
+        rhat=rhat,
+        chains_agree=not rhat > RHAT_MAX,
         warnings=health_warnings(
             mean=mean,
             num_chains=len(traces.chains),
@@ -176,6 +191,7 @@ def llc_from_traces(
             drift_z=z,
             lr=sampler.lr,
             stationary=stationary,
+            rhat=rhat,
         ),
         component=component,
         mala_acceptance=float(traces.mala[ok].mean())
@@ -398,13 +414,14 @@ def estimate_llc(
         mala: also measure the MALA acceptance rate of the SGLD steps (a diagnostic).
 
     Returns:
-        The :class:`LLCEstimate`.
+        The :class:`LLCEstimate`. Each of its ``warnings`` (what is wrong with the chains and
+        what to change) is also issued as an :class:`LLCHealthWarning`.
 
     Example:
         >>> est = estimate_llc(model, loader, loss_fn, sampler=SGLD(lr=1e-4, nbeta=10))
         >>> est.mean, est.std, est.healthy
     """
-    return llc_from_samples(
+    estimate = llc_from_samples(
         sample_llc(
             model,
             dataloader,
@@ -424,6 +441,9 @@ def estimate_llc(
             mala=mala,
         )
     )
+    for message in estimate.warnings:
+        warnings.warn(message, LLCHealthWarning, stacklevel=2)
+    return estimate
 
 
 def check_inputs(
