@@ -1,0 +1,314 @@
+"""The ``lightning-devinterp`` command line.
+
+Subcommands:
+
+- ``estimate``: LLC (and per-head refined LLCs) over a directory of saved Lightning
+  checkpoints, with the callback's outputs (JSON-lines, ``milestones.json``) and a report.
+- ``report``: figures and a markdown/HTML summary from a run's JSON-lines file.
+
+Run ``lightning-devinterp <subcommand> --help`` for the arguments of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+ESTIMATE_EPILOG = """\
+the model and data:
+  --config FILE     the LightningCLI config of the training run (the config.yaml it saves in
+                    the log directory): its model: and data: sections (class_path/init_args)
+  --model CLASS     the LightningModule class; without --config its arguments are the
+                    checkpoint's hyper_parameters (the module must call save_hyperparameters())
+  --datamodule CLASS  the LightningDataModule class (arguments from the checkpoint's
+                    datamodule_hyper_parameters); without data the model's train_dataloader()
+
+safety:
+  checkpoints are read with torch.load(weights_only=True): tensors and plain containers only.
+  A checkpoint holding other Python objects is refused; --unsafe-load unpickles it fully,
+  which runs any code the file contains. Use it only for files you trust.
+
+example:
+  lightning-devinterp estimate lightning_logs/version_0/checkpoints \\
+      --config lightning_logs/version_0/config.yaml --components heads \\
+      --lr 1e-4 --nbeta 30 --localization 100
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-devinterp",
+        description="Developmental interpretability of Lightning runs, after the fact.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    estimate = commands.add_parser(
+        "estimate",
+        help="LLC and refined LLCs over saved checkpoints",
+        description="Estimate the local learning coefficient at each Lightning checkpoint "
+        "(sorted by global_step), with the outputs of LLCMonitor: <out>/<name>.jsonl (one "
+        "record per checkpoint, the callback's keys), <out>/milestones.json and a report "
+        "with figures in <out>/report.",
+        epilog=ESTIMATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    estimate.add_argument(
+        "checkpoints", nargs="+", type=Path, help="a directory of *.ckpt files, or the files"
+    )
+    source = estimate.add_argument_group("model and data")
+    source.add_argument("--config", type=Path, help="LightningCLI config with model:/data:")
+    source.add_argument("--model", help="LightningModule class, e.g. mypkg.models.GPT")
+    source.add_argument("--datamodule", help="LightningDataModule class")
+    source.add_argument("--loss-fn", help="loss_fn(model, batch) function, e.g. mypkg.losses.lm")
+    source.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="unpickle checkpoints fully (runs code from the file: trusted files only)",
+    )
+    sampling = estimate.add_argument_group("sampling (as LLCMonitor / estimate_llc)")
+    sampling.add_argument("--lr", type=float, help="SGLD step size (default 1e-3)")
+    sampling.add_argument("--nbeta", type=float, help="inverse temperature (default m/log m)")
+    sampling.add_argument("--localization", type=float, help="pull to w* (default 200)")
+    sampling.add_argument("--num-chains", type=int, default=4, help="chains (default 4)")
+    sampling.add_argument("--num-draws", type=int, default=200, help="draws per chain (200)")
+    sampling.add_argument("--num-burnin", type=int, default=0, help="discarded steps (0)")
+    sampling.add_argument("--steps-between-draws", type=int, default=1, help="(default 1)")
+    sampling.add_argument("--init-loss-batches", type=int, default=16, help="for L(w*) (16)")
+    sampling.add_argument("--seed", type=int, default=0, help="chains' seed (default 0)")
+    sampling.add_argument("--unpaired", action="store_true", help="minus L(w*), not paired")
+    sampling.add_argument("--train-mode", action="store_true", help="sample in train mode")
+    sampling.add_argument("--mala", action="store_true", help="also the MALA acceptance rate")
+    output = estimate.add_argument_group("what and where")
+    output.add_argument(
+        "--components", choices=["heads"], help="'heads': a refined LLC per attention head"
+    )
+    output.add_argument("--no-milestones", action="store_true", help="no milestone detection")
+    output.add_argument("--name", default="llc", help="metric prefix and file name (llc)")
+    output.add_argument("--out", type=Path, help="output folder (default <checkpoints>/devinterp)")
+    output.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default auto)")
+    estimate.set_defaults(run=run_estimate)
+
+    report = commands.add_parser(
+        "report",
+        help="figures and a markdown/HTML summary of a run",
+        description="Write report.md, report.html and PNG figures (LLC curve with stages and "
+        "milestones, L(w*), refined LLCs per head) from a run's JSON-lines file(s) and the "
+        "milestones.json beside them.",
+    )
+    report.add_argument(
+        "source", type=Path, help="a run's log directory (searched for *.jsonl) or one .jsonl"
+    )
+    report.add_argument("--out", type=Path, help="output folder (default report/ beside it)")
+    report.set_defaults(run=run_report)
+
+    # calibrate: to be added here once lightning_devinterp.calibrate exists (model and data
+    # loaded as for estimate). demo: added with examples/induction_heads.py.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lightning-devinterp``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        parser.exit(2, f"lightning-devinterp {args.command}: error: {error}\n")
+    return 0
+
+
+def run_estimate(args: argparse.Namespace) -> None:
+    """``estimate``: the checkpoints through LLCMonitor, then the report."""
+    from lightning_devinterp.callbacks.checkpoints import (
+        checkpoints_by_step,
+        estimate_checkpoints,
+        find_checkpoints,
+        load_checkpoint,
+    )
+    from lightning_devinterp.callbacks.llc_monitor import DEFAULT_LOCALIZATION, DEFAULT_LR
+    from lightning_devinterp.reporting.summary import write_report
+    from lightning_devinterp.sampling import SGLD
+
+    paths = find_checkpoints(args.checkpoints)
+    _, first = checkpoints_by_step(paths, args.unsafe_load)[0]
+    model, loader = load_model_and_data(args, load_checkpoint(first, args.unsafe_load))
+    given = {k: getattr(args, k) for k in ("lr", "nbeta", "localization")}
+    sampler = None
+    if any(v is not None for v in given.values()):
+        sampler = SGLD(
+            lr=DEFAULT_LR if given["lr"] is None else given["lr"],
+            nbeta=given["nbeta"],
+            localization=(
+                DEFAULT_LOCALIZATION if given["localization"] is None else given["localization"]
+            ),
+        )
+    out = args.out
+    if out is None:
+        base = args.checkpoints[0]
+        out = (base if base.is_dir() else base.parent) / "devinterp"
+    monitor = estimate_checkpoints(
+        model,
+        paths,
+        loader,
+        output_dir=out,
+        unsafe_load=args.unsafe_load,
+        accelerator=args.accelerator,
+        sampler=sampler,
+        loss_fn=import_object(args.loss_fn, "--loss-fn") if args.loss_fn else None,
+        num_chains=args.num_chains,
+        num_draws=args.num_draws,
+        num_burnin=args.num_burnin,
+        steps_between_draws=args.steps_between_draws,
+        init_loss_batches=args.init_loss_batches,
+        seed=args.seed,
+        paired=not args.unpaired,
+        train_mode=args.train_mode,
+        mala=args.mala,
+        components=args.components,
+        milestones=not args.no_milestones,
+        name=args.name,
+    )
+    files = write_report(monitor.jsonl_path)
+    last = monitor.history[-1] if monitor.history else {}
+    print(
+        f"{args.name}: {len(monitor.history)} checkpoints estimated, {len(monitor.errors)} failed"
+    )
+    if f"{args.name}/mean" in last:
+        print(
+            f"last: step {last['step']}, {args.name} = {last[f'{args.name}/mean']:.4g} "
+            f"± {last[f'{args.name}/std']:.2g}"
+        )
+    for m in monitor.milestones:
+        print(f"milestone: {m.series} {m.kind} at step {m.step}")
+    print(f"records: {monitor.jsonl_path}")
+    print(f"report: {files.markdown} ({len(files.figures)} figures)")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    """``report``: figures and summary of a run."""
+    from lightning_devinterp.reporting.summary import write_report
+
+    files = write_report(args.source, args.out)
+    print(f"report: {files.markdown}")
+    print(f"html: {files.html}")
+    for figure in files.figures:
+        print(f"figure: {figure}")
+
+
+def load_model_and_data(args: argparse.Namespace, checkpoint: dict[str, Any]) -> tuple[Any, Any]:
+    """The model and the training dataloader, from ``--config``/``--model``/``--datamodule``
+    and the checkpoint's saved hyperparameters.
+
+    Raises:
+        ValueError: the model or the data cannot be determined or built.
+    """
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    config = _read_config(args.config) if args.config else {}
+    model_spec = _spec(
+        "model", config.get("model"), args.model, checkpoint.get("hyper_parameters"), args.config
+    )
+    if model_spec is None:
+        raise ValueError(
+            "No model: pass --model pkg.module.Class (arguments from the checkpoint's "
+            "hyper_parameters) or --config with the run's model: section."
+        )
+    model = _build(LightningModule, model_spec, "the model")
+    data_spec = _spec(
+        "data",
+        config.get("data"),
+        args.datamodule,
+        checkpoint.get("datamodule_hyper_parameters"),
+        args.config,
+    )
+    if data_spec is not None:
+        datamodule = _build(LightningDataModule, data_spec, "the datamodule")
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return model, datamodule.train_dataloader()
+    if is_overridden("train_dataloader", model):
+        return model, model.train_dataloader()
+    raise ValueError(
+        f"No training data: {type(model).__name__} has no train_dataloader(); pass "
+        "--datamodule pkg.module.Class or --config with the run's data: section."
+    )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file.")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path} is not valid YAML ({error}).") from error
+    if isinstance(config, dict) and "fit" in config and "model" not in config:
+        config = config["fit"]  # a config of LightningCLI's subcommands
+    if not isinstance(config, dict) or not ({"model", "data"} & config.keys()):
+        raise ValueError(
+            f"--config {path} has no model: or data: section; pass the config.yaml LightningCLI "
+            "wrote for the training run."
+        )
+    return config
+
+
+def _spec(
+    section: str,
+    content: Any,
+    class_path: str | None,
+    saved: dict[str, Any] | None,
+    config: Path | None,
+) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` from a config section, the class given on the command
+    line and the hyperparameters saved in the checkpoint (keys starting with ``_`` are
+    LightningCLI's bookkeeping); None when nothing names a class."""
+    if isinstance(content, dict) and "class_path" in content:
+        return {
+            "class_path": class_path or content["class_path"],
+            "init_args": content.get("init_args") or {},
+        }
+    if content is not None and not isinstance(content, dict):
+        raise ValueError(f"--config {config}: {section}: must be a mapping, got {content!r}.")
+    if class_path is None:
+        if content:
+            flag = "--model" if section == "model" else "--datamodule"
+            raise ValueError(
+                f"--config {config}: the {section}: section has no class_path; pass {flag} "
+                "pkg.module.Class."
+            )
+        return None
+    init_args = content if content is not None else saved or {}
+    return {
+        "class_path": class_path,
+        "init_args": {k: v for k, v in dict(init_args).items() if not str(k).startswith("_")},
+    }
+
+
+def _build(base: type, spec: dict[str, Any], what: str) -> Any:
+    from lightning_devinterp.callbacks.factory import instantiate
+
+    return instantiate(base, spec, f"{what} {spec['class_path']}")
+
+
+def import_object(path: str, flag: str) -> Any:
+    """The object at ``pkg.module.name``.
+
+    Raises:
+        ValueError: the module or the name does not exist.
+    """
+    module_name, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"{flag} {path}: cannot import it ({error}); use pkg.module.name."
+        ) from error
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
