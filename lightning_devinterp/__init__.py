@@ -2,7 +2,12 @@
 
 from lightning_devinterp.callbacks import EssentialDynamics, LLCMonitor
 from lightning_devinterp.components import Component, attention_heads
-from lightning_devinterp.estimators import LLCEstimate, estimate_llc
+from lightning_devinterp.estimators import (
+    LLCEstimate,
+    Susceptibilities,
+    estimate_llc,
+    estimate_susceptibilities,
+)
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
 from lightning_devinterp.sampling import SGLD
 
@@ -17,7 +22,9 @@ __all__ = [
     "Milestone",
     "MilestoneDetector",
     "Stage",
+    "Susceptibilities",
     "attention_heads",
     "estimate_llc",
+    "estimate_susceptibilities",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Estimators: traces in, numbers out (LLC, health)."""
+"""Estimators: traces in, numbers out (LLC, susceptibilities, health)."""
 
 from lightning_devinterp.estimators.llc import (
     LLCEstimate,
@@ -11,10 +11,19 @@ from lightning_devinterp.estimators.llc import (
     sample_components,
     sample_llc,
 )
+from lightning_devinterp.estimators.susceptibility import (
+    Susceptibilities,
+    SusceptibilitySamples,
+    estimate_susceptibilities,
+    sample_susceptibilities,
+    susceptibilities_from_samples,
+)
 
 __all__ = [
     "LLCEstimate",
     "LLCSamples",
+    "Susceptibilities",
+    "SusceptibilitySamples",
     "check_inputs",
     "estimate_llc",
     "llc_from_samples",
@@ -22,4 +31,7 @@ __all__ = [
     "merge_samples",
     "sample_components",
     "sample_llc",
+    "sample_susceptibilities",
+    "susceptibilities_from_samples",
+    "estimate_susceptibilities",
 ]
