@@ -6,13 +6,16 @@ Subcommands:
   checkpoints, with the callback's outputs (JSON-lines, ``milestones.json``) and a report.
 - ``report``: figures and a markdown/HTML summary from a run's JSON-lines file.
 
-Run ``lightning-devinterp <subcommand> --help`` for the arguments of each.
+Run ``lightning-devinterp <subcommand> --help`` for the arguments of each. Class paths
+(``--model pkg.module.Class``) are imported with the current directory on the path.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lightning-devinterp``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # class paths import from here, as with python -m
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
