@@ -138,6 +138,7 @@ def test_report_writes_markdown_html_and_figures_with_the_stages(tmp_path):
     [
         (["missing-folder"], "missing-folder does not exist"),
         (["{empty}"], r"No checkpoint \(\*\.ckpt\)"),
+        (["{junk}"], "text.ckpt cannot be read as a checkpoint"),
         (["{ckpts}"], "No model: pass --model"),
         (["{ckpts}", "--model", "tests.cli.tiny.Nope"], "tests.cli.tiny.Nope"),
         (["{ckpts}", "--config", "{bad_config}"], "has no model: or data: section"),
@@ -150,8 +151,15 @@ def test_report_writes_markdown_html_and_figures_with_the_stages(tmp_path):
 def test_bad_inputs_exit_with_a_clear_message(run, tmp_path, capsys, args, message):
     checkpoints, _ = run
     (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "text.ckpt").write_text("not a checkpoint")
     (tmp_path / "bad.yaml").write_text("trainer: {max_steps: 3}\n")
-    names = {"empty": tmp_path / "empty", "ckpts": checkpoints, "bad_config": tmp_path / "bad.yaml"}
+    names = {
+        "empty": tmp_path / "empty",
+        "junk": tmp_path / "junk",
+        "ckpts": checkpoints,
+        "bad_config": tmp_path / "bad.yaml",
+    }
     argv = [str(a).format(**names) for a in args]
     code, _, err = in_process(capsys, "estimate", *argv, "--out", tmp_path / "out")
     assert code == 2 and re.search(message, err)
