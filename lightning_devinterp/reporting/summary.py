@@ -21,6 +21,8 @@ from lightning_devinterp.milestones.records import Milestone, Stage
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
+
 Block = tuple  # ("h1" | "h2" | "h3" | "p", text), ("table", header, rows), ("img", alt, src), ("ul", items)
 
 
@@ -244,20 +246,27 @@ def _milestone_rows(path: Path) -> list[list[str]]:
 def _warning_blocks(
     records: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]]
 ) -> list[Block]:
-    """Each distinct warning with the estimates and steps that raised it, and each failure."""
-    seen: dict[tuple[str, str], list[str]] = {}
+    """Each kind of warning (its text with the numbers left out) with the estimates and steps
+    that raised it, then each failure."""
+    seen: dict[str, dict[str, list[str]]] = {}
     for record in records:
         for key, messages in record.items():
             if key.endswith("/warnings"):
                 for message in messages or []:
-                    seen.setdefault((key.removesuffix("/warnings"), message), []).append(
-                        str(record["step"])
-                    )
+                    kind = _NUMBER.sub("…", message)
+                    where = seen.setdefault(kind, {}).setdefault(key.removesuffix("/warnings"), [])
+                    where.append(str(record["step"]))
     items = [
-        f"`{prefix}` at steps {', '.join(steps)}: {msg}" for (prefix, msg), steps in seen.items()
+        f"{kind} ({'; '.join(f'`{p}` at steps {_some(steps)}' for p, steps in where.items())})"
+        for kind, where in seen.items()
     ]
     items += [f"step {r.get('step')}: estimate failed: {r['error']}" for r in failures]
     return [("h3", "Warnings"), ("ul", items) if items else ("p", "None.")]
+
+
+def _some(steps: Sequence[str], shown: int = 8) -> str:
+    more = f" and {len(steps) - shown} more" if len(steps) > shown else ""
+    return ", ".join(steps[:shown]) + more
 
 
 def _finite(value: Any) -> bool:

@@ -26,7 +26,8 @@ def planted_run(folder):
         mean = 10 + 20 * min(x, 2) - (15 * (x - 3) if x > 3 else 0) + rng.normal(0, 0.3)
         record = {"step": step, "epoch": 0, "llc/mean": mean, "llc/std": 0.5}
         record["llc/init_loss"] = 2.0 - 0.1 * x
-        record["llc/warnings"] = ["chains drift: raise num_burnin"] if step in (1, 2) else []
+        drift = [f"The trace drifts (z = {step + 2.5}): raise num_burnin"]
+        record["llc/warnings"] = drift if step in (1, 2) else []
         for i, head in enumerate(HEADS):
             record[f"rllc/{head}/mean"], record[f"rllc/{head}/std"] = mean / (i + 2), 0.1
         detector.update(step, mean, 0.5)
@@ -72,7 +73,7 @@ def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_p
     # refined LLCs of the last estimate, each head
     for i, head in enumerate(HEADS):
         assert f"| rllc/{head} | {last['llc/mean'] / (i + 2):.4g} | 0.1 |" in md
-    assert "`llc` at steps 1, 2: chains drift: raise num_burnin" in md
+    assert "- The trace drifts (z = …): raise num_burnin (`llc` at steps 1, 2)" in md
     assert "step 51: estimate failed: RuntimeError: chain 2 diverged" in md
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert images == ["llc_curve.png", "llc_loss.png", "llc_rllc.png"]
