@@ -197,7 +197,7 @@ def plot_rllc_heads(
         )
     groups = groups or component_groups(names)
     fig = new_figure(figsize=(4.5 * len(groups), 3.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True, squeeze=False)[0])
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
     for ax, (group, members) in zip(axes, groups.items(), strict=True):
         for name in members:
             steps, mean, _ = _series(history, f"{family}/{name}/mean", required=False)
