@@ -33,7 +33,10 @@ How it works:
    errors and beyond the flat band; ``flat`` needs ``|slope| + flat_threshold * se``
    inside the flat band, whose half-width is ``flat`` times the series' mean slope
    (range of values so far over their span in decades, at least one decade, at least
-   five noise levels). The same verdict on two consecutive bins settles the trend;
+   five noise levels). The range is capped at 1.5 times the range of a running median
+   over ``2 * confirm + 1`` bins, so a brief deep excursion (an LLC dip of a few points
+   while the weights cross from one saddle to the next, ten times deeper than the
+   steps between plateaus) does not make every later step look flat. The same verdict on two consecutive bins settles the trend;
    a segment closed by the next break while still undecided leaves the trend unchanged.
 5. **Milestones.** A settled trend that differs from the current one is a milestone at
    the segment's knot: rising to falling is a ``peak``, falling to rising a ``trough``,
@@ -73,6 +76,7 @@ _MAD_SCALE = 1.4826
 _PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
 _HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
 _STATE_VERSION = 1
+_SUSTAIN = 1.5  # a range is at most this many times the range of the running median
 
 
 def _transition_kind(before: str, after: str) -> str:
@@ -97,6 +101,24 @@ def _norm_residual(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     r = y[1:-1] - (a * y[:-2] + b * y[2:])
     var = 1.0 / w[1:-1] + a * a / w[:-2] + b * b / w[2:]
     return r / np.sqrt(var)
+
+
+def _sustained_range(y: np.ndarray, raw: float, confirm: int) -> float:
+    """The range ``raw`` of a series, capped by the excursions that last.
+
+    A running median over ``2 * confirm + 1`` bins (windows truncated at the ends) removes
+    any excursion of at most ``confirm`` bins; the range is capped at ``_SUSTAIN`` times the
+    range of that median. A brief deep dip (an LLC estimated while the weights cross
+    from one saddle to the next) then does not widen the flat band for the rest of the
+    series, while a series without such excursions keeps its plain range.
+    """
+    width = 2 * confirm + 1
+    if len(y) < width:
+        return raw
+    pad = np.full(confirm, np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, y, pad]), width)
+    median = np.nanmedian(windows, axis=1)
+    return min(raw, _SUSTAIN * float(median.max() - median.min()))
 
 
 def _line_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float, float, float]:
@@ -218,7 +240,8 @@ class MilestoneDetector:
             inside the flat band (0 judges on the slope alone).
         flat: Half-width of the flat band, as a fraction of the series' mean slope per
             decade (range of values so far over their span in decades, at least one
-            decade). A straight series is never flat; a slope below this is flat
+            decade; excursions of at most ``confirm`` bins count only up to 1.5 times
+            the range of the rest). A straight series is never flat; a slope below this is flat
             however well it is measured.
         resolution: Width of the log10(step) bins.
         window: Number of recent bins used by the break test and by the noise
@@ -335,6 +358,8 @@ class MilestoneDetector:
         self._resid: list[float] = []
         self._ymin = math.inf
         self._ymax = -math.inf
+        self._range = 0.0  # sustained range of the closed bins (cache)
+        self._range_bins = -1  # number of closed bins it was computed from
         # segmentation
         self._anchor = 0
         self._prev_anchor: int | None = None
@@ -595,7 +620,11 @@ class MilestoneDetector:
         if not self._bx:
             return 0.0
         span = max(self._bx[-1] - self._bx[0], 1.0)
-        return max(self._ymax - self._ymin - 4.0 * sigma, 5.0 * sigma) / span
+        if self._range_bins != len(self._by):
+            raw = self._ymax - self._ymin
+            self._range = _sustained_range(np.asarray(self._by), raw, self.confirm)
+            self._range_bins = len(self._by)
+        return max(self._range - 4.0 * sigma, 5.0 * sigma) / span
 
     def _segment_slope(self, a: int, n: int, sigma: float) -> tuple[int, float, float, float]:
         """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
@@ -805,7 +834,8 @@ class MilestoneDetector:
         (``detected_at`` is the last step; a peak or trough sits at the extreme of the
         fit between the last two settled segments), and changes closer than
         ``min_separation`` are merged (a rise and a fall merge into a peak at the higher
-        knot; a change that is undone is dropped). The result is stored in
+        knot; a step from one plateau to another keeps its start; any other change that
+        is undone is dropped). The result is stored in
         :attr:`refined`; :attr:`milestones` is unchanged.
 
         Returns:
@@ -903,7 +933,8 @@ class MilestoneDetector:
         beta, *_ = np.linalg.lstsq(a, yw, rcond=None)
         fitted = (a @ beta) / sw
         span = max(float(x[-1] - x[0]), 1.0)
-        mean_slope = max(float(fitted.max() - fitted.min()), 5.0 * sigma) / span
+        spread = _sustained_range(y, float(fitted.max() - fitted.min()), c)
+        mean_slope = max(spread, 5.0 * sigma) / span
         band = self.flat * mean_slope
         bounds = [0, *knots, n - 1]
         segments = []  # (start knot, trend or None, slope)
@@ -950,6 +981,9 @@ class MilestoneDetector:
                         if kind == "trough" and fitted[at] < fitted[pick]:
                             pick = at
                         events.append([pick, prev[1], trend, slope])
+                    elif trend == "flat":
+                        # a step between two plateaus: its start is the milestone, as online
+                        events.append(prev)
                 else:
                     events.append(ev)
             current = trend
