@@ -3,8 +3,11 @@
 from lightning_devinterp.callbacks import EssentialDynamics, LLCMonitor
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import (
+    Calibration,
     LLCEstimate,
+    LLCHealthWarning,
     Susceptibilities,
+    calibrate,
     estimate_llc,
     estimate_susceptibilities,
 )
@@ -15,15 +18,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGLD",
+    "Calibration",
     "Component",
     "EssentialDynamics",
     "LLCEstimate",
+    "LLCHealthWarning",
     "LLCMonitor",
     "Milestone",
     "MilestoneDetector",
     "Stage",
     "Susceptibilities",
     "attention_heads",
+    "calibrate",
     "estimate_llc",
     "estimate_susceptibilities",
     "__version__",

@@ -1,5 +1,7 @@
-"""Estimators: traces in, numbers out (LLC, susceptibilities, health)."""
+"""Estimators: traces in, numbers out (LLC, susceptibilities, health, calibration)."""
 
+from lightning_devinterp.estimators.calibration import Calibration, calibrate
+from lightning_devinterp.estimators.diagnostics import LLCHealthWarning
 from lightning_devinterp.estimators.llc import (
     LLCEstimate,
     LLCSamples,
@@ -20,10 +22,13 @@ from lightning_devinterp.estimators.susceptibility import (
 )
 
 __all__ = [
+    "Calibration",
     "LLCEstimate",
+    "LLCHealthWarning",
     "LLCSamples",
     "Susceptibilities",
     "SusceptibilitySamples",
+    "calibrate",
     "check_inputs",
     "estimate_llc",
     "llc_from_samples",

@@ -97,7 +97,8 @@ def health_warnings(
         messages.append(
             f"The LLC is negative ({mean:.4g}): the chains found lower loss than w*, so the "
             "weights are not at a local minimum at this resolution, or lr is too large; use a "
-            "smaller lr or a larger localization (or estimate at weights nearer a minimum)."
+            "smaller lr, a larger localization or a smaller nbeta (or estimate at weights "
+            "nearer a minimum)."
         )
     if not stationary:
         change = f"(drift {drift:+.1%} of the estimate, z={drift_z:.1f})"
