@@ -1,6 +1,13 @@
 """Small models and synthetic data for examples, tests and benchmarks (no downloads)."""
 
 from lightning_devinterp.demos.attention_only import AttentionOnlyTransformer, token_loss
+from lightning_devinterp.demos.deep_linear import DeepLinearNetwork, TeacherData
 from lightning_devinterp.demos.induction import InductionData
 
-__all__ = ["AttentionOnlyTransformer", "InductionData", "token_loss"]
+__all__ = [
+    "AttentionOnlyTransformer",
+    "DeepLinearNetwork",
+    "InductionData",
+    "TeacherData",
+    "token_loss",
+]
