@@ -20,11 +20,14 @@ from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import (
     LLCEstimate,
+    LLCHealthWarning,
+    calibrate,
     check_inputs,
     llc_from_samples,
     merge_samples,
     sample_components,
 )
+from lightning_devinterp.estimators.calibration import check_calibrate_options
 from lightning_devinterp.estimators.llc import check_sampling_args
 from lightning_devinterp.milestones import Milestone, MilestoneDetector
 from lightning_devinterp.reporting import (
@@ -56,8 +59,14 @@ class LLCMonitor(Callback):
     ``<log_dir>/devinterp/<name>.jsonl`` and to :attr:`history`.
 
     Args:
-        sampler: SGLD settings. Default: ``SGLD(lr=1e-3, nbeta=m/log m, localization=200)``
-            (published small-transformer settings, not calibrated for your model).
+        sampler: SGLD settings; ``"auto"`` to calibrate them (:func:`calibrate`) once, at
+            the first estimate (or at ``calibrate_at_step``), and keep them for the whole run
+            (points of one curve are comparable only at equal settings). The chosen values go
+            to every logger's hyperparameters, to the first record after the calibration
+            (``<name>/calibration``) and to the checkpoint, so a resumed run does not
+            recalibrate; the burn-in used is at least the calibrated one. Default:
+            ``SGLD(lr=1e-3, nbeta=m/log m, localization=200)`` (published small-transformer
+            settings, not calibrated for your model).
         num_chains: chains per estimate (split across processes under DDP).
         num_draws: draws per chain.
         num_burnin: SGLD steps discarded per chain before the first draw.
@@ -97,6 +106,13 @@ class LLCMonitor(Callback):
         name: prefix of the metrics and name of the JSON-lines file (two monitors need two
             names).
         output_dir: where the JSON-lines file goes; default ``<trainer.log_dir>/devinterp``.
+        calibration: options of :func:`calibrate` with ``sampler="auto"``, e.g.
+            ``{"nbeta": 30.0, "localizations": [100.0, 300.0], "max_steps": 4000}``; the
+            monitor's seed, burn-in, steps between draws, L(w*) batches, paired, train mode and
+            MALA settings are passed on.
+        calibrate_at_step: with ``sampler="auto"``, calibrate at the first scheduled estimate
+            at or after this step (for example once the weights are past the initial transient,
+            where w* is nearer a minimum); scheduled estimates before it are skipped.
 
     Example::
 
@@ -107,7 +123,7 @@ class LLCMonitor(Callback):
 
     def __init__(
         self,
-        sampler: SGLD | None = None,
+        sampler: SGLD | Literal["auto"] | None = None,
         *,
         num_chains: int = 4,
         num_draws: int = 200,
@@ -132,10 +148,30 @@ class LLCMonitor(Callback):
         on_error: Literal["warn", "raise"] = "warn",
         name: str = "llc",
         output_dir: str | None = None,
+        calibration: Mapping[str, Any] | None = None,
+        calibrate_at_step: int | None = None,
     ) -> None:
         super().__init__()
-        if sampler is not None and not isinstance(sampler, SGLD):
-            raise TypeError(f"sampler must be an SGLD, got {type(sampler).__name__}.")
+        if isinstance(sampler, str) and sampler != "auto":
+            raise ValueError(f"sampler={sampler!r} is invalid; use an SGLD, 'auto' or None.")
+        if sampler is not None and sampler != "auto" and not isinstance(sampler, SGLD):
+            raise TypeError(
+                f"sampler must be an SGLD, 'auto' or None, got {type(sampler).__name__}."
+            )
+        if sampler != "auto" and (calibration is not None or calibrate_at_step is not None):
+            raise ValueError(
+                "calibration and calibrate_at_step apply to sampler='auto' only; pass "
+                "LLCMonitor(sampler='auto', ...) or drop them."
+            )
+        check_calibrate_options(calibration or {})
+        if calibrate_at_step is not None and (
+            isinstance(calibrate_at_step, bool)
+            or not isinstance(calibrate_at_step, int)
+            or calibrate_at_step < 0
+        ):
+            raise ValueError(
+                f"calibrate_at_step={calibrate_at_step!r} is invalid; use an integer >= 0."
+            )
         check_sampling_args(
             num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches
         )
@@ -147,6 +183,10 @@ class LLCMonitor(Callback):
             raise ValueError(f"name={name!r} is invalid; use a non-empty name without '/'.")
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
         self.sampler = sampler
+        self.calibration_options = dict(calibration or {})
+        self.calibrate_at_step = calibrate_at_step
+        #: With ``sampler="auto"``: the choice (``Calibration.to_record()`` and the step), once made.
+        self.calibrated: dict[str, Any] | None = None
         self.sampling = dict(
             num_chains=num_chains,
             num_draws=num_draws,
@@ -241,7 +281,8 @@ class LLCMonitor(Callback):
             rank_zero_warn(
                 f"LLCMonitor({self.name}): no sampler given, using lr={DEFAULT_LR}, "
                 f"localization={DEFAULT_LOCALIZATION}, nbeta=batch_size/log(batch_size) "
-                "(published small-transformer settings, not calibrated for this model)."
+                "(published small-transformer settings, not calibrated for this model; "
+                "sampler='auto' calibrates them)."
             )
         if trainer.is_global_zero and self._writer is not None:
             self._writer.rewrite(self.history)
@@ -280,12 +321,15 @@ class LLCMonitor(Callback):
             "history": [dict(r) for r in self.history],
             "errors": list(self.errors),
             "detectors": [d.state_dict() for d in self.detectors],
+            "calibrated": dict(self.calibrated) if self.calibrated is not None else None,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self.errors = list(state_dict.get("errors", []))
+        calibrated = state_dict.get("calibrated")
+        self.calibrated = dict(calibrated) if calibrated is not None else None
         for detector, state in zip(self.detectors, state_dict.get("detectors", []), strict=False):
             detector.load_state_dict(state)
 
@@ -300,6 +344,8 @@ class LLCMonitor(Callback):
             return
         if any(r["step"] == step for r in self.history):
             return
+        if self._waits_for_calibration(step, force):
+            return
         self.estimate(trainer, pl_module, step)
 
     def estimate(
@@ -311,6 +357,9 @@ class LLCMonitor(Callback):
         or None if sampling failed.
         """
         started = time.perf_counter()
+        if self.sampler == "auto" and self.calibrated is None:
+            if not self._calibrate(trainer, pl_module, step):
+                return None
         components = self._resolve_components(pl_module)
         with isolated(pl_module):
             try:
@@ -320,13 +369,12 @@ class LLCMonitor(Callback):
                         loader,
                         self.loss_fn,
                         components=[None, *components],
-                        sampler=self.sampler
-                        or SGLD(lr=DEFAULT_LR, localization=DEFAULT_LOCALIZATION),
+                        sampler=self._sampler(),
                         transfer=self._transfer(pl_module),
                         chain_ids=my_chains(
                             self.sampling["num_chains"], trainer.global_rank, trainer.world_size
                         ),
-                        **self.sampling,
+                        **self._sampling(),
                     )
                     for data_name, loader in self._datasets(trainer).items()
                 }
@@ -346,6 +394,97 @@ class LLCMonitor(Callback):
                 estimates[self._prefix(data_name, component)] = llc_from_samples(merged)
         self._record(trainer, step, estimates, time.perf_counter() - started)
         return estimates
+
+    # ---------------------------------------------------------------- calibration
+
+    def _sampler(self) -> SGLD:
+        """The settings of every estimate: the given, calibrated or default ones."""
+        if self.sampler == "auto":
+            assert self.calibrated is not None
+            return SGLD(
+                lr=self.calibrated["lr"],
+                nbeta=self.calibrated["nbeta"],
+                localization=self.calibrated["localization"],
+                weight_decay=self.calibrated["weight_decay"],
+            )
+        return self.sampler or SGLD(lr=DEFAULT_LR, localization=DEFAULT_LOCALIZATION)
+
+    def _sampling(self) -> dict[str, Any]:
+        """The chain settings, with at least the calibrated burn-in."""
+        if self.calibrated is None:
+            return self.sampling
+        burnin = max(self.sampling["num_burnin"], int(self.calibrated["num_burnin"]))
+        return {**self.sampling, "num_burnin": burnin}
+
+    def _waits_for_calibration(self, step: int, force: bool) -> bool:
+        """A scheduled estimate before ``calibrate_at_step`` is skipped (settings unknown)."""
+        waits = (
+            self.sampler == "auto"
+            and self.calibrated is None
+            and self.calibrate_at_step is not None
+            and step < self.calibrate_at_step
+            and not force
+        )
+        if waits:
+            rank_zero_info(
+                f"LLCMonitor({self.name}): estimate at step {step} skipped: calibration "
+                f"waits for step {self.calibrate_at_step}."
+            )
+        return waits
+
+    def _calibrate(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
+        """Calibrate the SGLD settings at the current weights and freeze them; False if it
+        failed (reported like a failed estimate). Every process calibrates; rank 0's choice
+        is kept by all."""
+        with isolated(pl_module):
+            try:
+                options = {
+                    key: self.sampling[key]
+                    for key in (
+                        "num_burnin",
+                        "steps_between_draws",
+                        "seed",
+                        "init_loss_batches",
+                        "paired",
+                        "train_mode",
+                        "mala",
+                    )
+                }
+                result = calibrate(
+                    pl_module,
+                    self._data(trainer),
+                    self.loss_fn,
+                    transfer=self._transfer(pl_module),
+                    **{**options, **self.calibration_options},
+                )
+                payload: Any = {**result.to_record(), "warnings": list(result.warnings)}
+            except Exception as error:  # reported below, on every rank alike
+                if self.on_error == "raise" and trainer.world_size == 1:
+                    raise
+                payload = f"{type(error).__name__}: {error}"
+        chosen = all_gather_objects(payload, trainer.world_size)[0]
+        if isinstance(chosen, str):
+            self._fail(trainer, step, f"calibration failed: {chosen}")
+            return False
+        self.calibrated = {**chosen, "step": step}
+        if trainer.is_global_zero:
+            hyperparams = {
+                f"{self.name}/sgld/{key}": self.calibrated[key]
+                for key in ("lr", "nbeta", "localization", "num_burnin", "confirmed", "step")
+            }
+            for logger in trainer.loggers:
+                logger.log_hyperparams(hyperparams)
+                logger.save()
+            rank_zero_info(
+                f"LLCMonitor({self.name}): calibrated at step {step}: lr={chosen['lr']:.3g}, "
+                f"nbeta={chosen['nbeta']:.4g}, localization={chosen['localization']:g}, "
+                f"num_burnin>={chosen['num_burnin']}; kept for the whole run."
+            )
+            for message in chosen["warnings"]:
+                rank_zero_warn(
+                    f"LLCMonitor({self.name}): calibration: {message}", category=LLCHealthWarning
+                )
+        return True
 
     def _groups(self) -> dict[str, list[str]]:
         """Component names by group (a layer's heads), for dashboards."""
@@ -387,6 +526,11 @@ class LLCMonitor(Callback):
             metrics[f"{self.name}/stage"] = float(self.detectors[0].current_stage)
             record[f"{self.name}/stage"] = self.detectors[0].current_stage
         record[f"{self.name}/nbeta"] = float(main.sampler.nbeta)
+        record[f"{self.name}/lr"] = float(main.sampler.lr)
+        record[f"{self.name}/localization"] = float(main.sampler.localization)
+        key = f"{self.name}/calibration"
+        if self.calibrated is not None and not any(key in r for r in self.history):
+            record[key] = dict(self.calibrated)  # the first record after the calibration
         record[f"{self.name}/seconds"] = seconds
         self.history.append(record)
         self.last_estimates = estimates
@@ -406,7 +550,10 @@ class LLCMonitor(Callback):
                 log_group_charts(runs, self.history, self._groups(), family, step)
             for prefix, est in estimates.items():
                 for message in est.warnings:
-                    rank_zero_warn(f"LLCMonitor: {prefix} at step {step}: {message}")
+                    rank_zero_warn(
+                        f"LLCMonitor: {prefix} at step {step}: {message}",
+                        category=LLCHealthWarning,
+                    )
             if new:
                 self._write_milestones()
                 report_milestones(trainer.loggers, self.milestones, step, self.name)

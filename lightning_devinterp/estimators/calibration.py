@@ -28,9 +28,10 @@ to the least unhealthy setting.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -202,11 +203,7 @@ def calibrate(
         >>> estimate_llc(model, loader, loss_fn, sampler=result.sampler)
     """
     check_sampling_args(num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches)
-    if num_chains < 2 or num_draws < 16:
-        raise ValueError(
-            f"num_chains={num_chains}, num_draws={num_draws} are too few for calibration; use "
-            "at least 2 chains (to compare them) and 16 draws (half of them are burn-in)."
-        )
+    _check_counts(num_chains, num_draws)
     _check_options(nbeta, lrs, localizations, nbetas, tolerance, min_acceptance, max_steps)
     loss_fn = loss_fn or default_loss_fn(model)
     flat = FlatModel(model, train_mode=train_mode)
@@ -548,6 +545,57 @@ def _advice(
             "upwards or use more draws (num_draws)."
         )
     return messages
+
+
+#: Options of :func:`calibrate` a caller that owns the data and chain settings may pass on.
+CALIBRATE_OPTIONS = (
+    "nbeta",
+    "lrs",
+    "localizations",
+    "nbetas",
+    "num_chains",
+    "num_draws",
+    "tolerance",
+    "min_acceptance",
+    "max_steps",
+    "full_sweep",
+    "batched",
+)
+
+
+def check_calibrate_options(options: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the first unknown or invalid option of
+    :data:`CALIBRATE_OPTIONS` in ``options`` (checked before any sampling)."""
+    unknown = [key for key in options if key not in CALIBRATE_OPTIONS]
+    if unknown:
+        raise ValueError(
+            f"Unknown calibration option(s) {unknown}; use some of {list(CALIBRATE_OPTIONS)}."
+        )
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(calibrate).parameters.items()
+        if name in CALIBRATE_OPTIONS
+    }
+    merged = {**defaults, **options}
+    check_sampling_args(merged["num_chains"], merged["num_draws"], 0, 1, 1)
+    _check_counts(merged["num_chains"], merged["num_draws"])
+    _check_options(
+        merged["nbeta"],
+        merged["lrs"],
+        merged["localizations"],
+        merged["nbetas"],
+        merged["tolerance"],
+        merged["min_acceptance"],
+        merged["max_steps"],
+    )
+
+
+def _check_counts(num_chains: int, num_draws: int) -> None:
+    if num_chains < 2 or num_draws < 16:
+        raise ValueError(
+            f"num_chains={num_chains}, num_draws={num_draws} are too few for calibration; use "
+            "at least 2 chains (to compare them) and 16 draws (half of them are burn-in)."
+        )
 
 
 def _check_options(
