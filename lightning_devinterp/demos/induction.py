@@ -1,9 +1,11 @@
 """A synthetic language that rewards in-context copying.
 
 Each sequence is drawn from a fixed random bigram language; with probability
-``repeat_prob`` its second half repeats a span of its first half, so a model that learns
-induction (attend to the token after the previous occurrence of the current token) predicts
-the repeated half almost perfectly.
+``repeat_prob`` its second half continues by copying the tokens ``offset`` positions back,
+with ``offset`` drawn per sequence between a quarter and a half of the length. A fixed
+positional head cannot know the offset; a model that learns induction (attend to the token
+after the previous occurrence of the current token) predicts the copied half almost
+perfectly.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class InductionData(Dataset):
             tokens[:, t] = torch.multinomial(probs[tokens[:, t - 1]], 1, generator=g).squeeze(1)
         half = length // 2
         self.repeated = torch.rand(size, generator=g) < repeat_prob
-        tokens[self.repeated, half:] = tokens[self.repeated, :half]
+        rows = self.repeated.nonzero().squeeze(1)
+        offset = torch.randint(max(1, length // 4), half + 1, (len(rows),), generator=g)
+        for t in range(half, length):
+            tokens[rows, t] = tokens[rows, t - offset]
         self.tokens = tokens
 
     def __len__(self) -> int:

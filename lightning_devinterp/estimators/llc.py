@@ -357,11 +357,20 @@ def sample_components(
                 "Batched chains unavailable for this model (%s); running them one by one.", error
             )
     results = []
+    references: dict = {}  # w*'s losses on each chain's minibatches, shared by the components
     for i, (component_masks, name) in enumerate(zip(masks, names, strict=True)):
         flat.activate(component_masks)
         hook = on_draw and (lambda draw, i=i: on_draw(i, draw))
         traces = run_chains(
-            flat, loss_fn, dataloader, sampler, progress=progress, mala=mala, on_draw=hook, **run
+            flat,
+            loss_fn,
+            dataloader,
+            sampler,
+            progress=progress,
+            mala=mala,
+            on_draw=hook,
+            references=references,
+            **run,
         )
         results.append(LLCSamples(traces, init_losses, sampler, name))
     return results

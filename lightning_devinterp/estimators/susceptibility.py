@@ -8,13 +8,14 @@ For a perturbed distribution q' (a *probe*), the response of the observable
 and per probe token (x, y) with loss ``l_xy``: ``chi^C_xy = -nbeta * Cov[phi_C, l_xy(w) - L_q(w)]``,
 whose mean over the probe's tokens is ``chi^C(q')``.
 
-Estimator. ``phi`` is the draw's own SGLD minibatch loss (minus the loss of w* on the same
-minibatch, when paired), and the probe losses come from fixed probe batches, so
-``Cov[phi, l_xy]`` is unbiased. ``Cov[phi, L_q]`` is the posterior variance of L_q; estimating
-it from the same minibatch would add the minibatch noise variance (a bias as large as the
-signal at realistic batch sizes), so it is estimated as ``Cov[L_A, L_B]`` between the two
-halves A, B of each minibatch (their noises are independent), at no extra forward pass.
-The loss function must therefore return unreduced per-sample (or per-token) losses.
+Estimator. ``phi`` is the draw's own SGLD minibatch loss, minus the loss of w* on the same
+samples when paired (the default: it cancels batch-to-batch noise), and the probe losses come
+from fixed probe batches, so ``Cov[phi, l_xy]`` is unbiased. ``Cov[phi, L_q]`` is the
+posterior variance of L_q; estimating it from the same minibatch would add the minibatch
+noise variance (a bias as large as the signal at realistic batch sizes), so it is estimated
+as ``Cov[L_A, L_B]`` between the two halves A, B (by sample) of each minibatch, whose noises
+are independent, at no extra forward pass. The loss function must therefore return
+unreduced per-sample (or per-token) losses.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from lightning_devinterp.sampling import (
     LossFn,
     loss_terms,
     move_to_device,
+    per_sample,
 )
 
 #: Name of the whole model when no components are given.
@@ -234,19 +236,25 @@ def _probe_losses(
     module: nn.Module, loss_fn: LossFn, batches: Mapping[str, list[Any]]
 ) -> torch.Tensor:
     """The loss terms of every probe's fixed batches, flattened into one vector, in order."""
-    return torch.cat(
-        [loss_terms(loss_fn(module, b)).reshape(-1) for fixed in batches.values() for b in fixed]
-    )
+    with torch.inference_mode():
+        return torch.cat(
+            [loss_terms(loss_fn(module, b)).reshape(-1) for fs in batches.values() for b in fs]
+        )
 
 
-def _halves(losses: torch.Tensor) -> tuple[float, float]:
-    """Mean loss of the first and second half (by sample) of a minibatch's loss terms."""
+def _checked(losses: torch.Tensor) -> torch.Tensor:
+    """The minibatch's loss terms, if they can be split into two halves by sample."""
     if losses.dim() == 0 or losses.shape[0] < 2:
         raise ValueError(
             f"Susceptibilities need loss_fn to return unreduced per-sample or per-token losses "
             f"(shape [batch, ...], batch >= 2); it returned shape {tuple(losses.shape)}. Return "
             "e.g. F.cross_entropy(logits, y, reduction='none')."
         )
+    return losses
+
+
+def _halves(losses: torch.Tensor) -> tuple[float, float]:
+    """Mean of the first and of the second half of per-sample losses."""
     half = losses.shape[0] // 2
     return float(losses[:half].double().mean()), float(losses[half:].double().mean())
 
@@ -281,11 +289,11 @@ def sample_susceptibilities(
     stats: list[dict[int, _ChainStats]] = [{} for _ in targets]
 
     def on_draw(i: int, draw: Draw) -> None:
-        phi = float(draw.losses.mean())
+        losses = per_sample(_checked(draw.losses))
         if draw.reference is not None:
-            phi -= float(draw.reference)
+            losses = losses - draw.reference
         stats[i].setdefault(draw.chain, _ChainStats(sizes)).add(
-            phi, *_halves(draw.losses), _probe_losses(draw.module, loss_fn, fixed)
+            float(losses.mean()), *_halves(losses), _probe_losses(draw.module, loss_fn, fixed)
         )
 
     llc = sample_components(

@@ -15,6 +15,7 @@ from lightning_devinterp.sampling.chains import (
     LossFnError,
     Observable,
     loss_terms,
+    per_sample,
     reduce_loss,
     run_chains,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "default_nbeta",
     "loss_terms",
     "move_to_device",
+    "per_sample",
     "reduce_loss",
     "run_chains",
     "seeded_global_rng",

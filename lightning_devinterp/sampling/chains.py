@@ -46,6 +46,11 @@ def loss_terms(value: Any) -> torch.Tensor:
     return value
 
 
+def per_sample(terms: torch.Tensor) -> torch.Tensor:
+    """Loss terms averaged over every dimension but the first (the sample); a scalar stays."""
+    return terms.reshape(terms.shape[0], -1).mean(1) if terms.dim() > 1 else terms
+
+
 def reduce_loss(value: Any) -> torch.Tensor:
     """The mean loss from what a ``loss_fn`` returned (see :func:`loss_terms`)."""
     value = loss_terms(value)
@@ -53,15 +58,18 @@ def reduce_loss(value: Any) -> torch.Tensor:
 
 
 class _LossCall(nn.Module):
-    """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can run it at w*."""
+    """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can run it at w*:
+    the mean loss, or with ``terms`` the loss terms as ``loss_fn`` returned them."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, terms: bool = False) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.terms = terms
 
     def forward(self, batch: Any) -> torch.Tensor:
-        return reduce_loss(self.loss_fn(self.model, batch))
+        value = self.loss_fn(self.model, batch)
+        return loss_terms(value) if self.terms else reduce_loss(value)
 
 
 class FlatModel:
@@ -187,12 +195,14 @@ class FlatModel:
 
     @torch.no_grad()
     def loss_at_anchor(self, loss_fn: LossFn, batch: Any) -> torch.Tensor:
-        """Mean loss of w* on ``batch``, without moving the chain."""
+        """Loss terms of w* on ``batch`` (as ``loss_fn`` returns them), without moving the
+        chain."""
         weights = {
             "model." + name: anchor
             for (name, _), anchor in zip(self.active, self.anchor_parts, strict=True)
         }
-        return functional_call(_LossCall(self.module, loss_fn), weights, (batch,), strict=False)
+        call = _LossCall(self.module, loss_fn, terms=True)
+        return functional_call(call, weights, (batch,), strict=False)
 
     def sampled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sampled entries, their gradient and their value at w* (flat)."""
@@ -252,7 +262,8 @@ class Draw:
         module: the sampling copy, at the draw's weights (read only; no grad needed).
         losses: the loss terms of the step's minibatch as ``loss_fn`` returned them (the
             mean, or unreduced per-sample/per-token losses), detached.
-        reference: the mean loss of w* on the same minibatch (paired form), or None.
+        reference: the per-sample losses of w* on the same minibatch (:func:`per_sample` of
+            its loss terms; paired form), or None.
     """
 
     chain: int
@@ -301,12 +312,16 @@ def run_chains(
     progress: Callable[[int, int], None] | None = None,
     mala: bool = False,
     on_draw: Callable[[Draw], None] | None = None,
+    references: dict[tuple[int, int], torch.Tensor] | None = None,
 ) -> ChainTraces:
     """Run SGLD chains from w* on ``flat`` and record a draw every ``steps_between_draws`` steps
     after ``num_burnin`` steps. With ``mala``, also the MALA acceptance rate of the steps
     (a diagnostic: four extra vector passes and one extra copy of the sampled entries).
     ``on_draw`` is called at every draw, under ``torch.no_grad``, for statistics computed as
-    the chain runs (they need not be stored per draw).
+    the chain runs (they need not be stored per draw). ``references`` caches the paired
+    reference losses by (chain, draw): share one dict between calls with the same data and
+    seed (for example the components of one estimate, whose chains see the same minibatches)
+    and each is computed once.
 
     Chain ``c`` owns a generator and a batch order seeded from ``(seed, c)``: the same seed gives
     the same noise and batches on every call (common random numbers), whatever the weights.
@@ -338,6 +353,7 @@ def run_chains(
                         observables=observables,
                         tracker=MalaAcceptance(sampler) if mala else None,
                         on_draw=on_draw,
+                        references=references if references is not None else {},
                         check_every=check_every,
                         progress=progress
                         and (lambda t, d=done: progress(d * total + t, len(chains) * total)),
@@ -378,6 +394,7 @@ def _run_chain(
     observables: Mapping[str, Observable],
     tracker: MalaAcceptance | None,
     on_draw: Callable[[Draw], None] | None,
+    references: dict[tuple[int, int], torch.Tensor],
     check_every: int,
     progress: Callable[[int], None] | None,
 ) -> _ChainResult:
@@ -395,9 +412,13 @@ def _run_chain(
         k, offset = divmod(t - num_burnin, steps_between_draws)
         if t >= num_burnin and offset == 0:
             draw_loss[k] = loss
-            reference = flat.loss_at_anchor(loss_fn, batch) if draw_ref is not None else None
+            reference = None
             if draw_ref is not None:
-                draw_ref[k] = reference
+                reference = references.get((chain, k))
+                if reference is None:
+                    reference = per_sample(flat.loss_at_anchor(loss_fn, batch))
+                    references[(chain, k)] = reference
+                draw_ref[k] = reference.mean()
             with torch.no_grad():
                 for name, fn in observables.items():
                     draw_obs[name].append(fn(flat.module).detach())
