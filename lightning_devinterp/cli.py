@@ -4,6 +4,7 @@ Subcommands:
 
 - ``estimate``: LLC (and per-head refined LLCs) over a directory of saved Lightning
   checkpoints, with the callback's outputs (JSON-lines, ``milestones.json``) and a report.
+- ``calibrate``: SGLD hyperparameters chosen by the health of short chains at a checkpoint.
 - ``report``: figures and a markdown/HTML summary from a run's JSON-lines file.
 
 Run ``lightning-devinterp <subcommand> --help`` for the arguments of each. Class paths
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ESTIMATE_EPILOG = """\
+SOURCE_HELP = """\
 the model and data:
   --config FILE     the LightningCLI config of the training run (the config.yaml it saves in
                     the log directory): its model: and data: sections (class_path/init_args)
@@ -32,12 +33,35 @@ safety:
   checkpoints are read with torch.load(weights_only=True): tensors and plain containers only.
   A checkpoint holding other Python objects is refused; --unsafe-load unpickles it fully,
   which runs any code the file contains. Use it only for files you trust.
+"""
 
+ESTIMATE_EXAMPLE = """
 example:
   lightning-devinterp estimate lightning_logs/version_0/checkpoints \\
       --config lightning_logs/version_0/config.yaml --components heads \\
       --lr 1e-4 --nbeta 30 --localization 100
 """
+
+CALIBRATE_EXAMPLE = """
+example:
+  lightning-devinterp calibrate lightning_logs/version_0/checkpoints \\
+      --config lightning_logs/version_0/config.yaml --nbeta 30
+"""
+
+#: calibrate() options passed on only when given (its own defaults otherwise).
+CALIBRATE_OPTIONS = (
+    "nbeta",
+    "lrs",
+    "localizations",
+    "num_chains",
+    "num_draws",
+    "num_burnin",
+    "steps_between_draws",
+    "tolerance",
+    "max_steps",
+    "seed",
+    "init_loss_batches",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,22 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(sorted by global_step), with the outputs of LLCMonitor: <out>/<name>.jsonl (one "
         "record per checkpoint, the callback's keys), <out>/milestones.json and a report "
         "with figures in <out>/report.",
-        epilog=ESTIMATE_EPILOG,
+        epilog=SOURCE_HELP + ESTIMATE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     estimate.add_argument(
         "checkpoints", nargs="+", type=Path, help="a directory of *.ckpt files, or the files"
     )
-    source = estimate.add_argument_group("model and data")
-    source.add_argument("--config", type=Path, help="LightningCLI config with model:/data:")
-    source.add_argument("--model", help="LightningModule class, e.g. mypkg.models.GPT")
-    source.add_argument("--datamodule", help="LightningDataModule class")
-    source.add_argument("--loss-fn", help="loss_fn(model, batch) function, e.g. mypkg.losses.lm")
-    source.add_argument(
-        "--unsafe-load",
-        action="store_true",
-        help="unpickle checkpoints fully (runs code from the file: trusted files only)",
-    )
+    _add_source_arguments(estimate)
     sampling = estimate.add_argument_group("sampling (as LLCMonitor / estimate_llc)")
     sampling.add_argument("--lr", type=float, help="SGLD step size (default 1e-3)")
     sampling.add_argument("--nbeta", type=float, help="inverse temperature (default m/log m)")
@@ -81,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--steps-between-draws", type=int, default=1, help="(default 1)")
     sampling.add_argument("--init-loss-batches", type=int, default=16, help="for L(w*) (16)")
     sampling.add_argument("--seed", type=int, default=0, help="chains' seed (default 0)")
-    sampling.add_argument("--unpaired", action="store_true", help="minus L(w*), not paired")
-    sampling.add_argument("--train-mode", action="store_true", help="sample in train mode")
-    sampling.add_argument("--mala", action="store_true", help="also the MALA acceptance rate")
+    _add_mode_arguments(sampling)
     output = estimate.add_argument_group("what and where")
     output.add_argument(
         "--components", choices=["heads"], help="'heads': a refined LLC per attention head"
@@ -93,6 +106,39 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--out", type=Path, help="output folder (default <checkpoints>/devinterp)")
     output.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default auto)")
     estimate.set_defaults(run=run_estimate)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="choose SGLD hyperparameters at a checkpoint",
+        description="Run short chains on a log grid of step sizes (per localization, and per "
+        "nbeta unless --nbeta is given) at one checkpoint and recommend the settings whose "
+        "chains are healthy (lightning_devinterp.calibrate). Prints the estimate flags to use; "
+        "writes <out>/calibration.json (every setting tried) and its figures. Options left out "
+        "take calibrate()'s defaults.",
+        epilog=SOURCE_HELP + CALIBRATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument(
+        "checkpoint", type=Path, help="a checkpoint, or a directory (its last one by step)"
+    )
+    _add_source_arguments(calibrate)
+    grid = calibrate.add_argument_group("grid, chains and budget (as calibrate())")
+    grid.add_argument("--nbeta", type=float, help="fix nbeta (default: sweep m/log m, a quarter)")
+    grid.add_argument("--lrs", type=float, nargs="+", help="step sizes (default: from curvature)")
+    grid.add_argument("--localizations", type=float, nargs="+", help="localizations, weakest first")
+    grid.add_argument("--num-chains", type=int, help="chains per setting")
+    grid.add_argument("--num-draws", type=int, help="draws per chain and setting (>= 16)")
+    grid.add_argument("--num-burnin", type=int, help="extra discarded steps per chain")
+    grid.add_argument("--steps-between-draws", type=int, help="SGLD steps per draw")
+    grid.add_argument("--tolerance", type=float, help="agreement of neighbouring step sizes")
+    grid.add_argument("--max-steps", type=int, help="budget: SGLD steps over all settings")
+    grid.add_argument("--full-sweep", action="store_true", help="every setting of the grid")
+    grid.add_argument("--init-loss-batches", type=int, help="batches for L(w*)")
+    grid.add_argument("--seed", type=int, help="chains' seed")
+    _add_mode_arguments(grid)
+    calibrate.add_argument("--out", type=Path, help="output folder (default <dir>/devinterp)")
+    calibrate.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
+    calibrate.set_defaults(run=run_calibrate)
 
     report = commands.add_parser(
         "report",
@@ -107,9 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output folder (default report/ beside it)")
     report.set_defaults(run=run_report)
 
-    # calibrate: to be added here once lightning_devinterp.calibrate exists (model and data
-    # loaded as for estimate). demo: added with examples/induction_heads.py.
+    # demo: to be added here with examples/induction_heads.py.
     return parser
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("model and data")
+    source.add_argument("--config", type=Path, help="LightningCLI config with model:/data:")
+    source.add_argument("--model", help="LightningModule class, e.g. mypkg.models.GPT")
+    source.add_argument("--datamodule", help="LightningDataModule class")
+    source.add_argument("--loss-fn", help="loss_fn(model, batch) function, e.g. mypkg.losses.lm")
+    source.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="unpickle checkpoints fully (runs code from the file: trusted files only)",
+    )
+
+
+def _add_mode_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--unpaired", action="store_true", help="minus L(w*), not paired")
+    group.add_argument("--train-mode", action="store_true", help="sample in train mode")
+    group.add_argument("--mala", action="store_true", help="also the MALA acceptance rate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +254,73 @@ def run_estimate(args: argparse.Namespace) -> None:
         print(f"milestone: {m.series} {m.kind} at step {m.step}")
     print(f"records: {monitor.jsonl_path}")
     print(f"report: {files.markdown} ({len(files.figures)} figures)")
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    """``calibrate``: :func:`lightning_devinterp.calibrate` at one checkpoint, its table as
+    JSON and its figures."""
+    import json
+
+    import torch
+
+    from lightning_devinterp.callbacks.checkpoints import (
+        checkpoints_by_step,
+        find_checkpoints,
+        load_checkpoint,
+        restore,
+    )
+    from lightning_devinterp.estimators import calibrate
+    from lightning_devinterp.reporting.calibration_figures import (
+        plot_calibration_llc,
+        plot_calibration_traces,
+    )
+    from lightning_devinterp.reporting.figures import save_png
+
+    step, path = checkpoints_by_step(find_checkpoints(args.checkpoint), args.unsafe_load)[-1]
+    model, loader = load_model_and_data(args, load_checkpoint(path, args.unsafe_load))
+    restore(model, path, args.unsafe_load)
+    device = (
+        args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    options = {k: getattr(args, k) for k in CALIBRATE_OPTIONS if getattr(args, k) is not None}
+    result = calibrate(
+        model.to(device),
+        loader,
+        import_object(args.loss_fn, "--loss-fn") if args.loss_fn else None,
+        paired=not args.unpaired,
+        train_mode=args.train_mode,
+        mala=args.mala,
+        full_sweep=args.full_sweep,
+        **options,
+    )
+    out = args.out or (args.checkpoint if args.checkpoint.is_dir() else path.parent) / "devinterp"
+    out.mkdir(parents=True, exist_ok=True)
+    content = {
+        "checkpoint": str(path),
+        "step": step,
+        "recommended": result.to_record(),
+        "warnings": result.warnings,
+        "table": result.table,
+    }
+    # NaN (a diverged setting) is written as null, so the file stays valid JSON.
+    text = json.dumps(json.loads(json.dumps(content), parse_constant=lambda _: None), indent=2)
+    (out / "calibration.json").write_text(text)
+    sampler = result.sampler
+    print(f"calibrated at {path.name} (step {step}): {len(result.table)} settings tried")
+    print(
+        f"recommended ({'confirmed' if result.confirmed else 'NOT confirmed'}, "
+        f"{'healthy' if result.healthy else 'unhealthy'}): --lr {sampler.lr:.3g} "
+        f"--nbeta {sampler.nbeta:.4g} --localization {sampler.localization:g} "
+        f"--num-burnin {result.num_burnin}"
+    )
+    for message in result.warnings:
+        print(f"warning: {message}")
+    print(f"table: {out / 'calibration.json'}")
+    for name, plot in (("llc", plot_calibration_llc), ("traces", plot_calibration_traces)):
+        try:
+            print(f"figure: {save_png(plot(result), out / f'calibration_{name}.png')}")
+        except (ImportError, ValueError) as error:  # no matplotlib, or nothing to draw
+            print(f"no {name} figure: {error}")
 
 
 def run_report(args: argparse.Namespace) -> None:

@@ -157,30 +157,41 @@ def estimate_checkpoints(
     model.trainer = trainer
     trainer.strategy.connect(model)
     monitor.setup(trainer, model, "fit")
-    _restore(trainer, model, *found[0], unsafe_load)
+    _restore(trainer, model, found[0][1], unsafe_load)
     # Checks the inputs, starts the JSON-lines file afresh, estimates step 0 if it is first.
     monitor.on_train_start(trainer, model)
     for step, path in found:
         if any(record["step"] == step for record in monitor.history):
             continue
-        _restore(trainer, model, step, path, unsafe_load)
+        _restore(trainer, model, path, unsafe_load)
         rank_zero_info(f"Estimating at {path.name} (step {step}).")
         monitor.estimate(trainer, model, step)
     monitor.on_train_end(trainer, model)  # refined milestones, milestones.json
     return monitor
 
 
-def _restore(
-    trainer: Trainer, model: LightningModule, step: int, path: Path, unsafe_load: bool
-) -> None:
-    """Load the checkpoint's weights into ``model`` and its epoch into the trainer's record."""
+def restore(model: LightningModule, path: str | Path, unsafe_load: bool = False) -> dict[str, Any]:
+    """Load the weights of the checkpoint at ``path`` into ``model`` (after its
+    ``on_load_checkpoint`` hook); returns the checkpoint.
+
+    Raises:
+        ValueError: the checkpoint cannot be loaded (see :func:`load_checkpoint`) or its
+            weights do not fit ``model``.
+    """
     checkpoint = load_checkpoint(path, unsafe_load)
     model.on_load_checkpoint(checkpoint)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise ValueError(
-            f"The weights of {path} (step {step}) do not fit {type(model).__name__}: {error}. "
-            "Build the model with the class and hyperparameters of the run that saved it."
+            f"The weights of {path} (step {checkpoint['global_step']}) do not fit "
+            f"{type(model).__name__}: {error}. Build the model with the class and "
+            "hyperparameters of the run that saved it."
         ) from error
+    return checkpoint
+
+
+def _restore(trainer: Trainer, model: LightningModule, path: Path, unsafe_load: bool) -> None:
+    """Load the checkpoint's weights into ``model`` and its epoch into the trainer's record."""
+    checkpoint = restore(model, path, unsafe_load)
     trainer.fit_loop.epoch_progress.current.completed = int(checkpoint.get("epoch", 0))

@@ -119,6 +119,29 @@ def test_a_checkpoint_with_pickled_code_is_refused_without_the_flag(run, tmp_pat
     assert [r["step"] for r in read_jsonl(tmp_path / "out" / "llc.jsonl")] == [2]
 
 
+def test_calibrate_at_the_last_checkpoint_writes_its_table_and_the_flags_to_use(
+    run, tmp_path, capsys
+):
+    checkpoints, _ = run
+    grid = ["--lrs", "3e-3", "1e-3", "3e-4", "--localizations", "100", "--nbeta", "10"]
+    chains = ["--num-chains", "2", "--num-draws", "16"]
+    model = ["--model", "tests.cli.tiny.TinyTransformer"]
+    code, out, err = in_process(
+        capsys, "calibrate", checkpoints, *model, *grid, *chains, "--out", tmp_path
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "calibration.json").read_text())
+    assert result["step"] == 6 and result["checkpoint"].endswith("epoch=1-step=6.ckpt")
+    table = result["table"]
+    assert len(table) == result["recommended"]["settings_tried"] >= 1
+    assert {r["lr"] for r in table} <= {3e-3, 1e-3, 3e-4}
+    assert {(r["nbeta"], r["localization"]) for r in table} == {(10.0, 100.0)}
+    (chosen,) = [r for r in table if r["chosen"]]
+    assert chosen["lr"] == result["recommended"]["lr"]
+    assert f"--lr {chosen['lr']:.3g} --nbeta 10 --localization 100" in out
+    assert (tmp_path / "calibration_llc.png").stat().st_size > 0
+
+
 def test_report_writes_markdown_html_and_figures_with_the_stages(tmp_path):
     _, detector = planted_run(tmp_path / "run")
     done = cli("report", tmp_path / "run", "--out", tmp_path / "report")
@@ -169,6 +192,7 @@ def test_bad_inputs_exit_with_a_clear_message(run, tmp_path, capsys, args, messa
     ("command", "expected"),
     [
         ("estimate", ["--unsafe-load", "weights_only=True", "--config", "--components"]),
+        ("calibrate", ["checkpoint", "--lrs", "--max-steps", "--unsafe-load", "--config"]),
         ("report", ["source", "--out"]),
     ],
 )
