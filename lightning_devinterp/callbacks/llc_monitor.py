@@ -361,31 +361,25 @@ class LLCMonitor(Callback):
             if not self._calibrate(trainer, pl_module, step):
                 return None
         components = self._resolve_components(pl_module)
-        with isolated(pl_module):
-            try:
-                payload: Any = {
-                    data_name: sample_components(
-                        pl_module,
-                        loader,
-                        self.loss_fn,
-                        components=[None, *components],
-                        sampler=self._sampler(),
-                        transfer=self._transfer(pl_module),
-                        chain_ids=my_chains(
-                            self.sampling["num_chains"], trainer.global_rank, trainer.world_size
-                        ),
-                        **self._sampling(),
-                    )
-                    for data_name, loader in self._datasets(trainer).items()
-                }
-            except Exception as error:  # reported below, on every rank alike
-                if self.on_error == "raise" and trainer.world_size == 1:
-                    raise
-                payload = f"{type(error).__name__}: {error}"
-        parts = all_gather_objects(payload, trainer.world_size)
-        failures = [p for p in parts if isinstance(p, str)]
-        if failures:
-            self._fail(trainer, step, failures[0])
+        parts = self._sample_everywhere(
+            trainer,
+            pl_module,
+            step,
+            lambda chain_ids: {
+                data_name: sample_components(
+                    pl_module,
+                    loader,
+                    self.loss_fn,
+                    components=[None, *components],
+                    sampler=self._sampler(),
+                    transfer=self._transfer(pl_module),
+                    chain_ids=chain_ids,
+                    **self._sampling(),
+                )
+                for data_name, loader in self._datasets(trainer).items()
+            },
+        )
+        if parts is None:
             return None
         estimates = {}
         for data_name in parts[0]:
@@ -394,6 +388,33 @@ class LLCMonitor(Callback):
                 estimates[self._prefix(data_name, component)] = llc_from_samples(merged)
         self._record(trainer, step, estimates, time.perf_counter() - started)
         return estimates
+
+    def _sample_everywhere(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        step: int,
+        sample: Callable[[list[int]], Any],
+        failure: str = "",
+    ) -> list[Any] | None:
+        """Run ``sample(chain_ids)`` on every process, isolated from training, for its share
+        of the chains, and gather the results (rank order). None if any process failed: the
+        failure (prefixed by ``failure``) is reported on every rank alike, so none waits for
+        the others."""
+        chain_ids = my_chains(self.sampling["num_chains"], trainer.global_rank, trainer.world_size)
+        with isolated(pl_module):
+            try:
+                payload: Any = sample(chain_ids)
+            except Exception as error:
+                if self.on_error == "raise" and trainer.world_size == 1:
+                    raise
+                payload = f"{type(error).__name__}: {error}"
+        parts = all_gather_objects(payload, trainer.world_size)
+        failures = [p for p in parts if isinstance(p, str)]
+        if failures:
+            self._fail(trainer, step, failure + failures[0])
+            return None
+        return parts
 
     # ---------------------------------------------------------------- calibration
 
@@ -436,36 +457,33 @@ class LLCMonitor(Callback):
         """Calibrate the SGLD settings at the current weights and freeze them; False if it
         failed (reported like a failed estimate). Every process calibrates; rank 0's choice
         is kept by all."""
-        with isolated(pl_module):
-            try:
-                options = {
-                    key: self.sampling[key]
-                    for key in (
-                        "num_burnin",
-                        "steps_between_draws",
-                        "seed",
-                        "init_loss_batches",
-                        "paired",
-                        "train_mode",
-                        "mala",
-                    )
-                }
-                result = calibrate(
-                    pl_module,
-                    self._data(trainer),
-                    self.loss_fn,
-                    transfer=self._transfer(pl_module),
-                    **{**options, **self.calibration_options},
-                )
-                payload: Any = {**result.to_record(), "warnings": list(result.warnings)}
-            except Exception as error:  # reported below, on every rank alike
-                if self.on_error == "raise" and trainer.world_size == 1:
-                    raise
-                payload = f"{type(error).__name__}: {error}"
-        chosen = all_gather_objects(payload, trainer.world_size)[0]
-        if isinstance(chosen, str):
-            self._fail(trainer, step, f"calibration failed: {chosen}")
+        options = {
+            key: self.sampling[key]
+            for key in (
+                "num_burnin",
+                "steps_between_draws",
+                "seed",
+                "init_loss_batches",
+                "paired",
+                "train_mode",
+                "mala",
+            )
+        }
+
+        def run(chain_ids: list[int]) -> dict[str, Any]:
+            result = calibrate(
+                pl_module,
+                self._data(trainer),
+                self.loss_fn,
+                transfer=self._transfer(pl_module),
+                **{**options, **self.calibration_options},
+            )
+            return {**result.to_record(), "warnings": list(result.warnings)}
+
+        parts = self._sample_everywhere(trainer, pl_module, step, run, "calibration failed: ")
+        if parts is None:
             return False
+        chosen = parts[0]
         self.calibrated = {**chosen, "step": step}
         if trainer.is_global_zero:
             hyperparams = {
