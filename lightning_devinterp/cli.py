@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = commands.add_parser(
         "estimate",
         help="LLC and refined LLCs over saved checkpoints",
-        description="Estimate the local learning coefficient at each Lightning checkpoint "
-        "(sorted by global_step), with the outputs of LLCMonitor: <out>/<name>.jsonl (one "
-        "record per checkpoint, the callback's keys), <out>/milestones.json and a report "
+        description="Estimate the local learning coefficient at each Lightning checkpoint\n"
+        "(sorted by global_step) with the outputs of LLCMonitor: <out>/<name>.jsonl (one\n"
+        "record per checkpoint, the callback's keys), <out>/milestones.json, and a report\n"
         "with figures in <out>/report.",
         epilog=SOURCE_HELP + ESTIMATE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -87,34 +87,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_arguments(estimate)
     sampling = estimate.add_argument_group("sampling (as LLCMonitor / estimate_llc)")
-    sampling.add_argument("--lr", type=float, help="SGLD step size (default 1e-3)")
-    sampling.add_argument("--nbeta", type=float, help="inverse temperature (default m/log m)")
-    sampling.add_argument("--localization", type=float, help="pull to w* (default 200)")
-    sampling.add_argument("--num-chains", type=int, default=4, help="chains (default 4)")
-    sampling.add_argument("--num-draws", type=int, default=200, help="draws per chain (200)")
-    sampling.add_argument("--num-burnin", type=int, default=0, help="discarded steps (0)")
-    sampling.add_argument("--steps-between-draws", type=int, default=1, help="(default 1)")
-    sampling.add_argument("--init-loss-batches", type=int, default=16, help="for L(w*) (16)")
-    sampling.add_argument("--seed", type=int, default=0, help="chains' seed (default 0)")
+    sampling.add_argument("--lr", type=float, metavar="X", help="SGLD step size (default 1e-3)")
+    sampling.add_argument(
+        "--nbeta", type=float, metavar="X", help="inverse temperature (default m/log m)"
+    )
+    sampling.add_argument(
+        "--localization", type=float, metavar="X", help="pull to w* (default 200)"
+    )
+    sampling.add_argument(
+        "--num-chains", type=int, metavar="N", default=4, help="chains (default 4)"
+    )
+    sampling.add_argument(
+        "--num-draws", type=int, metavar="N", default=200, help="draws per chain (default 200)"
+    )
+    sampling.add_argument(
+        "--num-burnin",
+        type=int,
+        metavar="N",
+        default=0,
+        help="discarded steps per chain (default 0)",
+    )
+    sampling.add_argument(
+        "--steps-between-draws",
+        type=int,
+        metavar="N",
+        default=1,
+        help="SGLD steps per draw (default 1)",
+    )
+    sampling.add_argument(
+        "--init-loss-batches",
+        type=int,
+        metavar="N",
+        default=16,
+        help="batches for L(w*) (default 16)",
+    )
+    sampling.add_argument(
+        "--seed", type=int, metavar="N", default=0, help="chains' seed (default 0)"
+    )
     _add_mode_arguments(sampling)
     output = estimate.add_argument_group("what and where")
     output.add_argument(
         "--components", choices=["heads"], help="'heads': a refined LLC per attention head"
     )
     output.add_argument("--no-milestones", action="store_true", help="no milestone detection")
-    output.add_argument("--name", default="llc", help="metric prefix and file name (llc)")
-    output.add_argument("--out", type=Path, help="output folder (default <checkpoints>/devinterp)")
+    output.add_argument("--name", default="llc", help="metric prefix and file name (default llc)")
+    output.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default <checkpoints>/devinterp)"
+    )
     output.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default auto)")
     estimate.set_defaults(run=run_estimate)
 
     calibrate = commands.add_parser(
         "calibrate",
         help="choose SGLD hyperparameters at a checkpoint",
-        description="Run short chains on a log grid of step sizes (per localization, and per "
-        "nbeta unless --nbeta is given) at one checkpoint and recommend the settings whose "
-        "chains are healthy (lightning_devinterp.calibrate). Prints the estimate flags to use; "
-        "writes <out>/calibration.json (every setting tried) and its figures. Options left out "
-        "take calibrate()'s defaults.",
+        description="Run short chains on a log grid of step sizes (per localization, and per\n"
+        "nbeta unless --nbeta is given) at one checkpoint and recommend the settings whose\n"
+        "chains are healthy (lightning_devinterp.calibrate). Prints the estimate flags to\n"
+        "use; writes <out>/calibration.json (every setting tried) and its figures. Options\n"
+        "left out take calibrate()'s defaults.",
         epilog=SOURCE_HELP + CALIBRATE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -123,20 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_arguments(calibrate)
     grid = calibrate.add_argument_group("grid, chains and budget (as calibrate())")
-    grid.add_argument("--nbeta", type=float, help="fix nbeta (default: sweep m/log m, a quarter)")
-    grid.add_argument("--lrs", type=float, nargs="+", help="step sizes (default: from curvature)")
-    grid.add_argument("--localizations", type=float, nargs="+", help="localizations, weakest first")
-    grid.add_argument("--num-chains", type=int, help="chains per setting")
-    grid.add_argument("--num-draws", type=int, help="draws per chain and setting (>= 16)")
-    grid.add_argument("--num-burnin", type=int, help="extra discarded steps per chain")
-    grid.add_argument("--steps-between-draws", type=int, help="SGLD steps per draw")
-    grid.add_argument("--tolerance", type=float, help="agreement of neighbouring step sizes")
-    grid.add_argument("--max-steps", type=int, help="budget: SGLD steps over all settings")
+    grid.add_argument(
+        "--nbeta", type=float, metavar="X", help="fix nbeta (default: sweep m/log m, a quarter)"
+    )
+    grid.add_argument(
+        "--lrs", type=float, metavar="X", nargs="+", help="step sizes (default: from curvature)"
+    )
+    grid.add_argument(
+        "--localizations", type=float, metavar="X", nargs="+", help="localizations, weakest first"
+    )
+    grid.add_argument("--num-chains", type=int, metavar="N", help="chains per setting")
+    grid.add_argument(
+        "--num-draws", type=int, metavar="N", help="draws per chain and setting (>= 16)"
+    )
+    grid.add_argument("--num-burnin", type=int, metavar="N", help="extra discarded steps per chain")
+    grid.add_argument("--steps-between-draws", type=int, metavar="N", help="SGLD steps per draw")
+    grid.add_argument(
+        "--tolerance", type=float, metavar="X", help="agreement of neighbouring step sizes"
+    )
+    grid.add_argument(
+        "--max-steps", type=int, metavar="N", help="budget: SGLD steps over all settings"
+    )
     grid.add_argument("--full-sweep", action="store_true", help="every setting of the grid")
-    grid.add_argument("--init-loss-batches", type=int, help="batches for L(w*)")
-    grid.add_argument("--seed", type=int, help="chains' seed")
+    grid.add_argument("--init-loss-batches", type=int, metavar="N", help="batches for L(w*)")
+    grid.add_argument("--seed", type=int, metavar="N", help="chains' seed")
     _add_mode_arguments(grid)
-    calibrate.add_argument("--out", type=Path, help="output folder (default <dir>/devinterp)")
+    calibrate.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default <dir>/devinterp)"
+    )
     calibrate.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
     calibrate.set_defaults(run=run_calibrate)
 
@@ -150,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "source", type=Path, help="a run's log directory (searched for *.jsonl) or one .jsonl"
     )
-    report.add_argument("--out", type=Path, help="output folder (default report/ beside it)")
+    report.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default report/ beside it)"
+    )
     report.set_defaults(run=run_report)
 
     # demo: to be added here with examples/induction_heads.py.
@@ -159,10 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("model and data")
-    source.add_argument("--config", type=Path, help="LightningCLI config with model:/data:")
-    source.add_argument("--model", help="LightningModule class, e.g. mypkg.models.GPT")
-    source.add_argument("--datamodule", help="LightningDataModule class")
-    source.add_argument("--loss-fn", help="loss_fn(model, batch) function, e.g. mypkg.losses.lm")
+    source.add_argument(
+        "--config", type=Path, metavar="FILE", help="LightningCLI config with model:/data:"
+    )
+    source.add_argument("--model", metavar="CLASS", help="LightningModule, e.g. mypkg.models.GPT")
+    source.add_argument("--datamodule", metavar="CLASS", help="LightningDataModule class")
+    source.add_argument(
+        "--loss-fn", metavar="FUNC", help="loss_fn(model, batch), e.g. mypkg.losses.lm_loss"
+    )
     source.add_argument(
         "--unsafe-load",
         action="store_true",
