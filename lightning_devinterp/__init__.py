@@ -1,6 +1,6 @@
 """lightning_devinterp: developmental interpretability as PyTorch Lightning callbacks."""
 
-from lightning_devinterp.callbacks import EssentialDynamics, LLCMonitor
+from lightning_devinterp.callbacks import EssentialDynamics, LLCMonitor, SusceptibilityMonitor
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import (
     Calibration,
@@ -28,6 +28,7 @@ __all__ = [
     "MilestoneDetector",
     "Stage",
     "Susceptibilities",
+    "SusceptibilityMonitor",
     "attention_heads",
     "calibrate",
     "estimate_llc",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +39,32 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+def finished_run_records(folder: Path, timeout: float = 60.0) -> list:
+    """The records of the one offline run under ``folder``, once its exit record is written
+    (W&B's service process may still be flushing when ``finish()`` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(folder.rglob("run-*.wandb"))
+        records = wandb_records(files[0]) if len(files) == 1 else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no finished W&B run under {folder}: {files}")
+        time.sleep(0.2)
+
+
+def history_rows(records: list) -> list[dict]:
+    """Each history record as a dict of its logged values."""
+    return [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+
+
 def test_offline_run_history_metrics_and_group_charts(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -60,16 +87,8 @@ def test_offline_run_history_metrics_and_group_charts(tmp_path, monkeypatch):
     import wandb
 
     wandb.finish()
-    [run_file] = list(tmp_path.rglob("run-*.wandb"))
-    records = wandb_records(run_file)
-    rows = [
-        {
-            item.key or "/".join(item.nested_key): json.loads(item.value_json)
-            for item in r.history.item
-        }
-        for r in records
-        if r.WhichOneof("record_type") == "history"
-    ]
+    records = finished_run_records(tmp_path)
+    rows = history_rows(records)
     llc_rows = [row for row in rows if "llc/mean" in row]
     assert [row["trainer/global_step"] for row in llc_rows] == [2, 4]
     assert [row["llc/mean"] for row in llc_rows] == pytest.approx(

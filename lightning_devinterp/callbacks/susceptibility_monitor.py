@@ -1,0 +1,266 @@
+"""SusceptibilityMonitor: how each component responds to shifts of the data, over training."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_devinterp.callbacks.llc_monitor import LLCMonitor
+from lightning_devinterp.components import Component
+from lightning_devinterp.estimators import (
+    Susceptibilities,
+    sample_susceptibilities,
+    susceptibilities_from_samples,
+)
+from lightning_devinterp.estimators.susceptibility import probe_batches
+from lightning_devinterp.reporting import (
+    curve_layout,
+    declare_metrics,
+    log_group_charts,
+    log_scalars,
+    wandb_runs,
+    write_layout,
+)
+from lightning_devinterp.reporting.figures import plot_response_matrix, save_png
+from lightning_devinterp.reporting.susceptibility import report_susceptibilities, write_npz
+from lightning_devinterp.sampling import SGLD
+
+TokenLabel = Callable[[Any, tuple[int, ...]], str]
+
+
+class SusceptibilityMonitor(LLCMonitor):
+    r"""Susceptibilities of components (by default every attention head) to probe data sets,
+    with per-token attributions, on a schedule (see :func:`estimate_susceptibilities`).
+
+    Each component's restricted SGLD chains give both its susceptibilities and its refined
+    LLC, from one sampling run: with this monitor, ``LLCMonitor(components=...)`` is not
+    needed for the same components. At each estimate it logs, for every probe ``p`` and
+    component ``c``, ``<name>/<p>/<c>/mean`` (chi, nbeta included) and ``/stderr``; the
+    singular values of the response matrix as ``<name>/sv/<k>``; refined LLCs as
+    ``<name>/rllc/<c>/mean``. It also draws the response matrix as a heatmap (TensorBoard
+    figure, W&B image and table, PNG), reports the ``top_k`` tokens of each probe and component
+    with their signed chi (W&B table, TensorBoard text), appends a record to
+    ``<log_dir>/devinterp/<name>.jsonl`` and exports everything, per-token values included, to
+    ``<log_dir>/devinterp/<name>/step-<step>.npz``.
+
+    Args:
+        probes: name -> dataloader of a shifted distribution (for example sequences with
+            repeated spans); the first ``num_probe_batches`` batches of each are fixed for the
+            run and evaluated (forward only) at every draw.
+        sampler: as for :class:`LLCMonitor` (``"auto"`` calibrates once).
+        num_probe_batches: batches per probe.
+        top_k: tokens reported per probe and component.
+        token_label: ``token_label(batch, position)`` -> text for a probe token, where
+            ``position`` indexes the batch's loss terms (for example ``(sample, t)``); default
+            ``"batch b (sample, t)"``.
+        components: ``"heads"`` (default) or a list of :class:`Component`; None for the whole
+            model.
+        name: prefix of the metrics and name of the output files.
+        **kwargs: every other :class:`LLCMonitor` argument (schedule, chains, draws, seed,
+            dataloader, ``loss_fn`` returning unreduced per-sample or per-token losses,
+            ``on_error``, ``output_dir``, ...), except ``data`` and ``milestones``.
+
+    Example::
+
+        probes = {"repeats": repeats_loader, "code": code_loader}
+        trainer = L.Trainer(callbacks=[SusceptibilityMonitor(probes, num_estimates=8)])
+    """
+
+    def __init__(
+        self,
+        probes: Mapping[str, Iterable],
+        sampler: SGLD | Literal["auto"] | None = None,
+        *,
+        num_probe_batches: int = 1,
+        top_k: int = 10,
+        token_label: TokenLabel | None = None,
+        components: Literal["heads"] | Sequence[Component] | None = "heads",
+        name: str = "susceptibility",
+        **kwargs: Any,
+    ) -> None:
+        for unsupported in ("data", "milestones"):
+            if unsupported in kwargs:
+                raise TypeError(
+                    f"SusceptibilityMonitor does not take {unsupported}=; use an LLCMonitor "
+                    "beside it for data-refined LLCs and milestones."
+                )
+        super().__init__(sampler, components=components, name=name, milestones=False, **kwargs)
+        if not isinstance(probes, Mapping) or not probes:
+            raise ValueError(
+                "probes must be a non-empty mapping of names to dataloaders, e.g. "
+                "{'repeats': repeats_loader}."
+            )
+        for probe in probes:
+            if not isinstance(probe, str) or not probe.isidentifier():
+                raise ValueError(
+                    f"probe name {probe!r} is invalid; use names like 'repeats' or 'code'."
+                )
+        if isinstance(num_probe_batches, bool) or not (
+            isinstance(num_probe_batches, int) and num_probe_batches >= 1
+        ):
+            raise ValueError(f"num_probe_batches={num_probe_batches!r} is invalid; use >= 1.")
+        if isinstance(top_k, bool) or not (isinstance(top_k, int) and top_k >= 0):
+            raise ValueError(f"top_k={top_k!r} is invalid; use an integer >= 0.")
+        self.probes = dict(probes)
+        self.num_probe_batches = num_probe_batches
+        self.top_k = top_k
+        self.token_label = token_label
+        self.last_result: Susceptibilities | None = None
+
+    def estimate(
+        self, trainer: Trainer, pl_module: LightningModule, step: int
+    ) -> Susceptibilities | None:
+        """Sample every component with the probes now, record and report; None if it failed."""
+        started = time.perf_counter()
+        if self.sampler == "auto" and self.calibrated is None:
+            if not self._calibrate(trainer, pl_module, step):
+                return None
+        components = self._resolve_components(pl_module)
+        parts = self._sample_everywhere(
+            trainer,
+            pl_module,
+            step,
+            lambda chain_ids: sample_susceptibilities(
+                pl_module,
+                self._data(trainer),
+                self.probes,
+                components or None,
+                self.loss_fn,
+                num_probe_batches=self.num_probe_batches,
+                sampler=self._sampler(),
+                transfer=self._transfer(pl_module),
+                chain_ids=chain_ids,
+                **self._sampling(),
+            ),
+        )
+        if parts is None:
+            return None
+        result = susceptibilities_from_samples(parts)
+        self._record_response(trainer, step, result, time.perf_counter() - started)
+        return result
+
+    def _record_response(
+        self, trainer: Trainer, step: int, result: Susceptibilities, seconds: float
+    ) -> None:
+        metrics: dict[str, float] = {}
+        for i, probe in enumerate(result.probes):
+            for j, component in enumerate(result.components):
+                metrics[f"{self.name}/{probe}/{component}/mean"] = float(result.response[i, j])
+                metrics[f"{self.name}/{probe}/{component}/stderr"] = float(result.stderr[i, j])
+        for k, value in enumerate(result.singular_values.tolist()):
+            metrics[f"{self.name}/sv/{k}"] = value
+        for component, est in result.llc.items():
+            metrics.update(est.metrics(f"{self.name}/rllc/{component}"))
+        top = self._top_tokens(result) if trainer.is_global_zero else {}
+        record: dict[str, Any] = {
+            "step": step,
+            "epoch": trainer.current_epoch,
+            **metrics,
+            **{f"{self.name}/{key}": value for key, value in result.to_record().items()},
+            f"{self.name}/top_tokens": top,
+            f"{self.name}/seconds": seconds,
+        }
+        self.history.append(record)
+        self.last_result = result
+        for key, value in metrics.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        if not trainer.is_global_zero:
+            return
+        if self._writer is not None:
+            self._writer.append(record)
+            folder = self._writer.path.with_name(self.name)
+            write_npz(folder / f"step-{step}.npz", _arrays(result))
+        if not self._layout_written:
+            write_layout(trainer.loggers, self._layout())
+            self._layout_written = True
+        runs = wandb_runs(trainer.loggers)
+        declare_metrics(runs, metrics, self._declared)
+        log_scalars(trainer.loggers, metrics, step)
+        for family in self._families(result.probes):
+            log_group_charts(runs, self.history, self._groups(), family, step)
+        report_susceptibilities(
+            trainer.loggers,
+            step,
+            self.name,
+            result.response.tolist(),
+            result.probes,
+            result.components,
+            top,
+            self._heatmap(result, step),
+        )
+        for component, est in result.llc.items():
+            for message in est.warnings:
+                rank_zero_warn(f"SusceptibilityMonitor: {component} at step {step}: {message}")
+
+    def _families(self, probes: Sequence[str]) -> list[str]:
+        """Metric families drawn one chart per layer: each probe's chi and the refined LLC."""
+        return [f"{self.name}/{probe}" for probe in probes] + [f"{self.name}/rllc"]
+
+    def _layout(self) -> dict[str, Any]:
+        layout: dict[str, Any] = {}
+        for family in self._families(list(self.probes)):
+            layout.update(curve_layout(self._groups(), family))
+        return layout
+
+    def _top_tokens(self, result: Susceptibilities) -> dict[str, dict[str, list[list[Any]]]]:
+        """probe -> component -> [[label, chi], ...], strongest |chi| first."""
+        if not self.top_k:
+            return {}
+        batches = probe_batches(
+            self.probes, self.num_probe_batches, self.sampling["seed"], lambda b: b
+        )
+        top: dict[str, dict[str, list[list[Any]]]] = {}
+        for probe in result.probes:
+            top[probe] = {}
+            for component in result.components:
+                rows = []
+                for index, value in result.top_tokens(probe, component, self.top_k):
+                    number, *position = result.token_position(probe, index)
+                    rows.append([self._label(batches[probe][number], number, position), value])
+                top[probe][component] = rows
+        return top
+
+    def _label(self, batch: Any, number: int, position: list[int]) -> str:
+        if self.token_label is not None:
+            return str(self.token_label(batch, tuple(position)))
+        return f"batch {number} {tuple(position)}"
+
+    def _heatmap(self, result: Susceptibilities, step: int) -> Any | None:
+        """The response-matrix figure (also saved as PNG), or None without matplotlib."""
+        try:
+            figure = plot_response_matrix(
+                result.response.numpy(),
+                result.probes,
+                result.components,
+                title=f"{self.name} at step {step}",
+            )
+        except ImportError:
+            return None
+        if self._writer is not None:
+            save_png(figure, self._writer.path.with_name(self.name) / f"response-step-{step}.png")
+        return figure
+
+
+def _arrays(result: Susceptibilities) -> dict[str, Any]:
+    """Everything of one checkpoint as arrays, per-token values included."""
+    probe_modes, singular, component_modes = result.svd
+    arrays: dict[str, Any] = {
+        "probes": list(result.probes),
+        "components": list(result.components),
+        "response": result.response.numpy(),
+        "stderr": result.stderr.numpy(),
+        "per_chain": result.per_chain.numpy(),
+        "singular_values": singular.numpy(),
+        "probe_modes": probe_modes.numpy(),
+        "component_modes": component_modes.numpy(),
+        "nbeta": result.nbeta,
+        "rllc": [est.mean for est in result.llc.values()],
+    }
+    for probe, values in result.per_token.items():
+        arrays[f"per_token/{probe}"] = values.numpy()
+    return arrays
