@@ -22,14 +22,17 @@ LLC means: both estimators again at identical settings, with more chains (``--ll
 ``--llc-draws``): ``nbeta * (mean draw loss - L(w*))``, L(w*) on the same batch.
 
 Memory: peak resident memory of a fresh process running one estimate, or three Adam steps, on
-MLPs of two sizes (default 16.6M and 4.2M parameters), minus its memory before; as a multiple
-of the parameter bytes. With glibc's mmap threshold fixed at 64 KiB, large blocks go back to
-the system on free, so the peak RSS tracks live tensors. The engine's buffers, analytically:
-the chain's weights (1x, the copy's weights are re-pointed into one flat vector), the gradient
-(1x, autograd's own, freed after each step), a noise chunk (<= 256 KiB); w* is read from the
-model itself.
+3-layer MLPs (default 16.6M parameters at batch 8 and 512, 4.2M at batch 8), minus its memory
+before; as a multiple of the parameter bytes. The child first runs the same thing on a tiny
+model: the first estimate of a process pages in ~7 MiB of torch's code (shared-library pages,
+whatever the model size), which is not memory the engine holds. With glibc's mmap threshold
+fixed at 64 KiB, large blocks go back to the system on free, so the peak RSS tracks live
+tensors. The engine's buffers, analytically: the chain's weights (1x, the copy's weights are
+re-pointed into one flat vector), the gradient (1x, autograd's own, freed after each step), a
+noise chunk (<= 256 KiB); w* is read from the model itself.
 
     python benchmarks/sampler_overhead.py [--steps 50] [--repeats 3] [--threads 1] [--profile]
+        [--llc-chains 8] [--llc-draws 100] [--memory 2880x8,2880x512,1440x8]
 """
 
 from __future__ import annotations
@@ -275,51 +278,103 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def memory_child(kind: str, width: int) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, 10))
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    batch = (torch.randn(8, width), torch.randint(0, 10, (8,)))
+def _three_layers(width: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, 10))
 
-    def loss_fn(m, b):
-        return nn.functional.cross_entropy(m(b[0]), b[1])
 
-    loss_fn(model, batch)  # allocator and kernels warmed up outside the measured window
-    before = _rss_bytes()
+def _classify(m, b):
+    return nn.functional.cross_entropy(m(b[0]), b[1])
+
+
+def _run(kind: str, model: nn.Module, batch) -> None:
     if kind == "train":
-        train_steps(model, batch, loss_fn, 3)
-    else:
+        train_steps(model, batch, _classify, 3)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         estimate_llc(
             model,
             [batch],
-            loss_fn,
+            _classify,
             sampler=SAMPLER,
             num_chains=1,
             num_draws=3,
             init_loss_batches=1,
             paired=kind == "paired",
         )
+
+
+def memory_child(kind: str, width: int, batch_size: int, warm: bool) -> None:
+    """Print the peak extra resident memory of one run of ``kind`` on a 3-layer MLP."""
+    torch.manual_seed(0)
+
+    def data(w: int):
+        return torch.randn(batch_size, w), torch.randint(0, 10, (batch_size,))
+
+    if warm:  # the same code once on a tiny model: its shared-library pages become resident
+        _run(kind, _three_layers(8), data(8))
+    model = _three_layers(width)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    batch = data(width)
+    _classify(model, batch)
+    before = _rss_bytes()
+    _run(kind, model, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"kind": kind, "param_bytes": param_bytes, "extra": peak - before}))
+    print(json.dumps({"param_bytes": param_bytes, "extra": peak - before}))
 
 
-def memory(width: int) -> dict[str, float]:
-    results = {}
-    for kind in ("train", "sgld", "paired"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", kind, "--memory-width", str(width)],
-            capture_output=True,
-            text=True,
-            check=True,
-            # a fixed mmap threshold: every block over 64 KiB is mapped and unmapped on free, so
-            # the peak RSS is the peak of live tensors (glibc's default threshold rises to 32 MiB
-            # after the first free and then keeps freed blocks in the heap)
-            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+def memory_run(kind: str, width: int, batch_size: int, warm: bool = True) -> tuple[float, int]:
+    """(peak extra memory of ``kind`` in a fresh process, parameter bytes)."""
+    command = [sys.executable, __file__, "--memory-child", kind, "--memory-width", str(width)]
+    command += ["--memory-batch", str(batch_size)] + ([] if warm else ["--memory-cold"])
+    out = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        # a fixed mmap threshold: every block over 64 KiB is mapped and unmapped on free, so
+        # the peak RSS is the peak of live tensors (glibc's default threshold rises to 32 MiB
+        # after the first free and then keeps freed blocks in the heap)
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+    )
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    return record["extra"], record["param_bytes"]
+
+
+def memory_table(runs: list[tuple[int, int]]) -> None:
+    """Peak extra memory of training and of ``estimate_llc``, for each (MLP width, batch)."""
+    print(
+        "Peak extra memory of one run in a fresh process (after the same run on a tiny model, "
+        "so that code pages are resident), 3-layer MLPs, as multiples of the parameter bytes:"
+    )
+    print()
+    print(
+        "| parameters | batch | 3 Adam steps | estimate_llc, paired=False | paired=True "
+        "| SGLD beyond 2 copies (MiB) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for width, batch_size in runs:
+        extra = {k: memory_run(k, width, batch_size) for k in ("train", "sgld", "paired")}
+        size = extra["sgld"][1]
+        print(
+            f"| {size / 4e6:.1f}M ({size / 2**20:.0f} MiB) | {batch_size} "
+            f"| {extra['train'][0] / size:.3f} | {extra['sgld'][0] / size:.3f} "
+            f"| {extra['paired'][0] / size:.3f} | {(extra['sgld'][0] - 2 * size) / 2**20:.2f} |",
+            flush=True,
         )
-        record = json.loads(out.stdout.strip().splitlines()[-1])
-        results[kind] = record["extra"] / record["param_bytes"]
-        results["param_bytes"] = record["param_bytes"]
-    return results
+    width, batch_size = runs[0]
+    cold, size = memory_run("sgld", width, batch_size, warm=False)
+    print()
+    print(
+        f"Without the warm-up (the first estimate of the process, {size / 2**20:.0f} MiB MLP, "
+        f"batch {batch_size}): {cold / size:.3f}, {(cold - 2 * size) / 2**20:.2f} MiB beyond 2 "
+        "copies: torch's code pages first touched, the same for every model size."
+    )
+    print(
+        "The engine's buffers: chain 1 + gradient 1 (autograd's, freed after each step) + one "
+        "noise chunk (<= 256 KiB); the rest is the forward pass's activations (which grow with "
+        "the batch, as in training) and allocator slack."
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -332,13 +387,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--llc-chains", type=int, default=8, help="chains for the LLC means")
     parser.add_argument("--llc-draws", type=int, default=100, help="draws for the LLC means")
-    parser.add_argument("--memory-width", type=int, default=2880, help="MLP width (3 layers)")
+    parser.add_argument(
+        "--memory",
+        default="2880x8,2880x512,1440x8",
+        help="memory runs as WIDTHxBATCH (3-layer MLPs of that width, that batch size)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the SGLD steps")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-width", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-cold", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        memory_child(args.memory_child, args.memory_width)
+        memory_child(args.memory_child, args.memory_width, args.memory_batch, not args.memory_cold)
         return
 
     devinterp, note = devinterp_runner()
@@ -357,7 +419,7 @@ def main() -> None:
     print("| " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * (len(columns) - 1))
     models = [build() for build in (demo_transformer, attention_only, mlp)]
-    profiles, comparisons = [], []
+    profiles = []
     for name, model, batch, loss_fn in models:
         pretrain(model, batch, loss_fn)
         n_params = sum(p.numel() for p in model.parameters())
@@ -391,25 +453,9 @@ def main() -> None:
                 f"| {(c['ours'] - c['devinterp']) / se:+.1f} |",
                 flush=True,
             )
-            comparisons.append(c)
 
-    mem = memory(args.memory_width)
     print()
-    print(
-        f"Peak extra memory, MLP of {mem['param_bytes'] / 2**20:.0f} MiB parameters "
-        "(multiples of the parameter bytes):"
-    )
-    print()
-    print("| run | measured peak extra | engine's buffers (analytic) |")
-    print("|---|---:|---:|")
-    print(f"| 3 Adam training steps | {mem['train']:.2f} | (grads 1 + Adam state 2) |")
-    print(
-        f"| estimate_llc, paired=False | {mem['sgld']:.2f} "
-        "| chain 1 + gradient 1 + noise chunk (<= 256 KiB) |"
-    )
-    print(f"| estimate_llc, paired=True | {mem['paired']:.2f} | same |")
-    print()
-    print("The rest of the measured peak is the forward pass's activations and allocator slack.")
+    memory_table([tuple(map(int, run.split("x"))) for run in args.memory.split(",")])
     for name, text in profiles:
         print(f"\n### cProfile of {4 * args.steps} SGLD steps: {name}\n")
         print(text)
