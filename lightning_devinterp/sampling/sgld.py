@@ -111,13 +111,15 @@ class SGLD:
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
-        # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi, rearranged as
-        # w*(1 - lr(gamma+delta)/2) + (lr gamma/2) w* - (lr nbeta/2) g: three passes
+        # w <- w - lr/2 * (nbeta*g + gamma*(w - w*) + delta*w) + sqrt(lr)*xi: the drift in two
+        # passes (a lerp toward w*, the gradient step; three with weight decay), then the noise
         self.drift(params, grad, anchor, views)
         scale = self.noise_level * math.sqrt(self.lr)
         if noise is None:
             noise = params.new_empty(min(params.numel(), NOISE_CHUNK))
-        for chunk in params.split(noise.numel()):
+        size = noise.numel()
+        for start in range(0, params.numel(), size):  # one chunk view at a time, not a list
+            chunk = params[start : start + size]
             chunk.add_(noise[: chunk.numel()].normal_(generator=generator), alpha=scale)
 
 
