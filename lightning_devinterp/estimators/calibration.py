@@ -1,29 +1,34 @@
 """Calibration: SGLD hyperparameters chosen by the health of short chains.
 
 :func:`calibrate` walks a log grid of step sizes ε (for each localization γ, and for each nβ
-when none is given) at the model's current weights, runs a few short chains per setting on one
-copy of the model with one L(w*) computation, and scores each setting by chain health.
+when none is given) at the model's current weights, with a few short chains per setting, all
+on one copy of the model with one L(w*) computation, and scores each setting by chain health.
 
-Each setting runs ``num_draws`` draws per chain; the first half is the burn-in (the chains
-start at w* and rise to their plateau), the second half gives the setting's estimate, and the
-trace must be flat over it. The recommended burn-in is that first half.
+Per setting, the chains run ``num_draws`` draws from w*. The first half is burn-in (the trace
+rises from 0 to its plateau); the second half gives the setting's estimate. The setting is
+healthy when no chain diverges, that estimate is positive, the trace is flat over the second
+half (no significant drift above 10%, and no drift above 30% at all), the chains agree
+(R-hat <= 1.1), the burn-in covers the localization's relaxation time ``1/(ε γ)`` (the
+slowest a direction held only by the localization can fill), and, when measured, the MALA
+acceptance is at least ``min_acceptance``. The recommended burn-in is the larger of that first
+half and ``1/(ε γ)``.
 
-Selection rule. Along one (nβ, γ) the LLC as a function of ε has three regimes: too large (the
-chains diverge, or the discretisation inflates the estimate), a plateau, and too small (the
-chains do not reach their plateau in the draws given: the trace still rises). The walk goes
-down the grid from the largest ε. The recommendation is the **largest healthy ε whose estimate
-the next larger grid ε (also healthy) reproduces within** ``tolerance``: the larger setting
-shows that the step-size bias has fallen to about ``tolerance``, so at the recommended ε, a grid
-ratio r below, it is about ``tolerance / (r - 1)`` (a step-size bias grows about linearly with
-ε), while its own chains are healthy, so they mix. The walk down one (nβ, γ) also ends at the
-first unhealthy (not diverged) setting below a healthy one: smaller steps mix more slowly
-still. The (nβ, γ) pairs are tried in order of
-preference, the least regularised posterior first (largest nβ, then smallest γ: both bring
-the estimate nearer the learning coefficient), and the first pair with a confirmed setting
-wins; the walk stops there. With no confirmed setting the result falls back (marked
-unconfirmed, with a warning that says what to change) to the smaller ε of the two healthy
-neighbours whose estimates are closest, else to the healthy setting with the smallest ε, else
-to the least unhealthy setting.
+Selection rule. Along one (nβ, γ) the estimate as a function of ε has three regimes: too large
+(the chains diverge, or the discretisation inflates the estimate), a plateau, and too small
+(the chains do not fill the posterior in the draws given). The walk goes down the grid from
+the largest ε, and recommends the **largest healthy ε whose estimate the next larger grid ε
+(also healthy) reproduces within** ``tolerance``. The larger setting shows that the
+step-size bias has fallen to about ``tolerance``; at the recommended ε, one grid ratio r below,
+it is about ``tolerance / (r - 1)`` (the bias grows about linearly with ε), and the setting's
+own chains are healthy, so they mix. Walking down one (nβ, γ) also ends at the first
+unhealthy setting (not diverged) below a healthy one: smaller steps mix more slowly still.
+
+The (nβ, γ) pairs are tried in order of preference, the least regularised posterior first
+(largest nβ, then smallest γ: both bring the estimate nearer the learning coefficient); the
+first pair with a confirmed setting wins and the calibration stops there. Without one, the
+result falls back (unconfirmed, with a warning that says what to change) to the smaller ε of
+the two healthy neighbours whose estimates are closest, else to the healthy setting with the
+smallest ε of the most preferred pair, else to the least unhealthy setting.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ DEFAULT_LOCALIZATIONS = (100.0, 300.0, 1000.0)
 #: Default nβ values when none is given, as multiples of m / log m (m: batch size).
 DEFAULT_NBETA_FACTORS = (1.0, 0.25)
 #: Default budget: SGLD steps over all settings (an ordinary estimate runs 4 x 200).
-DEFAULT_MAX_STEPS = 2000
+DEFAULT_MAX_STEPS = 1800
 #: A drift of the trace's second half beyond this fraction of the estimate means the chains
 #: are still moving, significant or not.
 LARGE_DRIFT = 3 * DRIFT_TOLERANCE
@@ -159,11 +164,10 @@ def calibrate(
 ) -> Calibration:
     """Choose SGLD hyperparameters (ε, γ, and nβ unless given) by the health of short chains.
 
-    See the module's docstring for the selection rule. A setting is healthy when no chain
-    diverges, the LLC is positive, the trace has reached its plateau (no significant drift
-    over the last draws), the chains agree (R-hat at most 1.1) and, with ``mala``, the MALA
-    acceptance is at least ``min_acceptance``. The model is copied once and L(w*) computed
-    once for the whole sweep; its weights, grads, modes and the global RNG are left as found.
+    See the module's docstring for what makes a setting healthy and for the selection rule.
+    The model is copied once and L(w*) computed once for the whole sweep; its weights, grads,
+    modes and the global RNG are left as found. At the defaults it runs at most 1800 SGLD
+    steps (an ordinary estimate: 800), about 2.2 estimates' time (BENCHMARKS.md).
 
     Args:
         model: the model at w*.
@@ -200,7 +204,10 @@ def calibrate(
 
     Example:
         >>> result = calibrate(model, loader, loss_fn, nbeta=30.0)
-        >>> estimate_llc(model, loader, loss_fn, sampler=result.sampler)
+        >>> result.sampler, result.confirmed, result.warnings
+        >>> estimate_llc(
+        ...     model, loader, loss_fn, sampler=result.sampler, num_burnin=result.num_burnin
+        ... )
     """
     check_sampling_args(num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches)
     _check_counts(num_chains, num_draws)
