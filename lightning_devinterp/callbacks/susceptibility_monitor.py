@@ -156,7 +156,7 @@ class SusceptibilityMonitor(LLCMonitor):
             metrics[f"{self.name}/sv/{k}"] = value
         for component, est in result.llc.items():
             metrics.update(est.metrics(f"{self.name}/rllc/{component}"))
-        top = self._top_tokens(result) if trainer.is_global_zero else {}
+        top = self._top_tokens(result)
         record: dict[str, Any] = {
             "step": step,
             "epoch": trainer.current_epoch,

@@ -13,10 +13,10 @@ import lightning as L
 import torch
 
 import lightning_devinterp.callbacks.llc_monitor as llc_monitor
-from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp import SGLD, LLCMonitor, SusceptibilityMonitor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.helpers import RegressionModule  # noqa: E402
+from tests.helpers import RegressionModule, regression_data  # noqa: E402
 
 
 class FailsOnRankOne:
@@ -31,6 +31,11 @@ class FailsOnRankOne:
             raise RuntimeError("rank one fails")
         x, y = batch
         return torch.nn.functional.mse_loss(model(x), y)
+
+
+def squared_errors(model, batch):
+    x, y = batch
+    return (model(x) - y).squeeze(-1) ** 2
 
 
 def main(out: Path) -> None:
@@ -49,6 +54,16 @@ def main(out: Path) -> None:
     flaky = LLCMonitor(
         name="flaky", loss_fn=FailsOnRankOne(), num_chains=2, num_draws=5, at_steps=[2]
     )
+    shifted = regression_data(n=32, seed=1).tensors
+    susceptibility = SusceptibilityMonitor(
+        {"shifted": [(2 * shifted[0], shifted[1])]},
+        SGLD(lr=1e-4, nbeta=10.0, localization=100.0),
+        components=None,
+        loss_fn=squared_errors,
+        num_chains=4,
+        num_draws=10,
+        at_steps=[4],
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -59,7 +74,7 @@ def main(out: Path) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[monitor, flaky],
+        callbacks=[monitor, flaky, susceptibility],
     )
     trainer.fit(RegressionModule(noisy=False))
     result = {
@@ -68,6 +83,8 @@ def main(out: Path) -> None:
         "rank": trainer.global_rank,
         "flaky_errors": flaky.errors,
         "steps": trainer.global_step,
+        "susceptibility": susceptibility.history,
+        "susceptibility_chains": len(susceptibility.last_result.per_chain),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 

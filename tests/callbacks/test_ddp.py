@@ -1,4 +1,4 @@
-"""LLCMonitor under real DDP: two CPU processes with the gloo backend."""
+"""LLCMonitor and SusceptibilityMonitor under real DDP: two CPU processes (gloo)."""
 
 from __future__ import annotations
 
@@ -34,5 +34,12 @@ def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
     timeless = [[{k: v for k, v in r.items() if k != "llc/seconds"} for r in h] for h in (h0, h1)]
     assert timeless[0] == timeless[1]  # wall time is each rank's own
     assert all(len(r["llc/per_chain"]) == 4 for r in h0)
+    # susceptibilities: chains split across the ranks, pooled, the same record on both
+    assert [rank["susceptibility_chains"] for rank in ranks] == [4, 4]
+    s0, s1 = (
+        [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rank["susceptibility"]]
+        for rank in ranks
+    )
+    assert [r["step"] for r in s0] == [4] and s0 == s1
     jsonl = list((tmp_path / "devinterp").glob("*.jsonl")) + list(tmp_path.rglob("llc.jsonl"))
     assert jsonl, "rank zero writes the JSON-lines file"
