@@ -11,7 +11,7 @@ where ``L_B`` is the minibatch mean loss and ``w*`` the weights the chain starte
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -106,8 +106,10 @@ class SGLD:
 
         ``grad`` is the gradient of the minibatch mean loss at ``params``; ``anchor`` is w*
         (both as in :meth:`drift`). ``noise`` is an optional work buffer for the Gaussian
-        draws: they are generated chunk by chunk into it, so the noise needs no memory the
-        size of ``params``.
+        draws: they are generated chunk by chunk into it (see :func:`noise_chunks`), so the
+        noise needs no memory the size of ``params``; with the default buffer (all of
+        ``params``, or ``NOISE_CHUNK`` entries) they equal one
+        ``torch.randn(params.numel(), generator=generator)``.
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
@@ -117,14 +119,35 @@ class SGLD:
         scale = self.noise_level * math.sqrt(self.lr)
         if noise is None:
             noise = params.new_empty(min(params.numel(), NOISE_CHUNK))
-        size = noise.numel()
-        for start in range(0, params.numel(), size):  # one chunk view at a time, not a list
-            chunk = params[start : start + size]
-            chunk.add_(noise[: chunk.numel()].normal_(generator=generator), alpha=scale)
+        for start, stop in noise_chunks(params.numel(), noise.numel()):
+            draws = noise[: stop - start].normal_(generator=generator)
+            params[start:stop].add_(draws, alpha=scale)
 
 
 #: Gaussian draws are generated in chunks of at most this many entries (256 KiB in float32).
 NOISE_CHUNK = 1 << 16
+
+#: torch draws fewer than this many normals on a CPU with another algorithm than longer runs.
+_SHORT_DRAW = 16
+
+
+def noise_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of the chunks in which ``total`` Gaussian draws are made with a buffer of
+    ``size`` entries, one at a time (no list of views for a large model).
+
+    Chunks have ``size`` entries, except the last two when the last would be shorter than 16:
+    the one before gives it 16 entries. Then, for a ``size`` that is a multiple of 16, the
+    draws are those of one call for all ``total`` entries (torch fills CPU normals in blocks of
+    16 and draws a run shorter than 16 differently), so chains run one by one and batched
+    chains draw the same noise.
+    """
+    start = 0
+    while start < total:
+        stop = min(start + size, total)
+        if 0 < total - stop < _SHORT_DRAW < size:
+            stop -= _SHORT_DRAW
+        yield start, stop
+        start = stop
 
 
 def _add(

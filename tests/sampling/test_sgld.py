@@ -9,6 +9,7 @@ import torch
 
 from lightning_devinterp import SGLD
 from lightning_devinterp.sampling import default_nbeta
+from lightning_devinterp.sampling.sgld import NOISE_CHUNK
 
 
 @pytest.mark.parametrize(
@@ -107,6 +108,21 @@ def test_step_draws_noise_chunk_by_chunk_from_the_generator():
         params, g.clone(), w_star, torch.Generator().manual_seed(3), buffer
     )
     torch.testing.assert_close(params, expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("tail", [0, 1, 5, 15, 16, 21])
+def test_chunked_noise_equals_one_draw_of_the_whole_vector(tail):
+    """In default chunks, the noise is one ``torch.randn`` of the whole vector, also when the
+    last chunk would be shorter than 16 entries (torch draws such short runs differently), so
+    batched chains, which draw each vector at once, see the same noise."""
+    n = 2 * NOISE_CHUNK + tail
+    params = torch.zeros(n)
+    SGLD(lr=1.0, nbeta=1.0, localization=0.0).step(
+        params, torch.zeros(n), torch.zeros(n), torch.Generator().manual_seed(5)
+    )
+    torch.testing.assert_close(
+        params, torch.randn(n, generator=torch.Generator().manual_seed(5)), rtol=0, atol=0
+    )
 
 
 def test_noise_level_scales_only_the_noise():
