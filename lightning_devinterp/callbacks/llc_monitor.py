@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -13,12 +14,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_devinterp.callbacks.budget import OverheadBudget, check_max_overhead
 from lightning_devinterp.callbacks.distributed import all_gather_objects, my_chains
+from lightning_devinterp.callbacks.figures import DEFAULT_FIGURE_EVERY, LiveFigures
 from lightning_devinterp.callbacks.isolation import isolated
+from lightning_devinterp.callbacks.progress import SamplingProgress
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import (
+    Calibration,
     LLCEstimate,
     LLCHealthWarning,
     calibrate,
@@ -41,6 +46,11 @@ from lightning_devinterp.reporting import (
     write_layout,
     write_milestones_json,
 )
+from lightning_devinterp.reporting.calibration_figures import (
+    plot_calibration_llc,
+    plot_calibration_traces,
+)
+from lightning_devinterp.reporting.figures import plot_llc_curve, plot_rllc_heads
 from lightning_devinterp.sampling import SGLD
 
 #: Published small-transformer settings (rLLC paper): used when no sampler is given.
@@ -57,6 +67,10 @@ class LLCMonitor(Callback):
     ``<name>/std`` and health scalars to every logger and to ``trainer.callback_metrics``
     (so ``ModelCheckpoint``/``EarlyStopping`` can monitor ``llc/mean``), appends the record to
     ``<log_dir>/devinterp/<name>.jsonl`` and to :attr:`history`.
+
+    While it samples, Lightning's progress bar (``TQDMProgressBar`` or ``RichProgressBar``) gets
+    a second line saying what is sampled and how many SGLD steps are done (removed afterwards),
+    and the latest LLC is among the bar's metrics (as ``<name>``).
 
     Args:
         sampler: SGLD settings; ``"auto"`` to calibrate them (:func:`calibrate`) once, at
@@ -113,6 +127,21 @@ class LLCMonitor(Callback):
         calibrate_at_step: with ``sampler="auto"``, calibrate at the first scheduled estimate
             at or after this step (for example once the weights are past the initial transient,
             where w* is nearer a minimum); scheduled estimates before it are skipped.
+        max_overhead: the largest share of wall-clock time the monitor may take (0.2: the run is
+            at most 1.25x slower), measured as it goes: an estimate the budget cannot afford
+            yet is deferred to the first step it can, or skipped if the next scheduled step
+            comes first (the rule: :mod:`lightning_devinterp.callbacks.budget`). The first
+            estimate and the one ``at_train_end`` always run. Records then carry
+            ``<name>/overhead`` (the share so far), ``<name>/skipped`` (scheduled steps dropped
+            since the previous record) and, for a deferred estimate, ``<name>/deferred_from``.
+            None: no budget.
+        figure_every: draw the figures at every n-th estimate, at an estimate that confirmed a
+            milestone and at train end: the LLC curve on a log-step axis with stages shaded and
+            milestones marked (``<name>/curve``) and, with components, the refined LLC of each
+            (``r<name>/heads``); with ``sampler="auto"``, the calibration's figures once
+            (``<name>/calibration/llc`` and ``/traces``). Each goes to TensorBoard and W&B and to
+            a PNG beside the JSON-lines file. Needs matplotlib (``plot`` extra; without it
+            figures are skipped). None: no figures.
 
     Example::
 
@@ -150,6 +179,8 @@ class LLCMonitor(Callback):
         output_dir: str | None = None,
         calibration: Mapping[str, Any] | None = None,
         calibrate_at_step: int | None = None,
+        max_overhead: float | None = None,
+        figure_every: int | None = DEFAULT_FIGURE_EVERY,
     ) -> None:
         super().__init__()
         if isinstance(sampler, str) and sampler != "auto":
@@ -182,6 +213,9 @@ class LLCMonitor(Callback):
         if not name or "/" in name:
             raise ValueError(f"name={name!r} is invalid; use a non-empty name without '/'.")
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
+        self.max_overhead = check_max_overhead(max_overhead)
+        self.budget = OverheadBudget(self.max_overhead, name) if self.max_overhead else None
+        self.figures = LiveFigures(figure_every, name)
         self.sampler = sampler
         self.calibration_options = dict(calibration or {})
         self.calibrate_at_step = calibrate_at_step
@@ -248,6 +282,11 @@ class LLCMonitor(Callback):
         self._active = False
         self._layout_written = False
         self._declared: set[str] = set()
+        self._progress: SamplingProgress | None = None
+        self._figures_for = 0  # the history length the figures were last drawn for
+        self._last_seen_step: int | None = None
+        self._scheduled_step: int | None = None
+        self._calibration_seconds = 0.0
 
     @property
     @override
@@ -274,6 +313,8 @@ class LLCMonitor(Callback):
         if not self._active:
             rank_zero_info(f"LLCMonitor({self.name}): skipped under fast_dev_run.")
             return
+        if self.budget is not None:
+            self.budget.start(trainer.global_step)
         self.schedule.resolve(last_step(trainer))
         with isolated(pl_module):
             check_inputs(pl_module, self._data(trainer), self.loss_fn, self._transfer(pl_module))
@@ -286,16 +327,32 @@ class LLCMonitor(Callback):
             )
         if trainer.is_global_zero and self._writer is not None:
             self._writer.rewrite(self.history)
+        if self.history:  # a resumed run shows its last value until the next estimate
+            self._show_in_progress_bar(trainer, self.history[-1].get(f"{self.name}/mean"))
         self._maybe_estimate(trainer, pl_module, trainer.global_step)
+        if self.budget is not None:
+            self.budget.analysed()
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.budget is None or not self._active:
+            self._maybe_estimate(trainer, pl_module, trainer.global_step)
+            return
+        self.budget.trained(trainer.global_step)
         self._maybe_estimate(trainer, pl_module, trainer.global_step)
+        self.budget.analysed()
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active and self.budget is not None:
+            self.budget.trained(trainer.global_step)
+            self.budget.drop_pending(
+                "the estimate at train end replaces it"
+                if self.at_train_end
+                else "the run ended before the budget allowed it"
+            )
         if self.at_train_end:
             self._maybe_estimate(trainer, pl_module, trainer.global_step, force=True)
         if self._active and self.detectors:
@@ -303,6 +360,10 @@ class LLCMonitor(Callback):
                 detector.refine()
             if trainer.is_global_zero:
                 self._write_milestones()
+        if self._active and self.history and len(self.history) != self._figures_for:
+            self._draw_figures(trainer, self.history[-1]["step"])
+        if self._active and self.budget is not None:
+            self.budget.analysed()
 
     @property
     def milestones(self) -> list[Milestone]:
@@ -322,6 +383,7 @@ class LLCMonitor(Callback):
             "errors": list(self.errors),
             "detectors": [d.state_dict() for d in self.detectors],
             "calibrated": dict(self.calibrated) if self.calibrated is not None else None,
+            "budget": self.budget.state_dict() if self.budget is not None else None,
         }
 
     @override
@@ -332,21 +394,43 @@ class LLCMonitor(Callback):
         self.calibrated = dict(calibrated) if calibrated is not None else None
         for detector, state in zip(self.detectors, state_dict.get("detectors", []), strict=False):
             detector.load_state_dict(state)
+        if self.budget is not None and state_dict.get("budget") is not None:
+            self.budget.load_state_dict(state_dict["budget"])
 
     # ---------------------------------------------------------------- work
 
     def _maybe_estimate(
         self, trainer: Trainer, pl_module: LightningModule, step: int, force: bool = False
     ) -> None:
+        """Estimate at ``step`` if it is scheduled (once per step, also under gradient
+        accumulation), forced, or a deferred estimate that the budget now allows."""
         if not self._active or trainer.sanity_checking:
             return
-        if not (force or self.schedule.is_due(step)):
-            return
-        if any(r["step"] == step for r in self.history):
+        repeated = step == self._last_seen_step
+        self._last_seen_step = step
+        due = force or (self.schedule.is_due(step) and not repeated)
+        waiting = self.budget is not None and self.budget.pending is not None
+        if not (due or waiting) or any(r["step"] == step for r in self.history):
             return
         if self._waits_for_calibration(step, force):
             return
-        self.estimate(trainer, pl_module, step)
+        scheduled: int | None = step
+        if self.budget is not None and not force:
+            scheduled = self.budget.admit(step, due)
+        if scheduled is None:
+            return
+        started = time.perf_counter()
+        self._calibration_seconds = 0.0
+        self._scheduled_step = scheduled
+        try:
+            self.estimate(trainer, pl_module, step)
+        finally:
+            self._scheduled_step = None
+        if self.budget is not None:
+            self.budget.analysed()
+            cost = time.perf_counter() - started - self._calibration_seconds
+            planned = self.budget.plan(step, cost)
+            self.budget.next_step = all_gather_objects(planned, trainer.world_size)[0]
 
     def estimate(
         self, trainer: Trainer, pl_module: LightningModule, step: int
@@ -361,6 +445,7 @@ class LLCMonitor(Callback):
             if not self._calibrate(trainer, pl_module, step):
                 return None
         components = self._resolve_components(pl_module)
+        datasets = self._datasets(trainer)
         parts = self._sample_everywhere(
             trainer,
             pl_module,
@@ -374,10 +459,12 @@ class LLCMonitor(Callback):
                     sampler=self._sampler(),
                     transfer=self._transfer(pl_module),
                     chain_ids=chain_ids,
+                    progress=self._progress,
                     **self._sampling(),
                 )
-                for data_name, loader in self._datasets(trainer).items()
+                for data_name, loader in datasets.items()
             },
+            jobs=[self._prefix(d, c) for d in datasets for c in [None, *components]],
         )
         if parts is None:
             return None
@@ -396,19 +483,26 @@ class LLCMonitor(Callback):
         step: int,
         sample: Callable[[list[int]], Any],
         failure: str = "",
+        jobs: Sequence[str] = (),
     ) -> list[Any] | None:
         """Run ``sample(chain_ids)`` on every process, isolated from training, for its share
         of the chains, and gather the results (rank order). None if any process failed: the
         failure (prefixed by ``failure``) is reported on every rank alike, so none waits for
-        the others."""
+        the others.
+
+        Meanwhile the progress bar shows ``jobs`` (the names of what is sampled, in order);
+        ``sample`` may pass ``self._progress`` to the sampling engine as its ``progress``."""
         chain_ids = my_chains(self.sampling["num_chains"], trainer.global_rank, trainer.world_size)
-        with isolated(pl_module):
+        with isolated(pl_module), SamplingProgress(trainer, self.name, jobs) as progress:
+            self._progress = progress
             try:
                 payload: Any = sample(chain_ids)
             except Exception as error:
                 if self.on_error == "raise" and trainer.world_size == 1:
                     raise
                 payload = f"{type(error).__name__}: {error}"
+            finally:
+                self._progress = None
         parts = all_gather_objects(payload, trainer.world_size)
         failures = [p for p in parts if isinstance(p, str)]
         if failures:
@@ -470,18 +564,24 @@ class LLCMonitor(Callback):
             )
         }
 
+        started = time.perf_counter()
+        found: dict[str, Calibration] = {}
+
         def run(chain_ids: list[int]) -> dict[str, Any]:
-            result = calibrate(
+            found["result"] = calibrate(
                 pl_module,
                 self._data(trainer),
                 self.loss_fn,
                 transfer=self._transfer(pl_module),
                 **{**options, **self.calibration_options},
             )
-            return {**result.to_record(), "warnings": list(result.warnings)}
+            return {**found["result"].to_record(), "warnings": list(found["result"].warnings)}
 
-        parts = self._sample_everywhere(trainer, pl_module, step, run, "calibration failed: ")
+        parts = self._sample_everywhere(
+            trainer, pl_module, step, run, "calibration failed: ", jobs=["calibrate"]
+        )
         if parts is None:
+            self._calibration_seconds = time.perf_counter() - started
             return False
         chosen = parts[0]
         self.calibrated = {**chosen, "step": step}
@@ -502,6 +602,17 @@ class LLCMonitor(Callback):
                 rank_zero_warn(
                     f"LLCMonitor({self.name}): calibration: {message}", category=LLCHealthWarning
                 )
+            result = found["result"]
+            self.figures.draw(
+                trainer,
+                self._folder,
+                {
+                    f"{self.name}/calibration/llc": lambda: plot_calibration_llc(result),
+                    f"{self.name}/calibration/traces": lambda: plot_calibration_traces(result),
+                },
+                step,
+            )
+        self._calibration_seconds = time.perf_counter() - started
         return True
 
     def _groups(self) -> dict[str, list[str]]:
@@ -550,10 +661,14 @@ class LLCMonitor(Callback):
         if self.calibrated is not None and not any(key in r for r in self.history):
             record[key] = dict(self.calibrated)  # the first record after the calibration
         record[f"{self.name}/seconds"] = seconds
+        record.update(self._budget_fields(step))
+        if f"{self.name}/overhead" in record:
+            metrics[f"{self.name}/overhead"] = record[f"{self.name}/overhead"]
         self.history.append(record)
         self.last_estimates = estimates
         for key, value in metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
+        self._show_in_progress_bar(trainer, main.mean)
         if trainer.is_global_zero:
             if self._writer is not None:
                 self._writer.append(record)
@@ -575,6 +690,8 @@ class LLCMonitor(Callback):
             if new:
                 self._write_milestones()
                 report_milestones(trainer.loggers, self.milestones, step, self.name)
+            if self.figures.due(len(self.history), milestone=bool(new)):
+                self._draw_figures(trainer, step)
         for milestone in new:
             rank_zero_info(
                 f"LLCMonitor: milestone ({milestone.series} {milestone.kind}) at step "
@@ -585,6 +702,47 @@ class LLCMonitor(Callback):
                 trainer.save_checkpoint(self._writer.path.with_name(name))
             if self.on_milestone is not None:
                 self.on_milestone(trainer, trainer.lightning_module, milestone)
+
+    def _budget_fields(self, step: int) -> dict[str, Any]:
+        """With ``max_overhead``: ``<name>/overhead``, ``<name>/skipped`` and, when the estimate
+        stands for an earlier scheduled step, ``<name>/deferred_from``."""
+        if self.budget is None:
+            return {}
+        fields = {f"{self.name}/{key}": value for key, value in self.budget.record().items()}
+        if self._scheduled_step is not None and self._scheduled_step != step:
+            fields[f"{self.name}/deferred_from"] = self._scheduled_step
+        return fields
+
+    def _show_in_progress_bar(self, trainer: Trainer, value: float | None) -> None:
+        """Put the latest LLC among the progress bar's metrics, as ``<name>``. The bar reads
+        ``trainer.progress_bar_metrics``; nothing reaches the loggers or the training metrics."""
+        if value is not None and math.isfinite(value):
+            trainer.progress_bar_metrics[self.name] = float(value)
+
+    @property
+    def _folder(self) -> Path | None:
+        """The folder of the JSON-lines file, where the figures go."""
+        return self._writer.path.parent if self._writer is not None else None
+
+    def _draw_figures(self, trainer: Trainer, step: int) -> None:
+        self._figures_for = len(self.history)
+        self.figures.draw(trainer, self._folder, self._figure_builders(), step)
+
+    def _figure_builders(self) -> dict[str, Callable[[], Any]]:
+        """The live figures by tag: the LLC curve with its stages and milestones, and with
+        components the refined LLC of each."""
+        stages = next((d.stages for d in self.detectors if d.series == self.name), [])
+        builders: dict[str, Callable[[], Any]] = {
+            f"{self.name}/curve": lambda: plot_llc_curve(
+                self.history, stages, self.milestones, prefix=self.name
+            )
+        }
+        if self._components:
+            family = self._family(None, refined=True)
+            builders[f"{family}/heads"] = lambda: plot_rllc_heads(
+                self.history, self._groups(), family=family
+            )
+        return builders
 
     def _detect(self, step: int, record: dict[str, Any]) -> list[Milestone]:
         """Feed each detector its series from ``record``; the milestones it confirmed."""
