@@ -546,10 +546,15 @@ def _advice(
             + " ".join(row["warnings"])
         )
     elif not confirmed:
+        reason = (
+            f"the smaller lr of the closest pair, {row['difference']:.0%} apart"
+            if row["difference"] is not None
+            else "no healthy neighbour to compare with"
+        )
         messages.append(
             f"No two neighbouring step sizes gave estimates within {tolerance:.0%} of each "
-            f"other; {setting} (the smallest healthy lr) is unconfirmed. Extend the grid (lrs) "
-            "upwards or use more draws (num_draws)."
+            f"other; {setting} ({reason}) is unconfirmed. Use more draws (num_draws), a larger "
+            "max_steps to walk further, or a finer grid (lrs)."
         )
     return messages
 
