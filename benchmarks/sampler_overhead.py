@@ -62,6 +62,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_devinterp import SGLD, estimate_llc
 from lightning_devinterp.demos import AttentionOnlyTransformer, token_loss
+from lightning_devinterp.sampling import FlatModel
+from lightning_devinterp.sampling.sgld import noise_chunks
 
 SAMPLER = SGLD(lr=1e-4, nbeta=10.0, localization=100.0)
 #: Adam steps on the benchmark batch before measuring, so that w* is near a minimum.
@@ -257,6 +259,67 @@ def pretrain(model, batch, loss_fn) -> float:
         return float(mean_loss(loss_fn, model, batch))
 
 
+def breakdown(model, batch, loss_fn, reps: int = 100, rounds: int = 9) -> dict[str, float]:
+    """Median milliseconds of the parts of an SGLD step and of a training step, interleaved.
+
+    The parts are run on their own, ``reps`` times in a row, in each of ``rounds`` rounds.
+    """
+    flat = FlatModel(model)
+    sampler = SAMPLER.resolve(1)
+    generator = torch.Generator().manual_seed(0)
+    trainee = copy.deepcopy(model).train()
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=1e-4)
+    mean_loss(loss_fn, trainee, batch).backward()
+    optimizer.step()  # Adam's state exists, as in any step but the first
+    flat.loss_and_grad(loss_fn, batch)
+    grads = [g.clone() for g in flat.grads()]
+    buffer = flat.noise
+
+    def forward_backward():
+        flat.loss_and_grad(loss_fn, batch)
+        for _, p in flat.active:
+            p.grad = None
+
+    def draws():
+        for start, stop in noise_chunks(flat.params.numel(), buffer.numel()):
+            buffer[: stop - start].normal_(generator=generator)
+
+    def noise_add():
+        for start, stop in noise_chunks(flat.params.numel(), buffer.numel()):
+            flat.params[start:stop].add_(buffer[: stop - start], alpha=1e-9)
+
+    def sgld_step():
+        flat.loss_and_grad(loss_fn, batch)
+        flat.step(sampler, generator)
+
+    def train_step():
+        optimizer.zero_grad()
+        mean_loss(loss_fn, trainee, batch).backward()
+        optimizer.step()
+
+    parts = {
+        "SGLD step": sgld_step,
+        "train step": train_step,
+        "forward+backward": forward_backward,
+        "drift (lerp to w*, gradient step)": lambda: sampler.drift(
+            flat.params, grads, flat.anchor_parts, flat.views
+        ),
+        "Gaussian draws (normal_)": draws,
+        "noise add": noise_add,
+        "Adam step": optimizer.step,
+    }
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    with torch.no_grad():
+        sampler.drift(flat.params, grads, flat.anchor_parts, flat.views)  # warm-up
+    for _ in range(rounds):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                part()
+            times[name].append((time.perf_counter() - start) / reps * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def profile_sgld(model, batch, loss_fn, steps: int) -> str:
     profiler = cProfile.Profile()
     loader = loader_of(batch)
@@ -433,6 +496,16 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
         if args.profile:
             profiles.append((name, profile_sgld(model, batch, loss_fn, 4 * args.steps)))
+
+    name, model, batch, loss_fn = models[-1]
+    parts = breakdown(model, batch, loss_fn)
+    print()
+    print(f"Where the time goes, {name} (ms, parts run on their own, median of 9 interleaved):")
+    print()
+    print("| part | ms | share of the SGLD step |")
+    print("|---|---:|---:|")
+    for part, ms in parts.items():
+        print(f"| {part} | {ms:.3f} | {ms / parts['SGLD step']:.0%} |")
 
     if devinterp is not None:
         print()
