@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 def plot_calibration_llc(calibration: Calibration) -> Figure:
     """The estimate (mean ± std over chains) against ε on a log axis: one panel per nβ, one
     line per localization γ. Healthy settings are filled circles, unhealthy ones crosses (a
-    diverged setting has no value and is left out); the recommended one is a star.
+    diverged setting has no value and is left out); the recommended one is a star. The value
+    axis spans the healthy settings (an unstable step's estimate can be orders of magnitude
+    off), all of them when none is healthy.
 
     Raises:
         ValueError: no setting of the calibration has a finite estimate.
@@ -29,6 +31,8 @@ def plot_calibration_llc(calibration: Calibration) -> Figure:
         raise ValueError("No setting of this calibration has a finite estimate to plot.")
     nbetas = sorted({r["nbeta"] for r in rows}, reverse=True)
     fig = new_figure(figsize=(5 * len(nbetas), 4), layout="constrained")
+    from matplotlib.ticker import NullFormatter  # after new_figure: matplotlib is there
+
     axes = fig.subplots(1, len(nbetas), sharey=True, squeeze=False)[0]
     for ax, nbeta in zip(axes, nbetas, strict=True):
         for gamma in sorted({r["localization"] for r in rows if r["nbeta"] == nbeta}):
@@ -51,41 +55,66 @@ def plot_calibration_llc(calibration: Calibration) -> Figure:
         if chosen["nbeta"] == nbeta and math.isfinite(chosen["llc"]):
             ax.plot(chosen["lr"], chosen["llc"], "*", color="black", ms=14, label="recommended")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded labels within a decade
         ax.set(xlabel="lr (ε)", title=f"nβ = {nbeta:.4g}")
         ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("LLC (second half of the draws)")
+    shown = [r for r in rows if r["healthy"]] or [r for r in rows if math.isfinite(r["llc"])]
+    low = min(r["llc"] - r["std"] for r in shown)
+    high = max(r["llc"] + r["std"] for r in shown)
+    margin = 0.15 * (high - low) or 0.15 * abs(high) or 1.0
+    axes[0].set_ylim(low - margin, high + margin)  # shared by all panels
     return fig
 
 
 def plot_calibration_traces(calibration: Calibration) -> Figure:
-    """The per-draw LLC trace ``nβ (L(w) − L(w*))`` of the candidate settings (healthy, or
-    every setting that did not diverge when none is healthy): the mean over chains against
-    the draw, the recommended setting drawn thick. A healthy trace rises and then stays flat.
+    """The per-draw LLC trace ``nβ (L(w) − L(w*))`` of the candidates: the settings of the
+    recommended (nβ, γ) that are healthy (or, when none is, that did not diverge), as the mean
+    over chains against the draw, the recommended one drawn thick. A healthy trace rises
+    during the burn-in and then stays flat.
 
     Raises:
         ValueError: every setting diverged, so there is no trace to draw.
     """
     rows = calibration.table
-    candidates = [i for i, r in enumerate(rows) if r["healthy"]] or [
-        i for i, r in enumerate(rows) if not r["diverged_chains"]
+    chosen = rows[calibration.chosen]
+    group = [
+        i
+        for i, r in enumerate(rows)
+        if (r["nbeta"], r["localization"]) == (chosen["nbeta"], chosen["localization"])
+    ]
+    candidates = [i for i in group if rows[i]["healthy"]] or [
+        i for i in group if not rows[i]["diverged_chains"]
     ]
     if not candidates:
         raise ValueError("Every setting of this calibration diverged: there is no trace to draw.")
     fig = new_figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     for i in candidates:
-        row, trace = rows[i], calibration.estimates[i].llc_trace
+        trace = calibration.estimates[i].llc_trace
         mean = np.nanmean(trace.double().numpy(), axis=0)
-        chosen = i == calibration.chosen
+        recommended = i == calibration.chosen
         ax.plot(
             np.arange(mean.size),
             mean,
-            lw=2.2 if chosen else 1.0,
-            color="black" if chosen else None,
-            label=f"lr={row['lr']:.2g}, nβ={row['nbeta']:.3g}, γ={row['localization']:g}"
-            + (" (recommended)" if chosen else ""),
+            lw=2.2 if recommended else 1.0,
+            color="black" if recommended else None,
+            label=f"lr = {rows[i]['lr']:.2g}" + (" (recommended)" if recommended else ""),
         )
-    ax.axvline(mean.size / 2, color="gray", ls=":", lw=1)
-    ax.set(xlabel="draw", ylabel="nβ (L(w) − L(w*)), mean over chains", title="calibration traces")
-    ax.legend(fontsize=7, loc="best")
+    ax.axvline(mean.size // 2, color="gray", ls=":", lw=1)
+    ax.annotate(
+        "burn-in | estimate",
+        (mean.size // 2, 0.98),
+        xycoords=("data", "axes fraction"),
+        ha="center",
+        va="top",
+        fontsize=7,
+        color="gray",
+    )
+    ax.set(
+        xlabel="draw",
+        ylabel="nβ (L(w) − L(w*)), mean over chains",
+        title=f"calibration traces, nβ = {chosen['nbeta']:.4g}, γ = {chosen['localization']:g}",
+    )
+    ax.legend(fontsize=7, loc="lower right")
     return fig

@@ -164,7 +164,8 @@ def test_reduced_rank_regression_from_a_poor_grid_is_within_40_percent_of_lambda
     localizations 10 and 100 (weakest tried first). lr >= 0.01 diverges, 3e-3 is unstable
     in the stiffest direction (an estimate ~15 x lambda), small lr cannot relax through the
     localization in the burn-in. Checked with a longer estimate at the recommended settings
-    (4 x 1000 draws); at gamma = 100 the finite-n value itself is ~30% below lambda."""
+    (4 x 600 draws); at gamma = 100 the finite-n value itself is ~30% below lambda (seeds 0-2:
+    -27%, -29%, -28%)."""
     shape, n = (4, 2, 4, 1), 4000
     lam = RRR_SHAPES[shape][0]
     model, x, y = rrr_problem(*shape, n=n)
@@ -176,7 +177,7 @@ def test_reduced_rank_regression_from_a_poor_grid_is_within_40_percent_of_lambda
         nbeta=n / math.log(n),
         localizations=[100.0, 10.0],
         lrs=POOR_GRID[::2][:6] + [10**-3.5, 1e-7],
-        num_draws=400,
+        num_draws=300,
         max_steps=None,
     )
     assert result.healthy
@@ -187,7 +188,7 @@ def test_reduced_rank_regression_from_a_poor_grid_is_within_40_percent_of_lambda
         loader,
         half_mse,
         sampler=result.sampler,
-        num_draws=1000,
+        num_draws=600,
         num_burnin=result.num_burnin,
         seed=1,
     )
