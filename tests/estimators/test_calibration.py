@@ -113,9 +113,11 @@ def test_full_sweep_flags_far_too_small_steps_and_agrees_with_the_walk():
 @pytest.mark.slow
 def test_normal_crossing_from_a_poor_grid_is_within_30_percent_of_one_quarter():
     """The normal crossing of the analytic test (nbeta = n / log n, gamma = 1, ratio 143; exact
-    finite-temperature value 0.202). lr >= 0.1 diverges; at 1e-3 and below the chains cannot
-    relax through the localization (1/(lr gamma) >= 1000 steps) in the 500-step burn-in. The
-    trace of this two-parameter model is heavy-tailed, so 8 chains run batched per setting.
+    finite-temperature value 0.202). lr >= 0.1 diverges; lr = 1e-6 cannot relax through the
+    localization (1/(lr gamma) = 1e6 steps). The trace of this two-parameter model is
+    heavy-tailed, so 8 chains x 2000 draws run batched per setting (with 1000 draws the
+    chains at 10^-2.5 often looked unsettled and the walk stopped at 1e-2, at the edge of
+    stability).
     Checked with a longer estimate at the recommended settings: 16 x 3000 draws, standard
     error ~0.012 (the finite-temperature value plus the step's bias, ~0.21, is 3 of them
     inside the tolerance)."""
@@ -135,13 +137,13 @@ def test_normal_crossing_from_a_poor_grid_is_within_30_percent_of_one_quarter():
         localizations=[1.0],
         lrs=[1.0, 0.1, 1e-2, 10**-2.5, 1e-3, 1e-6],
         num_chains=8,
-        num_draws=1000,
+        num_draws=2000,
         max_steps=None,
         paired=False,
         batched=True,
     )
     assert all(r["diverged_chains"] == 8 for r in result.table if r["lr"] >= 0.1)
-    assert result.healthy
+    assert result.healthy and 1e-3 <= result.sampler.lr <= 1e-2
     samples = sample_llc(
         NormalCrossing(),
         data,
