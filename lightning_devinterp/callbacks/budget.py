@@ -6,17 +6,22 @@ whatever else the run does meanwhile: validation, other callbacks, checkpoints).
 budget ``f`` the analysis share ``A / (T + A)`` of wall-clock time should stay at most ``f``,
 i.e. the run is at most ``1 / (1 - f)`` times slower than without the monitor.
 
-The rule. After each estimate at step ``s``, with ``T`` and ``A`` the seconds of training and
-analysis so far and ``c`` the expected cost of an estimate (the median of the last five), the
-next one is affordable once training has reached ``T' = (A + c)(1 - f) / f`` seconds (then
-``(A + c) / (T' + A + c) = f``). With ``tau`` the mean training seconds per step so far, that is
-step ``s + ceil((T' - T) / tau)``: the decision is made in steps, so every process of a DDP run
-makes the same one (rank 0's step is kept by all). A scheduled step before it is *deferred*:
-its estimate runs at the first step the budget allows, unless the next scheduled step comes
-first, which takes its place (the earlier one is *skipped*). So at most one estimate waits, the
-curve never gets more points than the schedule asked for, points land on the schedule's steps
-whenever the budget allows them there, and the others a few steps later, as near their step as
-the budget allows (a later point is still a point of the curve; a skipped one is lost).
+The rule. With ``T`` and ``A`` the seconds of training and analysis so far and ``c`` the
+expected cost of an estimate (the lower median of the last five costs), an estimate is
+*affordable* when ``A + c <= f (T + A + c)``: after it, the share is at most ``f``. The clock
+is read only at *checkpoints*, steps planned ahead: after an estimate at step ``s``, the
+training seconds still needed, ``(A + c)(1 - f) / f - T``, are divided by ``tau``, the mean
+training seconds per step so far, giving the step at which the next one should be affordable;
+if the clock says it is not yet (``tau`` was off), a new checkpoint is planned the same way
+from there. Every process of a DDP run follows rank 0's clock (one small gather per
+checkpoint), so all make the same decision.
+
+A scheduled step at which no estimate is affordable is *deferred*: its estimate runs at the
+first checkpoint where one is, unless the next scheduled step comes first and takes its place
+(the earlier one is *skipped*). So at most one estimate waits, the curve never gets more points
+than the schedule asked for, points land on the schedule's steps whenever the budget allows
+them there and otherwise at the first step it does (a later point is still a point of the
+curve; a skipped one is lost, which is why deferring is preferred to skipping).
 
 The first estimate always runs (there is no cost to go by yet; its cost is repaid by a longer
 wait before the next one), and so does an explicitly forced one (``at_train_end``).
@@ -27,12 +32,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-#: Estimates whose cost predicts the next one (their median).
+#: Estimates whose cost predicts the next one (the lower median of their costs).
 COST_WINDOW = 5
+
+#: ``sync(value)`` -> rank 0's value, the same on every process.
+Sync = Callable[[Any], Any]
 
 
 def check_max_overhead(max_overhead: Any) -> float | None:
@@ -68,21 +77,25 @@ class OverheadBudget:
         analysis_seconds: wall clock spent inside them.
         steps_trained: optimizer steps during ``training_seconds``.
         costs: seconds of the last estimates (at most :data:`COST_WINDOW`).
-        next_step: the first step at which the next estimate is affordable (None: now).
+        checkpoint: the step at which the clock is next read (None: at the next scheduled one).
         pending: the scheduled step whose estimate is deferred, if any.
-        skipped: scheduled steps dropped since the last estimate.
+        skipped: the first and last scheduled steps dropped since the last record, and their
+            number (``(first, last, count)``), or None.
     """
 
     def __init__(self, max_overhead: float, name: str = "llc") -> None:
-        self.max_overhead = check_max_overhead(max_overhead)
+        checked = check_max_overhead(max_overhead)
+        if checked is None:
+            raise ValueError("OverheadBudget needs a max_overhead in (0, 1), got None.")
+        self.max_overhead = checked
         self.name = name
         self.training_seconds = 0.0
         self.analysis_seconds = 0.0
         self.steps_trained = 0
         self.costs: list[float] = []
-        self.next_step: int | None = None
+        self.checkpoint: int | None = None
         self.pending: int | None = None
-        self.skipped: list[int] = []
+        self.skipped: tuple[int, int, int] | None = None
         self._mark = time.perf_counter()
         self._step = 0
 
@@ -111,65 +124,77 @@ class OverheadBudget:
         self.analysis_seconds += now - self._mark
         self._mark = now
 
-    def admit(self, step: int, due: bool) -> int | None:
+    def admit(self, step: int, due: bool, sync: Sync) -> int | None:
         """Whether to estimate at ``step``, given whether the schedule asks for it.
 
         Returns the scheduled step the estimate now stands for (``step`` itself, or a deferred
-        earlier one), or None to wait. Deferrals and skips are logged at INFO.
+        earlier one), or None to wait. At a checkpoint the clock is read on rank 0 and
+        ``sync`` shares its decision. An estimate that was deferred or comes after skipped
+        steps is logged at INFO when it runs (not at every step it waits).
         """
         if due:
             if self.pending is not None:
-                self.skipped.append(self.pending)
-                rank_zero_info(
-                    f"LLCMonitor({self.name}): the deferred estimate of step {self.pending} is "
-                    f"skipped; step {step} is scheduled before the budget allowed it."
-                )
+                self._skip(self.pending)
             self.pending = step
         if self.pending is None:
             return None
-        if self.next_step is not None and step < self.next_step:
-            if due:
-                rank_zero_info(
-                    f"LLCMonitor({self.name}): estimate at step {step} deferred to step "
-                    f">= {self.next_step} (max_overhead={self.max_overhead:g}; analysis so far "
-                    f"{self.share:.1%} of wall-clock time)."
-                )
+        if self.checkpoint is None or step >= self.checkpoint:
+            self.checkpoint = sync(self._next_checkpoint(step))
+        if self.checkpoint is not None and step < self.checkpoint:
             return None
         scheduled, self.pending = self.pending, None
-        if scheduled != step:
+        if scheduled != step or self.skipped is not None:
             rank_zero_info(
-                f"LLCMonitor({self.name}): the estimate of step {scheduled} runs at step {step}."
+                f"LLCMonitor({self.name}): within max_overhead={self.max_overhead:g}, the "
+                f"estimate of step {scheduled} runs at step {step}{self._skipped_text()}."
             )
         return scheduled
 
     def drop_pending(self, reason: str) -> None:
-        """Skip the deferred estimate, if any (the run ends before the budget allows it)."""
+        """Skip the deferred estimate, if any, saying why at INFO."""
         if self.pending is not None:
-            rank_zero_info(
-                f"LLCMonitor({self.name}): the deferred estimate of step {self.pending} is "
-                f"skipped: {reason}."
-            )
-            self.skipped.append(self.pending)
+            self._skip(self.pending)
             self.pending = None
+            rank_zero_info(
+                f"LLCMonitor({self.name}): within max_overhead={self.max_overhead:g}, "
+                f"{self._skipped_text().removeprefix('; ')}: {reason}."
+            )
 
-    def plan(self, step: int, cost: float) -> int:
-        """After an estimate at ``step`` that took ``cost`` seconds: the first step at which the
-        next one is affordable (on this process; see the module's docstring)."""
+    def _skip(self, step: int) -> None:
+        first, _, count = self.skipped or (step, step, 0)
+        self.skipped = (first, step, count + 1)
+
+    def _skipped_text(self) -> str:
+        if self.skipped is None:
+            return ""
+        first, last, count = self.skipped
+        steps = f"step {first}" if count == 1 else f"{count} scheduled steps from {first} to {last}"
+        return f"; skipped since the last estimate: {steps}"
+
+    def spent(self, step: int, cost: float, sync: Sync) -> None:
+        """After an estimate at ``step`` that took ``cost`` seconds: plan the next checkpoint."""
         self.costs = [*self.costs, cost][-COST_WINDOW:]
-        expected = statistics.median_low(self.costs)
+        self.checkpoint = sync(self._next_checkpoint(step))
+
+    def _next_checkpoint(self, step: int) -> int | None:
+        """None if an estimate is affordable now, else the step at which it should be."""
+        if not self.costs:
+            return None
         f = self.max_overhead
+        expected = statistics.median_low(self.costs)
         needed = (self.analysis_seconds + expected) * (1 - f) / f - self.training_seconds
         if needed <= 0:
-            return step
-        if self.steps_trained == 0:  # no step time measured yet: decide after one step
+            return None
+        if self.steps_trained == 0:  # no step time measured yet: look again after one step
             return step + 1
         per_step = self.training_seconds / self.steps_trained
         return step + max(math.ceil(needed / per_step), 1)
 
     def record(self) -> dict[str, Any]:
-        """What the next record carries: the share so far and the steps skipped since the last
-        record (the field ``<name>/deferred_from`` is added by the caller)."""
-        skipped, self.skipped = self.skipped, []
+        """What the next record carries: the share so far and the number of scheduled steps
+        skipped since the last record (the caller adds ``deferred_from``)."""
+        skipped = self.skipped[2] if self.skipped is not None else 0
+        self.skipped = None
         return {"overhead": self.share, "skipped": skipped}
 
     def state_dict(self) -> dict[str, Any]:
@@ -178,9 +203,9 @@ class OverheadBudget:
             "analysis_seconds": self.analysis_seconds,
             "steps_trained": self.steps_trained,
             "costs": list(self.costs),
-            "next_step": self.next_step,
+            "checkpoint": self.checkpoint,
             "pending": self.pending,
-            "skipped": list(self.skipped),
+            "skipped": list(self.skipped) if self.skipped is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -188,6 +213,6 @@ class OverheadBudget:
         self.analysis_seconds = float(state["analysis_seconds"])
         self.steps_trained = int(state["steps_trained"])
         self.costs = [float(c) for c in state["costs"]]
-        self.next_step = state["next_step"]
+        self.checkpoint = state["checkpoint"]
         self.pending = state["pending"]
-        self.skipped = list(state["skipped"])
+        self.skipped = tuple(state["skipped"]) if state["skipped"] is not None else None

@@ -416,7 +416,7 @@ class LLCMonitor(Callback):
             return
         scheduled: int | None = step
         if self.budget is not None and not force:
-            scheduled = self.budget.admit(step, due)
+            scheduled = self.budget.admit(step, due, self._rank_zero_value(trainer))
         if scheduled is None:
             return
         started = time.perf_counter()
@@ -429,8 +429,12 @@ class LLCMonitor(Callback):
         if self.budget is not None:
             self.budget.analysed()
             cost = time.perf_counter() - started - self._calibration_seconds
-            planned = self.budget.plan(step, cost)
-            self.budget.next_step = all_gather_objects(planned, trainer.world_size)[0]
+            self.budget.spent(step, cost, self._rank_zero_value(trainer))
+
+    @staticmethod
+    def _rank_zero_value(trainer: Trainer) -> Callable[[Any], Any]:
+        """``value -> rank 0's value`` (the same on every process)."""
+        return lambda value: all_gather_objects(value, trainer.world_size)[0]
 
     def estimate(
         self, trainer: Trainer, pl_module: LightningModule, step: int
