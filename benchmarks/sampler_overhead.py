@@ -353,6 +353,9 @@ def _run(kind: str, model: nn.Module, batch) -> None:
     if kind == "train":
         train_steps(model, batch, _classify, 3)
         return
+    if kind == "devinterp":
+        devinterp_runner()[0](model, loader_of(batch), _classify, 3)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         estimate_llc(
@@ -404,27 +407,27 @@ def memory_run(kind: str, width: int, batch_size: int, warm: bool = True) -> tup
     return record["extra"], record["param_bytes"]
 
 
-def memory_table(runs: list[tuple[int, int]]) -> None:
+def memory_table(runs: list[tuple[int, int]], with_devinterp: bool) -> None:
     """Peak extra memory of training and of ``estimate_llc``, for each (MLP width, batch)."""
     print(
         "Peak extra memory of one run in a fresh process (after the same run on a tiny model, "
         "so that code pages are resident), 3-layer MLPs, as multiples of the parameter bytes:"
     )
     print()
-    print(
-        "| parameters | batch | 3 Adam steps | estimate_llc, paired=False | paired=True "
-        "| SGLD beyond 2 copies (MiB) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
+    kinds = ["train", "sgld", "paired"] + (["devinterp"] if with_devinterp else [])
+    columns = ["parameters", "batch", "3 Adam steps", "estimate_llc, paired=False"]
+    columns += ["paired=True", "SGLD beyond 2 copies (MiB)"]
+    columns += ["devinterp, 3 draws"] if with_devinterp else []
+    print("| " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * (len(columns) - 1))
     for width, batch_size in runs:
-        extra = {k: memory_run(k, width, batch_size) for k in ("train", "sgld", "paired")}
+        extra = {k: memory_run(k, width, batch_size) for k in kinds}
         size = extra["sgld"][1]
-        print(
-            f"| {size / 4e6:.1f}M ({size / 2**20:.0f} MiB) | {batch_size} "
-            f"| {extra['train'][0] / size:.3f} | {extra['sgld'][0] / size:.3f} "
-            f"| {extra['paired'][0] / size:.3f} | {(extra['sgld'][0] - 2 * size) / 2**20:.2f} |",
-            flush=True,
-        )
+        cells = [f"{size / 4e6:.1f}M ({size / 2**20:.0f} MiB)", str(batch_size)]
+        cells += [f"{extra[k][0] / size:.3f}" for k in ("train", "sgld", "paired")]
+        cells += [f"{(extra['sgld'][0] - 2 * size) / 2**20:.2f}"]
+        cells += [f"{extra['devinterp'][0] / size:.3f}"] if with_devinterp else []
+        print("| " + " | ".join(cells) + " |", flush=True)
     width, batch_size = runs[0]
     cold, size = memory_run("sgld", width, batch_size, warm=False)
     print()
@@ -528,7 +531,8 @@ def main() -> None:
             )
 
     print()
-    memory_table([tuple(map(int, run.split("x"))) for run in args.memory.split(",")])
+    runs = [tuple(map(int, run.split("x"))) for run in args.memory.split(",")]
+    memory_table(runs, with_devinterp=devinterp is not None)
     for name, text in profiles:
         print(f"\n### cProfile of {4 * args.steps} SGLD steps: {name}\n")
         print(text)
