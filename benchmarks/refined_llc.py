@@ -66,8 +66,12 @@ def main() -> None:
     print("| measurement | seconds | ratio |")
     print("|---|---|---|")
     print(f"| one full LLC estimate | {t_full:.3f} | 1 |")
-    print(f"| all {h} heads one by one | {t_heads:.3f} | {t_heads / (h * t_full):.3f} x (H x full) |")
-    print(f"| all {h} heads batched | {t_batched:.3f} | {t_heads / t_batched:.2f} x faster than one by one |")
+    print(
+        f"| all {h} heads one by one | {t_heads:.3f} | {t_heads / (h * t_full):.3f} x (H x full) |"
+    )
+    print(
+        f"| all {h} heads batched | {t_batched:.3f} | {t_heads / t_batched:.2f} x faster than one by one |"
+    )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ budget ``f`` the analysis share ``A / (T + A)`` of wall-clock time should stay a
 i.e. the run is at most ``1 / (1 - f)`` times slower than without the monitor.
 
 The rule. With ``T`` and ``A`` the seconds of training and analysis so far and ``c`` the
-expected cost of an estimate (the lower median of the last five costs), an estimate is
-*affordable* when ``A + c <= f (T + A + c)``: after it, the share is at most ``f``. The clock
-is read only at *checkpoints*, steps planned ahead: after an estimate at step ``s``, the
-training seconds still needed, ``(A + c)(1 - f) / f - T``, are divided by ``tau``, the mean
-training seconds per step so far, giving the step at which the next one should be affordable;
-if the clock says it is not yet (``tau`` was off), a new checkpoint is planned the same way
-from there. Every process of a DDP run follows rank 0's clock (one small gather per
+expected cost of an estimate, an estimate is *affordable* when ``A + c <= f (T + A + c)``:
+after it, the share is at most ``f``. ``c`` is the lower median of the last five estimates'
+costs; before the first one, its SGLD steps times ``tau``, the mean training seconds per
+optimizer step so far (an SGLD step costs about one training step, see BENCHMARKS.md; with
+Lightning's per-step overhead on a small model this overestimates, so the first estimate comes
+late rather than over budget), and nothing is affordable before one step has been timed. The
+clock is read only at *checkpoints*, steps planned ahead: the training seconds still needed,
+``(A + c)(1 - f) / f - T``, divided by ``tau`` give the step at which an estimate should be
+affordable; if the clock says it is not yet (``tau`` was off), a new checkpoint is planned the
+same way from there. Every process of a DDP run follows rank 0's clock (one small gather per
 checkpoint), so all make the same decision.
 
 A scheduled step at which no estimate is affordable is *deferred*: its estimate runs at the
@@ -23,8 +26,7 @@ than the schedule asked for, points land on the schedule's steps whenever the bu
 them there and otherwise at the first step it does (a later point is still a point of the
 curve; a skipped one is lost, which is why deferring is preferred to skipping).
 
-The first estimate always runs (there is no cost to go by yet; its cost is repaid by a longer
-wait before the next one), and so does an explicitly forced one (``at_train_end``).
+An explicitly forced estimate (``at_train_end``) always runs.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class OverheadBudget:
         name: the monitor's name, for the log.
 
     Attributes:
+        sgld_steps: the SGLD steps of the next estimate on this process, whose cost predicts
+            the first one's (set by the monitor).
         training_seconds: wall clock spent outside the monitor's hooks so far.
         analysis_seconds: wall clock spent inside them.
         steps_trained: optimizer steps during ``training_seconds``.
@@ -93,6 +97,7 @@ class OverheadBudget:
         self.analysis_seconds = 0.0
         self.steps_trained = 0
         self.costs: list[float] = []
+        self.sgld_steps = 0
         self.checkpoint: int | None = None
         self.pending: int | None = None
         self.skipped: tuple[int, int, int] | None = None
@@ -178,16 +183,14 @@ class OverheadBudget:
 
     def _next_checkpoint(self, step: int) -> int | None:
         """None if an estimate is affordable now, else the step at which it should be."""
-        if not self.costs:
-            return None
+        if self.steps_trained == 0:  # no step timed yet: look again after one
+            return step + 1
+        per_step = self.training_seconds / self.steps_trained
+        expected = statistics.median_low(self.costs) if self.costs else self.sgld_steps * per_step
         f = self.max_overhead
-        expected = statistics.median_low(self.costs)
         needed = (self.analysis_seconds + expected) * (1 - f) / f - self.training_seconds
         if needed <= 0:
             return None
-        if self.steps_trained == 0:  # no step time measured yet: look again after one step
-            return step + 1
-        per_step = self.training_seconds / self.steps_trained
         return step + max(math.ceil(needed / per_step), 1)
 
     def record(self) -> dict[str, Any]:

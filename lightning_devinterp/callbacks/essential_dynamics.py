@@ -35,8 +35,9 @@ class EssentialDynamics(Callback):
         n_components: principal components of the trajectory searched for turns.
         sigma: Gaussian smoothing (in checkpoints) before the turn search.
         max_checkpoints: memory bound: past it, every other stored checkpoint is dropped.
-        max_features: outputs longer than this are projected with a fixed random matrix
-            (distances are preserved in expectation).
+        max_features: outputs longer than this are sketched down to this many features
+            (each output adds, with a fixed random sign, into one fixed random feature: squared
+            distances are preserved in expectation, at O(output) memory).
         min_checkpoints: checkpoints needed before milestones are searched for.
         name: prefix of the logged names and of the files written.
         output_dir: default ``<trainer.log_dir>/devinterp``.
@@ -82,7 +83,7 @@ class EssentialDynamics(Callback):
         self.steps: list[int] = []
         self.rows: list[np.ndarray] = []
         self.milestones: list[Milestone] = []
-        self._projection: np.ndarray | None = None
+        self._sketch: tuple[np.ndarray, np.ndarray] | None = None
         self._folder: Path | None = None
 
     @property
@@ -154,13 +155,13 @@ class EssentialDynamics(Callback):
     def _project(self, output: np.ndarray) -> np.ndarray:
         if output.size <= self.max_features:
             return output.astype(np.float32)
-        if self._projection is None or self._projection.shape[1] != output.size:
+        if self._sketch is None or len(self._sketch[0]) != output.size:
             rng = np.random.default_rng(0)
-            shape = (self.max_features, output.size)
-            self._projection = (rng.standard_normal(shape) / np.sqrt(self.max_features)).astype(
-                np.float32
-            )
-        return self._projection @ output.astype(np.float32)
+            features = rng.integers(self.max_features, size=output.size)
+            self._sketch = features, rng.choice(np.array([-1.0, 1.0]), size=output.size)
+        features, signs = self._sketch
+        summed = np.bincount(features, weights=signs * output, minlength=self.max_features)
+        return summed.astype(np.float32)
 
     def _detect(self, trainer: Trainer, step: int) -> None:
         found = find_trajectory_milestones(

@@ -32,7 +32,7 @@ from lightning_devinterp.estimators import (
     merge_samples,
     sample_components,
 )
-from lightning_devinterp.estimators.calibration import check_calibrate_options
+from lightning_devinterp.estimators.calibration import DEFAULT_MAX_STEPS, check_calibrate_options
 from lightning_devinterp.estimators.llc import check_sampling_args
 from lightning_devinterp.milestones import Milestone, MilestoneDetector
 from lightning_devinterp.reporting import (
@@ -130,8 +130,9 @@ class LLCMonitor(Callback):
         max_overhead: the largest share of wall-clock time the monitor may take (0.2: the run is
             at most 1.25x slower), measured as it goes: an estimate the budget cannot afford
             yet is deferred to the first step it can, or skipped if the next scheduled step
-            comes first (the rule: :mod:`lightning_devinterp.callbacks.budget`). The first
-            estimate and the one ``at_train_end`` always run. Records then carry
+            comes first (the rule: :mod:`lightning_devinterp.callbacks.budget`; the first
+            estimate's cost is predicted from its SGLD steps and the training step time). The
+            estimate ``at_train_end`` always runs. Records then carry
             ``<name>/overhead`` (the share so far), ``<name>/skipped`` (scheduled steps dropped
             since the previous record) and, for a deferred estimate, ``<name>/deferred_from``.
             None: no budget.
@@ -318,6 +319,9 @@ class LLCMonitor(Callback):
         self.schedule.resolve(last_step(trainer))
         with isolated(pl_module):
             check_inputs(pl_module, self._data(trainer), self.loss_fn, self._transfer(pl_module))
+        self._resolve_components(pl_module)
+        if self.budget is not None:
+            self.budget.sgld_steps = self._sgld_steps(trainer)
         if self.sampler is None:
             rank_zero_warn(
                 f"LLCMonitor({self.name}): no sampler given, using lr={DEFAULT_LR}, "
@@ -430,6 +434,18 @@ class LLCMonitor(Callback):
             self.budget.analysed()
             cost = time.perf_counter() - started - self._calibration_seconds
             self.budget.spent(step, cost, self._rank_zero_value(trainer))
+
+    def _sgld_steps(self, trainer: Trainer) -> int:
+        """The SGLD steps of the next estimate on rank 0 (its share of the chains), with the
+        calibration's step budget before the first estimate with ``sampler="auto"``."""
+        sampling = self._sampling()
+        chains = len(my_chains(sampling["num_chains"], 0, trainer.world_size))
+        per_chain = sampling["num_burnin"] + sampling["num_draws"] * sampling["steps_between_draws"]
+        jobs = (1 + len(self._components or [])) * (1 + len(self.data or {}))
+        steps = jobs * chains * per_chain
+        if self.sampler == "auto" and self.calibrated is None:
+            steps += self.calibration_options.get("max_steps", DEFAULT_MAX_STEPS) or 0
+        return steps
 
     @staticmethod
     def _rank_zero_value(trainer: Trainer) -> Callable[[Any], Any]:

@@ -77,6 +77,18 @@ def test_state_round_trip_and_bad_arguments():
         EssentialDynamics(torch.zeros(1), sigma=0)
 
 
+def test_long_outputs_are_sketched_with_distances_kept():
+    """A 20000-long output sketched to 1000 features: the relative error of a squared distance
+    has standard deviation about sqrt(2 / 1000) = 0.045, so 0.2 is over four of them."""
+    dynamics = EssentialDynamics(torch.zeros(1), max_features=1000)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(20000), rng.standard_normal(20000)
+    sa, sb = dynamics._project(a), dynamics._project(b)
+    assert sa.shape == (1000,) and np.array_equal(dynamics._project(a), sa)
+    exact = np.sum((a - b) ** 2)
+    assert abs(np.sum((sa - sb) ** 2) / exact - 1) < 0.2
+
+
 def test_the_trajectory_figure_reaches_tensorboard(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
