@@ -12,7 +12,7 @@ from lightning_devinterp.estimators import (
     estimate_susceptibilities,
 )
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
-from lightning_devinterp.sampling import SGLD
+from lightning_devinterp.sampling import SGLD, TypedDataLoader
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "Stage",
     "Susceptibilities",
     "SusceptibilityMonitor",
+    "TypedDataLoader",
     "attention_heads",
     "calibrate",
     "estimate_llc",

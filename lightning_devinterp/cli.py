@@ -199,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(run=run_report)
 
-    # demo: to be added here with examples/induction_heads.py.
+    demo = commands.add_parser(
+        "demo",
+        add_help=False,
+        help="train a small transformer and watch its induction heads form",
+        description="The demo (examples/induction_heads.py); `demo --help` lists its options.",
+    )
+    demo.set_defaults(run=run_demo)
     return parser
 
 
@@ -229,7 +235,10 @@ def _add_mode_arguments(group: argparse._ArgumentGroup) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lightning-devinterp``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, options = parser.parse_known_args(argv)
+    if options and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
+    args.options = options
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # class paths import from here, as with python -m
     try:
@@ -371,6 +380,13 @@ def run_calibrate(args: argparse.Namespace) -> None:
             print(f"figure: {save_png(plot(result), out / f'calibration_{name}.png')}")
         except (ImportError, ValueError) as error:  # no matplotlib, or nothing to draw
             print(f"no {name} figure: {error}")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """``demo``: the induction-heads demo, with its own options."""
+    from lightning_devinterp.demo import main as demo_main
+
+    demo_main(args.options)  # its own parser: --help, bad options and exit codes
 
 
 def run_report(args: argparse.Namespace) -> None:

@@ -7,7 +7,16 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_devinterp"
-LAYERS = ["components", "sampling", "estimators", "milestones", "reporting", "callbacks", "cli"]
+LAYERS = [
+    "components",
+    "sampling",
+    "estimators",
+    "milestones",
+    "reporting",
+    "callbacks",
+    "demo",
+    "cli",
+]
 FRAMEWORKS = ("lightning", "pytorch_lightning", "wandb", "tensorboard")
 
 

@@ -21,6 +21,21 @@ from lightning_devinterp.reporting.figures import plot_trajectory, save_png
 from lightning_devinterp.sampling import move_to_device
 
 
+def model_output(model: torch.nn.Module, probe: Any) -> torch.Tensor:
+    """``model(probe)``, or ``model(probe[0])`` for an ``(inputs, targets)`` batch."""
+    return model(probe[0] if isinstance(probe, (tuple, list)) else probe)
+
+
+def first_batch(trainer: Trainer, pl_module: LightningModule) -> Any:
+    """The first batch of the training dataloader, from a fresh iterator (a shuffling sampler
+    draws from the global RNG, restored by ``isolated``)."""
+    loader = trainer.train_dataloader
+    if loader is None:
+        raise ValueError("EssentialDynamics(probe=None) needs a training dataloader; pass probe.")
+    with isolated(pl_module):
+        return next(iter(loader))
+
+
 class EssentialDynamics(Callback):
     """Record the model's outputs on a fixed probe batch over training, and find milestones
     where that trajectory (in its top principal components) turns sharply.
@@ -29,8 +44,11 @@ class EssentialDynamics(Callback):
     states are restored; no weight is touched).
 
     Args:
-        probe: the fixed input, passed as ``output_fn(model, probe)``.
-        output_fn: what to record; default ``model(probe)``.
+        probe: the fixed input, passed as ``output_fn(model, probe)``; None (for a YAML
+            config): the first batch of the training dataloader, read through a fresh iterator
+            at the start of training (training's own iterator is not advanced).
+        output_fn: what to record; default ``model(probe)``, or ``model(probe[0])`` when the
+            probe is a tuple or list (an ``(inputs, targets)`` batch).
         every_n_steps, num_estimates, at_steps: the schedule (as in :class:`LLCMonitor`).
         n_components: principal components of the trajectory searched for turns.
         sigma: Gaussian smoothing (in checkpoints) before the turn search.
@@ -45,7 +63,7 @@ class EssentialDynamics(Callback):
 
     def __init__(
         self,
-        probe: Any,
+        probe: Any = None,
         *,
         output_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
         every_n_steps: int | None = None,
@@ -71,7 +89,7 @@ class EssentialDynamics(Callback):
         if not sigma > 0:
             raise ValueError(f"sigma={sigma!r} is invalid; use a positive smoothing width.")
         self.probe = probe
-        self.output_fn = output_fn or (lambda model, x: model(x))
+        self.output_fn = output_fn or model_output
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
         self.n_components = n_components
         self.sigma = sigma
@@ -99,6 +117,8 @@ class EssentialDynamics(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.schedule.resolve(last_step(trainer))
+        if self.probe is None:
+            self.probe = first_batch(trainer, pl_module)
         self._record(trainer, pl_module)
 
     @override

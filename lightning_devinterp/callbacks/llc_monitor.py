@@ -41,6 +41,8 @@ from lightning_devinterp.reporting import (
     declare_metrics,
     log_group_charts,
     log_scalars,
+    loss_series,
+    milestones_filename,
     report_milestones,
     wandb_runs,
     write_layout,
@@ -106,10 +108,11 @@ class LLCMonitor(Callback):
         data: named extra data sets, e.g. ``{"code": code_loader}``: each gives a data-refined
             LLC (``llc_code/mean``), and with ``components`` a refined one per component
             (``rllc_code/l0h3/mean``). ``loss_fn`` must accept their batches.
-        milestones: ``True`` (default) detects milestones online on the LLC (series
-            ``"llc"``) and on L(w*) (series ``"loss"``, where sharp drops show); or one or more
-            configured :class:`MilestoneDetector` (series ``"llc"``, ``"loss"``, a refined-LLC
-            prefix such as ``"rllc/l0h1"``, ...); ``False`` for none. Confirmed milestones go to
+        milestones: ``True`` (default) detects milestones online on the LLC (series ``name``)
+            and on L(w*) (series ``"loss"``, or ``"<name>/loss"`` for another ``name``, where
+            sharp drops show); or one or more configured :class:`MilestoneDetector` (series
+            ``name``, ``"loss"`` or ``"<name>/loss"``, a refined-LLC prefix such as
+            ``"rllc/l0h1"``, ...); ``False`` for none. Confirmed milestones go to
             :attr:`milestones`, ``milestones.json`` beside the JSON-lines file, a ``<name>/stage``
             scalar, a W&B table and summary, and TensorBoard text.
         on_milestone: called as ``on_milestone(trainer, pl_module, milestone)`` for each
@@ -168,10 +171,10 @@ class LLCMonitor(Callback):
         num_estimates: int | None = None,
         at_steps: Sequence[int] | None = None,
         at_train_end: bool = False,
-        dataloader: Iterable | None = None,
+        dataloader: DataLoader | Iterable | None = None,
         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
         components: Literal["heads"] | Sequence[Component] | None = None,
-        data: Mapping[str, Iterable] | None = None,
+        data: Mapping[str, DataLoader | Iterable] | None = None,
         milestones: bool | MilestoneDetector | Sequence[MilestoneDetector] = True,
         on_milestone: Callable[[Trainer, LightningModule, Milestone], None] | None = None,
         checkpoint_on_milestone: bool = False,
@@ -254,7 +257,7 @@ class LLCMonitor(Callback):
                     "(letters, digits, underscores)."
                 )
         if milestones is True:
-            detectors = [MilestoneDetector(name), MilestoneDetector("loss", drop=2.0)]
+            detectors = [MilestoneDetector(name), MilestoneDetector(loss_series(name), drop=2.0)]
         elif milestones is False or milestones is None:
             detectors = []
         elif isinstance(milestones, MilestoneDetector):
@@ -377,8 +380,8 @@ class LLCMonitor(Callback):
 
     @property
     def milestones_path(self) -> Path | None:
-        """``milestones.json`` beside the JSON-lines file."""
-        return self._writer.path.with_name("milestones.json") if self._writer else None
+        """The milestone file beside the JSON-lines file (:func:`milestones_filename`)."""
+        return self._writer.path.with_name(milestones_filename(self.name)) if self._writer else None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -768,7 +771,7 @@ class LLCMonitor(Callback):
         """Feed each detector its series from ``record``; the milestones it confirmed."""
         new = []
         for detector in self.detectors:
-            if detector.series == "loss":
+            if detector.series in ("loss", loss_series(self.name)):
                 value, std = record.get(f"{self.name}/init_loss"), None
             else:
                 value, std = (

@@ -9,10 +9,12 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
 
 from lightning_devinterp.callbacks.llc_monitor import LLCMonitor
 from lightning_devinterp.components import Component
 from lightning_devinterp.estimators import (
+    LLCHealthWarning,
     Susceptibilities,
     sample_susceptibilities,
     susceptibilities_from_samples,
@@ -73,7 +75,7 @@ class SusceptibilityMonitor(LLCMonitor):
 
     def __init__(
         self,
-        probes: Mapping[str, Iterable],
+        probes: Mapping[str, DataLoader | Iterable],
         sampler: SGLD | Literal["auto"] | None = None,
         *,
         num_probe_batches: int = 1,
@@ -83,8 +85,10 @@ class SusceptibilityMonitor(LLCMonitor):
         name: str = "susceptibility",
         **kwargs: Any,
     ) -> None:
-        for unsupported in ("data", "milestones"):
-            if unsupported in kwargs:
+        # LightningCLI passes LLCMonitor's defaults for these (data=None, milestones=True)
+        inherited = {"data": (None,), "milestones": (True, False, None)}
+        for unsupported, defaults in inherited.items():
+            if kwargs.pop(unsupported, None) not in defaults:
                 raise TypeError(
                     f"SusceptibilityMonitor does not take {unsupported}=; use an LLCMonitor "
                     "beside it for data-refined LLCs and milestones."
@@ -195,7 +199,10 @@ class SusceptibilityMonitor(LLCMonitor):
         )
         for component, est in result.llc.items():
             for message in est.warnings:
-                rank_zero_warn(f"SusceptibilityMonitor: {component} at step {step}: {message}")
+                rank_zero_warn(
+                    f"SusceptibilityMonitor: {component} at step {step}: {message}",
+                    category=LLCHealthWarning,
+                )
 
     def _families(self, probes: Sequence[str]) -> list[str]:
         """Metric families drawn one chart per layer: each probe's chi and the refined LLC."""

@@ -82,6 +82,7 @@ def plot_llc_curve(
         milestones=milestones,
         ylabel=f"{prefix} (mean ± std over chains)",
         title=title or prefix,
+        series=prefix,
     )
 
 
@@ -94,9 +95,11 @@ def plot_curve(
     milestones: Sequence[Milestone] = (),
     ylabel: str | None = None,
     title: str | None = None,
+    series: str | None = None,
 ) -> Figure:
     """Any recorded series (``llc/init_loss``, ...) as :func:`plot_llc_curve` draws the LLC;
-    with ``std_key``, a ±std band and error bars.
+    with ``std_key``, a ±std band and error bars. Milestones of ``series`` are labelled with
+    their kind, others with their series and kind.
 
     Raises:
         ValueError: no record has a finite ``key`` at a positive step.
@@ -132,7 +135,7 @@ def plot_curve(
             continue
         ax.axvline(m.step, color="black", ls="--", lw=0.8)
         ax.annotate(
-            m.kind,
+            m.kind if m.series == series else f"{m.series} {m.kind}",
             (m.step, 1.0),
             xycoords=("data", "axes fraction"),
             rotation=90,

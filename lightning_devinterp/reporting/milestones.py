@@ -12,6 +12,18 @@ from lightning_devinterp.milestones.records import Milestone, Stage
 COLUMNS = ["series", "kind", "step", "detected_at", "value"]
 
 
+def milestones_filename(name: str) -> str:
+    """The milestone file of the monitor ``name``, beside its ``<name>.jsonl``:
+    ``milestones.json`` for the default ``llc``, else ``<name>_milestones.json``."""
+    return "milestones.json" if name == "llc" else f"{name}_milestones.json"
+
+
+def loss_series(name: str) -> str:
+    """The series of the monitor ``name``'s L(w*) detector: ``loss`` for the default ``llc``,
+    else ``<name>/loss`` (a detector named ``loss`` reads L(w*) in any monitor)."""
+    return "loss" if name == "llc" else f"{name}/loss"
+
+
 def write_milestones_json(
     path: Path,
     online: Sequence[Milestone],

@@ -20,6 +20,7 @@ from typing import Any
 from lightning_devinterp.milestones.records import Milestone, Stage
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
+from lightning_devinterp.reporting.milestones import loss_series, milestones_filename
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
 
@@ -121,11 +122,11 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
             f"{len(failures)} failed.",
         )
     )
-    stages, milestones = _stages_and_milestones(path.with_name("milestones.json"))
+    stages, milestones = _stages_and_milestones(path.with_name(milestones_filename(name)))
     series_keys = {series: _value_key(series, name) for series in stages}
     figures = [
         (f"{name} curve", f"{name}_curve.png", f"{name}/mean", f"{name}/std", name),
-        ("L(w*) curve", f"{name}_loss.png", f"{name}/init_loss", None, "loss"),
+        ("L(w*) curve", f"{name}_loss.png", f"{name}/init_loss", None, loss_series(name)),
     ]
     for alt, filename, key, std_key, series in figures:
         if not any(_finite(r.get(key)) and r["step"] > 0 for r in estimates):
@@ -139,6 +140,7 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
             stages=stages.get(series, []),
             milestones=[m for m in milestones if m.series == series],
             title=key,
+            series=series,
         )
         if figure is not None:
             files.figures.append(save_png(figure, out / filename))
@@ -208,8 +210,8 @@ def _nearest(estimates: Sequence[Mapping[str, Any]], step: int, key: str) -> flo
 
 
 def _value_key(series: str, name: str) -> str:
-    """The record entry a detector's series reads (``loss`` is ``<name>/init_loss``)."""
-    return f"{name}/init_loss" if series == "loss" else f"{series}/mean"
+    """The record entry a detector's series reads (L(w*) is ``<name>/init_loss``)."""
+    return f"{name}/init_loss" if series in ("loss", loss_series(name)) else f"{series}/mean"
 
 
 def _stages_and_milestones(path: Path) -> tuple[dict[str, list[Stage]], list[Milestone]]:

@@ -2,6 +2,7 @@
 
 from lightning_devinterp.sampling.batches import (
     BatchStream,
+    TypedDataLoader,
     batch_size_of,
     chain_seed,
     move_to_device,
@@ -22,6 +23,7 @@ from lightning_devinterp.sampling.chains import (
 from lightning_devinterp.sampling.sgld import SGLD, default_nbeta
 
 __all__ = [
+    "TypedDataLoader",
     "SGLD",
     "BatchStream",
     "ChainTraces",

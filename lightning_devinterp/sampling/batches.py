@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 
 @contextmanager
@@ -131,3 +132,40 @@ def batch_size_of(batch: Any) -> int:
             if size:
                 return size
     return 0
+
+
+class TypedDataLoader(DataLoader):
+    """A ``DataLoader`` whose arguments a LightningCLI YAML file can set, for the monitors'
+    ``dataloader``, ``data`` and ``probes`` (jsonargparse cannot read torch's generic
+    ``Dataset[T]`` annotation of ``DataLoader.__init__``)::
+
+        probes:
+          repeats:
+            class_path: lightning_devinterp.TypedDataLoader
+            init_args:
+              dataset: {class_path: my_project.RepeatsData, init_args: {size: 64}}
+              batch_size: 32
+
+    Args:
+        dataset: the data set.
+        batch_size: samples per batch.
+        shuffle: reshuffle at every pass.
+        collate_fn: merges samples into a batch (import path in YAML); default torch's.
+        num_workers: loading processes.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        collate_fn: Callable[[Any], Any] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+        )

@@ -101,3 +101,15 @@ def test_the_trajectory_figure_reaches_tensorboard(tmp_path):
     events.Reload()
     assert [e.step for e in events.Images("essential_dynamics/trajectory")] == [12]
     assert list(tmp_path.rglob("essential_dynamics.png"))
+
+
+def test_without_a_probe_a_training_batch_is_used_and_training_is_untouched(tmp_path):
+    reference = fit(tmp_path / "a")
+    dynamics = EssentialDynamics(every_n_steps=5)
+    watched = fit(tmp_path / "b", dynamics)
+    inputs, _ = dynamics.probe  # a training batch, rows of the data set
+    data = regression_data().tensors[0]
+    assert len(inputs) == watched.batch_size and len(dynamics.steps) >= 6
+    assert all((data == row).all(1).any() for row in inputs)
+    for a, b in zip(reference.parameters(), watched.parameters(), strict=True):
+        assert torch.equal(a, b)

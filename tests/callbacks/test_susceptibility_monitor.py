@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_devinterp import SGLD, LLCMonitor, SusceptibilityMonitor
+from lightning_devinterp import SGLD, LLCMonitor, MilestoneDetector, SusceptibilityMonitor
 from lightning_devinterp.demos import AttentionOnlyTransformer, InductionData, token_loss
 from tests.helpers import trainer
 from tests.reporting.test_wandb import finished_run_records, history_rows
@@ -133,5 +133,9 @@ def test_bad_arguments_fail_at_construction():
     with pytest.raises(ValueError, match="num_probe_batches"):
         SusceptibilityMonitor({"p": []}, num_probe_batches=0)
     with pytest.raises(TypeError, match="LLCMonitor beside it"):
-        SusceptibilityMonitor({"p": []}, milestones=True)
+        SusceptibilityMonitor({"p": []}, milestones=MilestoneDetector("llc"))
+    with pytest.raises(TypeError, match="LLCMonitor beside it"):
+        SusceptibilityMonitor({"p": []}, data={"code": []})
+    # what a LightningCLI parser passes for the inherited arguments is accepted
+    SusceptibilityMonitor({"p": []}, data=None, milestones=True)
     assert isinstance(SusceptibilityMonitor({"p": []}), LLCMonitor)

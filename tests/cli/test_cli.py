@@ -194,6 +194,7 @@ def test_bad_inputs_exit_with_a_clear_message(run, tmp_path, capsys, args, messa
         ("estimate", ["--unsafe-load", "weights_only=True", "--config", "--components"]),
         ("calibrate", ["checkpoint", "--lrs", "--max-steps", "--unsafe-load", "--config"]),
         ("report", ["source", "--out"]),
+        ("demo", ["--steps", "--logger", "--no-heads", "--no-susceptibilities", "copying"]),
     ],
 )
 def test_help_of_each_subcommand(command, expected, capsys):
