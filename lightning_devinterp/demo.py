@@ -281,12 +281,18 @@ def plot_formation(
         for m in milestones:
             if m.step > 0:
                 ax.axvline(m.step, color="black", ls="--", lw=0.7)
+    labels: dict[int, list[str]] = {}
     for m in milestones:
         if m.step > 0:
-            label = f"{m.series} {m.kind}"
-            bottom.annotate(
-                label, (m.step, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7
-            )
+            labels.setdefault(m.step, []).append(f"{m.series} {m.kind}")
+    for step, names in labels.items():
+        bottom.annotate(
+            ", ".join(names),
+            (step, 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+        )
     return fig
 
 
