@@ -57,6 +57,18 @@ def test_pca_matches_covariance_eigenvalues():
     np.testing.assert_array_equal(s1, s2)
 
 
+def test_wide_trajectories_get_the_svd_answer_from_the_gram_matrix():
+    """Fewer checkpoints than features (the usual case) takes the Gram route."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((12, 200)) * np.linspace(3.0, 0.1, 200)
+    scores, ratio = pca_trajectory(X, 3)
+    Xc = X - X.mean(axis=0)
+    u, s, vt = np.linalg.svd(Xc, full_matrices=False)
+    signs = np.sign(vt[np.arange(3), np.argmax(np.abs(vt[:3]), axis=1)])
+    np.testing.assert_allclose(scores, u[:, :3] * s[:3] * signs, atol=1e-8)
+    np.testing.assert_allclose(ratio, s[:3] ** 2 / (Xc**2).sum(), rtol=1e-8)
+
+
 def test_pca_validates():
     with pytest.raises(ValueError, match="2-D array"):
         pca_trajectory(np.zeros(5))
