@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of all subcommands."""
     parser = argparse.ArgumentParser(
         prog="lightning-devinterp",
-        description="Developmental interpretability of Lightning runs, after the fact.",
+        description="Developmental interpretability of Lightning runs: LLCs over saved "
+        "checkpoints, calibration, reports, and the demo.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
