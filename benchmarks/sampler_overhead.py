@@ -416,7 +416,7 @@ def memory_table(runs: list[tuple[int, int]], with_devinterp: bool) -> None:
     print()
     kinds = ["train", "sgld", "paired"] + (["devinterp"] if with_devinterp else [])
     columns = ["parameters", "batch", "3 Adam steps", "estimate_llc, paired=False"]
-    columns += ["paired=True", "SGLD beyond 2 copies (MiB)"]
+    columns += ["paired=True", "SGLD beyond 1 copy (MiB)"]
     columns += ["devinterp, 3 draws"] if with_devinterp else []
     print("| " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * (len(columns) - 1))
@@ -425,7 +425,7 @@ def memory_table(runs: list[tuple[int, int]], with_devinterp: bool) -> None:
         size = extra["sgld"][1]
         cells = [f"{size / 4e6:.1f}M ({size / 2**20:.0f} MiB)", str(batch_size)]
         cells += [f"{extra[k][0] / size:.3f}" for k in ("train", "sgld", "paired")]
-        cells += [f"{(extra['sgld'][0] - 2 * size) / 2**20:.2f}"]
+        cells += [f"{(extra['sgld'][0] - size) / 2**20:.2f}"]
         cells += [f"{extra['devinterp'][0] / size:.3f}"] if with_devinterp else []
         print("| " + " | ".join(cells) + " |", flush=True)
     width, batch_size = runs[0]
@@ -433,13 +433,14 @@ def memory_table(runs: list[tuple[int, int]], with_devinterp: bool) -> None:
     print()
     print(
         f"Without the warm-up (the first estimate of the process, {size / 2**20:.0f} MiB MLP, "
-        f"batch {batch_size}): {cold / size:.3f}, {(cold - 2 * size) / 2**20:.2f} MiB beyond 2 "
-        "copies: torch's code pages first touched, the same for every model size."
+        f"batch {batch_size}): {cold / size:.3f}, {(cold - size) / 2**20:.2f} MiB beyond 1 "
+        "copy: torch's code pages first touched, the same for every model size."
     )
     print(
-        "The engine's buffers: chain 1 + gradient 1 (autograd's, freed after each step) + one "
-        "noise chunk (<= 256 KiB); the rest is the forward pass's activations (which grow with "
-        "the batch, as in training) and allocator slack."
+        "The engine's buffers: the chain (1 copy) + the gradients backward holds at once (each "
+        "parameter's is applied and freed as soon as it is accumulated) + one noise chunk "
+        "(<= 256 KiB); the rest is the forward pass's activations (which grow with the batch, "
+        "as in training) and allocator slack."
     )
 
 

@@ -5,7 +5,8 @@ and a handful of vectorized ops."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +77,11 @@ class FlatModel:
     """A private copy of ``model`` prepared for sampling.
 
     The copy is made once; the entries that are sampled (all trainable parameters, or those
-    of one component) become views into one flat vector ``params``. Gradients stay where
-    autograd puts them (``.grad`` of each parameter, freed after each step) and w* is read
-    from the original model's own weights (never written), so an estimate holds two extra
-    copies of the weights at most: the chain and its gradient.
+    of one component) become views into one flat vector ``params``. Gradients are applied
+    and freed in backward (:meth:`gradient_steps_in_backward`) or stay where autograd puts
+    them until the step (``.grad``, freed after it); w* is read from the original model's own
+    weights (never written), so an estimate holds at most two extra copies of the weights:
+    the chain and its gradient (about 1.5 when the gradient is applied in backward).
     Parameters that do not require grad are never touched.
 
     A LightningModule-style ``log``/``log_dict`` on the copy is replaced by a no-op, so a
@@ -112,6 +114,7 @@ class FlatModel:
             )
         self.dtype, self.device = kinds.pop()
         self.masks: Mapping[str, torch.Tensor] | None = None
+        self.early_gradient = False
         self.activate(None)
 
     def activate(self, masks: Mapping[str, torch.Tensor] | None) -> None:
@@ -210,9 +213,51 @@ class FlatModel:
             return self.params, self.grad, self.anchor()
         return self.params[self.index], self.grad[self.index], self.anchor_sub
 
+    @contextmanager
+    def gradient_steps_in_backward(self, sampler: SGLD) -> Iterator[bool]:
+        """Within it, each parameter's share of the gradient step is added as soon as backward
+        has accumulated its gradient, which is then freed: the whole model's gradient is never
+        held (an estimate's extra memory falls from two copies of the weights towards one),
+        and :meth:`step` applies the rest of the update. Yields whether that is done: only
+        when whole parameters are sampled and ``sampler.shrink >= 0.5`` (else the early
+        gradient's scale ``1 / shrink`` would amplify rounding); the plain way otherwise.
+
+        Safe because autograd accumulates a parameter's gradient only after every node that
+        uses the parameter has run, and the update writes through ``views`` (the flat
+        vector), not the parameters whose versions those nodes saved.
+        """
+        if self.index is not None or sampler.shrink < 0.5:
+            yield False
+            return
+        scale = sampler.early_gradient_scale
+
+        def add_then_free(view: torch.Tensor) -> Callable[[torch.Tensor], None]:
+            def hook(param: torch.Tensor) -> None:
+                with torch.no_grad():
+                    view.add_(param.grad, alpha=scale)
+                param.grad = None
+
+            return hook
+
+        handles = [
+            p.register_post_accumulate_grad_hook(add_then_free(view))
+            for (_, p), view in zip(self.active, self.views, strict=True)
+        ]
+        self.early_gradient = True
+        try:
+            yield True
+        finally:
+            self.early_gradient = False
+            for handle in handles:
+                handle.remove()
+
     @torch.no_grad()
     def step(self, sampler: SGLD, generator: torch.Generator) -> None:
-        """One SGLD update of the sampled entries from the gradients in their ``.grad``."""
+        """One SGLD update of the sampled entries from the gradients in their ``.grad`` (or
+        already added, inside :meth:`gradient_steps_in_backward`)."""
+        if self.early_gradient:
+            sampler.step(self.params, None, self.anchor_parts, generator, self.noise, self.views)
+            return
         if self.index is None:
             grads = self.grads()
             sampler.step(self.params, grads, self.anchor_parts, generator, self.noise, self.views)
@@ -330,7 +375,8 @@ def run_chains(
     transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
     total = num_burnin + num_draws * steps_between_draws
     rows = []
-    with torch.inference_mode(False), torch.enable_grad():
+    early = nullcontext(False) if mala else flat.gradient_steps_in_backward(sampler)
+    with torch.inference_mode(False), torch.enable_grad(), early:
         for done, chain in enumerate(chains):
             # dropout (train_mode) and any other global draws inside the chain are seeded by
             # the chain; the caller's generators never move

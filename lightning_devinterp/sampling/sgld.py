@@ -65,10 +65,25 @@ class SGLD:
             return self
         return SGLD(**{**asdict(self), "nbeta": default_nbeta(batch_size)})
 
+    @property
+    def shrink(self) -> float:
+        """``c = 1 - lr (localization + weight_decay) / 2``: the factor by which the drift
+        scales ``w`` (before adding ``lr/2 * localization * w*``)."""
+        return 1 - self.lr * (self.localization + self.weight_decay) / 2
+
+    @property
+    def early_gradient_scale(self) -> float:
+        """The factor of a gradient added to ``w`` *before* :meth:`drift` is applied with
+        ``grad=None``, so that both together make one whole drift: ``-lr nbeta / (2 c)``,
+        ``c`` being :attr:`shrink` (the step then scales it back by ``c``)."""
+        if self.nbeta is None:
+            raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
+        return -self.lr * self.nbeta / 2 / self.shrink
+
     def drift(
         self,
         params: torch.Tensor,
-        grad: torch.Tensor | Sequence[torch.Tensor],
+        grad: torch.Tensor | Sequence[torch.Tensor] | None,
         anchor: torch.Tensor | Sequence[torch.Tensor],
         views: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -76,7 +91,8 @@ class SGLD:
 
         ``grad`` and ``anchor`` (w*) are tensors like ``params``, or, when ``views`` (views of
         ``params``, one per parameter) is given, lists of tensors matching ``views``, so that
-        neither needs to be copied into one vector.
+        neither needs to be copied into one vector. ``grad=None``: the gradient was already
+        added, scaled by :attr:`early_gradient_scale`.
         """
         lr = self.lr
         pull, push = lr * self.localization / 2, -lr * self.nbeta / 2
@@ -90,13 +106,14 @@ class SGLD:
                 params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
             if self.localization:
                 _add(params, views, anchor, pull)
-        _add(params, views, grad, push)
+        if grad is not None:
+            _add(params, views, grad, push)
         return params
 
     def step(
         self,
         params: torch.Tensor,
-        grad: torch.Tensor | Sequence[torch.Tensor],
+        grad: torch.Tensor | Sequence[torch.Tensor] | None,
         anchor: torch.Tensor | Sequence[torch.Tensor],
         generator: torch.Generator,
         noise: torch.Tensor | None = None,
@@ -104,8 +121,8 @@ class SGLD:
     ) -> None:
         """Apply one SGLD update in place to the flat vector ``params``.
 
-        ``grad`` is the gradient of the minibatch mean loss at ``params``; ``anchor`` is w*
-        (both as in :meth:`drift`). ``noise`` is an optional work buffer for the Gaussian
+        ``grad`` is the gradient of the minibatch mean loss at ``params``, or None when it was
+        already added (see :meth:`drift`); ``anchor`` is w* (both as in :meth:`drift`). ``noise`` is an optional work buffer for the Gaussian
         draws: they are generated chunk by chunk into it (see :func:`noise_chunks`), so the
         noise needs no memory the size of ``params``; with the default buffer (all of
         ``params``, or ``NOISE_CHUNK`` entries) they equal one

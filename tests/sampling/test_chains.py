@@ -543,3 +543,27 @@ def test_reference_losses_at_w_star_are_computed_without_autograd():
     loader = DataLoader(regression(), batch_size=16)
     estimate_llc(model, loader, rec, sampler=SMALL, num_chains=1, num_draws=2, init_loss_batches=4)
     assert rec.init_grad_modes == [False] * 4
+
+
+def test_gradient_steps_in_backward_match_the_plain_update_and_free_each_gradient():
+    """The whole-model update adds each parameter's gradient step during backward (scaled by
+    1 / shrink, the rest of the drift scales it back); MALA turns that off, not the chain."""
+    from lightning_devinterp.sampling import FlatModel, run_chains
+
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    loader = DataLoader(regression(), batch_size=16)
+    sampler = SGLD(lr=1e-3, nbeta=20.0, localization=100.0, weight_decay=1.0)
+    flat = FlatModel(model)
+    run = dict(chains=[0, 1], num_draws=30, num_burnin=5, seed=2)
+    early = run_chains(flat, mse, loader, sampler, **run)
+    plain = run_chains(flat, mse, loader, sampler, mala=True, **run)
+    torch.testing.assert_close(early.loss, plain.loss, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(early.loss[0], early.loss[1])
+    with flat.gradient_steps_in_backward(sampler) as used:
+        before = flat.params.clone()
+        flat.loss_and_grad(mse, next(iter(loader)))
+        assert used and all(p.grad is None for _, p in flat.active)  # freed in backward
+        assert not torch.equal(flat.params, before)  # the gradient step is already in
+    flat.reset()
+    with flat.gradient_steps_in_backward(SGLD(lr=1.5e-2, nbeta=20.0, localization=100.0)) as used:
+        assert not used  # shrink 0.25: the plain update
