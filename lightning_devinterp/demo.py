@@ -209,7 +209,7 @@ def _logger(kind: str, output_dir: Path) -> Any:
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        online = bool(os.environ.get("WANDB_API_KEY")) or wandb.api.api_key is not None
+        online = bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False)
         return WandbLogger(
             project="lightning-devinterp-demo", save_dir=output_dir, offline=not online
         )

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from lightning_devinterp.demo import TOLERANCE, log_grid, run_demo, steepest_drop, summary
+from lightning_devinterp.demo import (
+    TOLERANCE,
+    _logger,
+    log_grid,
+    run_demo,
+    steepest_drop,
+    summary,
+)
 
 
 def test_log_grid_and_steepest_drop():
@@ -41,3 +48,12 @@ def test_the_summary_names_the_stages_the_milestones_and_the_outputs(short_run):
     text = summary(short_run)
     assert "Stages of the copies LLC curve" in text and "detected within 0.3" in text
     assert (short_run.output_dir / "logs").is_dir() and short_run.figures
+
+
+def test_wandb_is_offline_without_credentials_and_a_bad_logger_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    logger = _logger("wandb", tmp_path)
+    assert logger._offline and logger.save_dir == str(tmp_path)
+    with pytest.raises(ValueError, match="'tensorboard' or 'wandb'"):
+        _logger("mlflow", tmp_path)
