@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import netrc
 import os
 import warnings
 from collections.abc import Sequence
@@ -206,14 +207,27 @@ def _logger(kind: str, output_dir: Path) -> Any:
 
         return TensorBoardLogger(output_dir, name="logs")
     if kind == "wandb":
-        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        online = bool(os.environ.get("WANDB_API_KEY")) or wandb.login(prompt=False)
+        online = _wandb_credentials()
         return WandbLogger(
-            project="lightning-devinterp-demo", save_dir=output_dir, offline=not online
+            project="lightning-devinterp-demo",
+            save_dir=output_dir,
+            offline=not online,
+            mode="online" if online else "offline",  # explicit: not read from the environment
         )
     raise ValueError(f"logger={kind!r} is invalid; use 'tensorboard' or 'wandb'.")
+
+
+def _wandb_credentials() -> bool:
+    """Whether W&B has an API key here (``WANDB_API_KEY`` or ``~/.netrc``), without touching
+    wandb's own state (which would fix its mode before the logger sets it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
 
 
 def _result(

@@ -50,10 +50,16 @@ def test_the_summary_names_the_stages_the_milestones_and_the_outputs(short_run):
     assert (short_run.output_dir / "logs").is_dir() and short_run.figures
 
 
-def test_wandb_is_offline_without_credentials_and_a_bad_logger_is_named(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+def test_wandb_runs_offline_without_credentials_and_a_bad_logger_is_named(tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):  # unset, and restored afterwards (Lightning
+        monkeypatch.setenv(name, "")  # sets WANDB_MODE itself for an offline run)
+        monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_SILENT", "true")
     logger = _logger("wandb", tmp_path)
-    assert logger._offline and logger.save_dir == str(tmp_path)
+    assert logger._offline
+    logger.log_metrics({"x": 1.0}, step=0)  # starts a real run: offline, no key asked for
+    logger.experiment.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
     with pytest.raises(ValueError, match="'tensorboard' or 'wandb'"):
         _logger("mlflow", tmp_path)
