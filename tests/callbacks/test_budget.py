@@ -57,14 +57,14 @@ def test_an_expensive_monitor_stays_within_its_budget_and_still_estimates(tmp_pa
     monitor = LLCMonitor(every_n_steps=1, max_overhead=0.2, **EXPENSIVE)
     L.seed_everything(0, verbose=False)
     callbacks = [Stopwatch(marks), monitor, Stopwatch(marks)]
-    trainer(tmp_path, callbacks=callbacks, max_steps=800).fit(RegressionModule())
+    trainer(tmp_path, callbacks=callbacks, max_steps=2000).fit(RegressionModule())
 
     inside = sum(after - before for before, after in zip(marks[::2], marks[1::2], strict=True))
     share = inside / (marks[-1] - marks[0])
     assert 0.1 <= share <= 0.25, share
     assert monitor.budget.share == pytest.approx(share, abs=0.02)
     steps = [r["step"] for r in monitor.history]
-    assert len(steps) >= 3
+    assert len(steps) >= 4  # the first after ~500 steps (its cost predicted), then every ~300
     # every step was scheduled: each record counts the steps skipped since the one before
     assert [r["llc/skipped"] for r in monitor.history] == [
         b - a - 1 for a, b in zip([0, *steps], steps, strict=False)
