@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_devinterp.milestones import Milestone, MilestoneDetector
+
 
 def regression_data(n: int = 256, d: int = 4, seed: int = 0) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
@@ -80,3 +82,23 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
     )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
+
+
+class AnnouncesAt(MilestoneDetector):
+    """A real LLC detector that also announces a planted milestone when it sees ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__("llc")
+        self.planted = step
+        self.announced: list[Milestone] = []
+
+    def update(self, step, value, std=None):
+        found = super().update(step, value, std)
+        if step == self.planted:
+            self.announced.append(Milestone(step - 1, step, "plateau_end", value, "llc"))
+            found = [*found, self.announced[-1]]
+        return found
+
+    @property
+    def milestones(self):
+        return [*super().milestones, *self.announced]

@@ -14,9 +14,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, Component, LLCMonitor
-from lightning_devinterp.milestones import Milestone, MilestoneDetector
+from lightning_devinterp.milestones import MilestoneDetector
 from lightning_devinterp.reporting import read_jsonl
-from tests.helpers import RegressionModule, mse_loss, regression_data, trainer
+from tests.helpers import AnnouncesAt, RegressionModule, mse_loss, regression_data, trainer
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=10)
 
@@ -334,26 +334,6 @@ def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
             "l1": ["Multiline", ["^rllc/(l1h0|l1h1)/mean$"]],
         }
     }
-
-
-class AnnouncesAt(MilestoneDetector):
-    """A real detector that also announces a planted milestone when it sees ``step``."""
-
-    def __init__(self, step: int):
-        super().__init__("llc")
-        self.planted = step
-        self.announced: list[Milestone] = []
-
-    def update(self, step, value, std=None):
-        found = super().update(step, value, std)
-        if step == self.planted:
-            self.announced.append(Milestone(step - 1, step, "plateau_end", value, "llc"))
-            found = [*found, self.announced[-1]]
-        return found
-
-    @property
-    def milestones(self):
-        return [*super().milestones, *self.announced]
 
 
 def test_milestones_reach_json_hook_checkpoint_stage_and_state(tmp_path):

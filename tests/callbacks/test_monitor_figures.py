@@ -13,8 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_devinterp import SGLD, Component, LLCMonitor
-from lightning_devinterp.milestones import Milestone, MilestoneDetector
-from tests.helpers import RegressionModule, trainer
+from tests.helpers import AnnouncesAt, RegressionModule, trainer
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=10)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -41,26 +40,6 @@ def fit(tmp_path, monitor, max_steps):
 
 def image_steps(events, tag):
     return [e.step for e in events.Images(tag)] if tag in events.Tags()["images"] else []
-
-
-class AnnouncesAt(MilestoneDetector):
-    """A real LLC detector that also confirms a planted milestone when it sees ``step``."""
-
-    def __init__(self, step: int):
-        super().__init__("llc")
-        self.planted = step
-        self.announced: list[Milestone] = []
-
-    def update(self, step, value, std=None):
-        found = super().update(step, value, std)
-        if step == self.planted:
-            self.announced.append(Milestone(step - 1, step, "plateau_end", value, "llc"))
-            found = [*found, self.announced[-1]]
-        return found
-
-    @property
-    def milestones(self):
-        return [*super().milestones, *self.announced]
 
 
 def test_curve_and_heads_at_every_nth_estimate_and_at_train_end(tmp_path):
