@@ -58,6 +58,9 @@ from lightning_devinterp.sampling import SGLD
 #: Published small-transformer settings (rLLC paper): used when no sampler is given.
 DEFAULT_LR = 1e-3
 DEFAULT_LOCALIZATION = 200.0
+#: Below this many estimates per decade of steps, a note says online milestones will be rare
+#: (planted critical points one decade apart: 5 per decade confirm 35% of them, 7 confirm 88%).
+MIN_ESTIMATES_PER_DECADE = 6
 
 
 class LLCMonitor(Callback):
@@ -94,7 +97,7 @@ class LLCMonitor(Callback):
         train_mode: sample with the model in train mode (default eval).
         mala: also log the MALA acceptance rate (``llc/health/mala_acceptance``).
         every_n_steps: estimate every n optimizer steps.
-        num_estimates: estimate at this many log-spaced steps over the run (default 20 when no
+        num_estimates: estimate at this many log-spaced steps over the run (default 30 when no
             schedule is given).
         at_steps: estimate at exactly these steps (0 = before training).
         at_train_end: also estimate at the last step, if not already scheduled.
@@ -320,6 +323,7 @@ class LLCMonitor(Callback):
         if self.budget is not None:
             self.budget.start(trainer.global_step)
         self.schedule.resolve(last_step(trainer))
+        self._note_a_sparse_schedule(last_step(trainer))
         with isolated(pl_module):
             check_inputs(pl_module, self._data(trainer), self.loss_fn, self._transfer(pl_module))
         self._resolve_components(pl_module)
@@ -339,6 +343,19 @@ class LLCMonitor(Callback):
         self._maybe_estimate(trainer, pl_module, trainer.global_step)
         if self.budget is not None:
             self.budget.analysed()
+
+    def _note_a_sparse_schedule(self, last: float) -> None:
+        """Say so when the schedule is too sparse for the detectors to confirm milestones."""
+        if not self.detectors or not math.isfinite(last):
+            return
+        density = self.schedule.per_decade(int(last))
+        if density < MIN_ESTIMATES_PER_DECADE:
+            rank_zero_info(
+                f"LLCMonitor({self.name}): {density:.1f} estimates per decade of steps, too few to "
+                "confirm most milestones online (on test curves 5 per decade confirm a third of "
+                "the critical points, 7 nine in ten). Schedule more (num_estimates), or read "
+                "the detectors' refine() after training."
+            )
 
     @override
     def on_train_batch_end(

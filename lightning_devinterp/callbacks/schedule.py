@@ -8,14 +8,14 @@ from collections.abc import Sequence
 import numpy as np
 
 #: Log-spaced estimates when no schedule is given.
-DEFAULT_NUM_ESTIMATES = 20
+DEFAULT_NUM_ESTIMATES = 30
 
 
 class Schedule:
     """The training steps (``trainer.global_step``) at which an analysis runs.
 
     Give at most one of ``every_n_steps``, ``num_estimates`` or ``at_steps``; with none,
-    ``num_estimates=20`` log-spaced over the run. Step 0 means before the first update.
+    ``num_estimates=30`` log-spaced over the run. Step 0 means before the first update.
 
     Args:
         every_n_steps: every n optimizer steps (n, 2n, ...).
@@ -83,6 +83,16 @@ class Schedule:
                 f"The schedule selects no step of this run (first step {first}, the run ends at "
                 f"step {last_step}); choose steps up to {last_step}."
             )
+
+    def per_decade(self, last_step: int) -> float:
+        """Scheduled steps per decade of steps, from the first scheduled step to ``last_step``
+        (at least one decade)."""
+        if self.every_n_steps is not None:
+            count, first = last_step // self.every_n_steps, self.every_n_steps
+        else:
+            steps = [s for s in self._steps or () if s <= last_step]
+            count, first = len(steps), max(min(steps, default=1), 1)
+        return count / max(math.log10(last_step / first), 1.0)
 
     def is_due(self, step: int) -> bool:
         """Whether ``step`` is scheduled."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, Component, LLCMonitor
+from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.milestones import MilestoneDetector
 from lightning_devinterp.reporting import read_jsonl
 from tests.helpers import AnnouncesAt, RegressionModule, mse_loss, regression_data, trainer
@@ -113,6 +115,38 @@ def test_log_spaced_schedule_train_start_and_end(tmp_path):
     monitor = LLCMonitor(at_steps=[0, 5], at_train_end=True, **FAST)
     fit(tmp_path, monitor, max_steps=7)
     assert [r["step"] for r in monitor.history] == [0, 5, 7]
+
+
+def test_schedule_density_in_estimates_per_decade():
+    every = Schedule(every_n_steps=10)
+    every.resolve(1000)
+    assert every.per_decade(1000) == 100 / 2  # steps 10..1000: two decades
+    spaced = Schedule(num_estimates=30)
+    spaced.resolve(10_000)
+    assert spaced.per_decade(10_000) == 30 / 4
+    listed = Schedule(at_steps=[10, 20, 50, 200])
+    listed.resolve(60)
+    assert listed.per_decade(60) == 3  # steps after the run do not count; 10..60 counts as 1
+    from_zero = Schedule(at_steps=[0, 10])
+    from_zero.resolve(100)
+    assert from_zero.per_decade(100) == 1  # step 0 counts, the decades from step 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "noted"),
+    [
+        ({"num_estimates": 6}, True),  # 6 over two decades: 3 per decade
+        ({"num_estimates": 14}, False),  # 7 per decade
+        ({"num_estimates": 6, "milestones": False}, False),  # no detector to starve
+    ],
+)
+def test_a_schedule_too_sparse_for_online_milestones_is_noted(tmp_path, caplog, kwargs, noted):
+    caplog.set_level(logging.INFO)
+    fit(tmp_path, LLCMonitor(**kwargs, **FAST), max_steps=100)
+    notes = [r.message for r in caplog.records if "estimates per decade" in r.message]
+    assert len(notes) == noted
+    if noted:
+        assert "3.0 estimates per decade" in notes[0] and "num_estimates" in notes[0]
 
 
 def test_never_runs_under_fast_dev_run_or_sanity_check(tmp_path):
