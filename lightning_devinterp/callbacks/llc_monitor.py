@@ -322,8 +322,9 @@ class LLCMonitor(Callback):
             return
         if self.budget is not None:
             self.budget.start(trainer.global_step)
-        self.schedule.resolve(last_step(trainer))
-        self._note_a_sparse_schedule(last_step(trainer))
+        last = last_step(trainer)
+        self.schedule.resolve(last)
+        self._note_a_sparse_schedule(last)
         with isolated(pl_module):
             check_inputs(pl_module, self._data(trainer), self.loss_fn, self._transfer(pl_module))
         self._resolve_components(pl_module)

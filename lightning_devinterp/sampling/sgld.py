@@ -103,7 +103,7 @@ class SGLD:
                 torch._foreach_lerp_(list(views), list(anchor), pull)
         else:
             if self.weight_decay:
-                params.mul_(1 - lr * (self.localization + self.weight_decay) / 2)
+                params.mul_(self.shrink)
             if self.localization:
                 _add(params, views, anchor, pull)
         if grad is not None:
@@ -122,11 +122,11 @@ class SGLD:
         """Apply one SGLD update in place to the flat vector ``params``.
 
         ``grad`` is the gradient of the minibatch mean loss at ``params``, or None when it was
-        already added (see :meth:`drift`); ``anchor`` is w* (both as in :meth:`drift`). ``noise`` is an optional work buffer for the Gaussian
-        draws: they are generated chunk by chunk into it (see :func:`noise_chunks`), so the
-        noise needs no memory the size of ``params``; with the default buffer (all of
-        ``params``, or ``NOISE_CHUNK`` entries) they equal one
-        ``torch.randn(params.numel(), generator=generator)``.
+        already added (see :meth:`drift`); ``anchor`` is w* (both as in :meth:`drift`).
+        ``noise`` is an optional work buffer for the Gaussian draws: they are generated chunk
+        by chunk into it (see :func:`noise_chunks`), so the noise needs no memory the size of
+        ``params``; with the default buffer (all of ``params``, or ``NOISE_CHUNK`` entries)
+        they equal one ``torch.randn(params.numel(), generator=generator)``.
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
