@@ -44,6 +44,7 @@ from lightning_devinterp.reporting import (
     loss_series,
     milestones_filename,
     report_milestones,
+    series_keys,
     wandb_runs,
     write_layout,
     write_milestones_json,
@@ -789,13 +790,8 @@ class LLCMonitor(Callback):
         """Feed each detector its series from ``record``; the milestones it confirmed."""
         new = []
         for detector in self.detectors:
-            if detector.series in ("loss", loss_series(self.name)):
-                value, std = record.get(f"{self.name}/init_loss"), None
-            else:
-                value, std = (
-                    record.get(f"{detector.series}/mean"),
-                    record.get(f"{detector.series}/std"),
-                )
+            value_key, std_key = series_keys(detector.series, self.name)
+            value, std = record.get(value_key), record.get(std_key) if std_key else None
             if value is not None:
                 new.extend(detector.update(step, value, std))
         return new

@@ -5,6 +5,7 @@ from lightning_devinterp.reporting.milestones import (
     loss_series,
     milestones_filename,
     report_milestones,
+    series_keys,
     write_milestones_json,
 )
 from lightning_devinterp.reporting.scalars import log_figure, log_scalars
@@ -24,5 +25,6 @@ __all__ = [
     "write_layout",
     "loss_series",
     "milestones_filename",
+    "series_keys",
     "write_milestones_json",
 ]

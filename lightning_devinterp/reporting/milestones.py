@@ -24,6 +24,15 @@ def loss_series(name: str) -> str:
     return "loss" if name == "llc" else f"{name}/loss"
 
 
+def series_keys(series: str, name: str) -> tuple[str, str | None]:
+    """The entries of the monitor ``name``'s records that a detector of ``series`` reads: its
+    value and its std (L(w*), series ``loss`` or :func:`loss_series`, is ``<name>/init_loss``
+    without a std; any other series ``<series>/mean`` and ``<series>/std``)."""
+    if series in ("loss", loss_series(name)):
+        return f"{name}/init_loss", None
+    return f"{series}/mean", f"{series}/std"
+
+
 def write_milestones_json(
     path: Path,
     online: Sequence[Milestone],

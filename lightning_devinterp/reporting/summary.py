@@ -20,7 +20,7 @@ from typing import Any
 from lightning_devinterp.milestones.records import Milestone, Stage
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
-from lightning_devinterp.reporting.milestones import loss_series, milestones_filename
+from lightning_devinterp.reporting.milestones import loss_series, milestones_filename, series_keys
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
 
@@ -123,7 +123,7 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
         )
     )
     stages, milestones = _stages_and_milestones(path.with_name(milestones_filename(name)))
-    series_keys = {series: _value_key(series, name) for series in stages}
+    value_keys = {series: series_keys(series, name)[0] for series in stages}
     figures = [
         (f"{name} curve", f"{name}_curve.png", f"{name}/mean", f"{name}/std", name),
         ("L(w*) curve", f"{name}_loss.png", f"{name}/init_loss", None, loss_series(name)),
@@ -146,7 +146,7 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
             files.figures.append(save_png(figure, out / filename))
             blocks.append(("img", alt, filename))
     for series, found in stages.items():
-        key = series_keys[series]
+        key = value_keys[series]
         if found and any(key in r for r in estimates):
             blocks.append(("h3", f"Stages of `{series}`"))
             blocks.append(("table", *_stage_table(found, estimates, key)))
@@ -207,11 +207,6 @@ def _nearest(estimates: Sequence[Mapping[str, Any]], step: int, key: str) -> flo
         return None
     best = min(having, key=lambda r: abs(math.log1p(r["step"]) - math.log1p(step)))
     return best[key]
-
-
-def _value_key(series: str, name: str) -> str:
-    """The record entry a detector's series reads (L(w*) is ``<name>/init_loss``)."""
-    return f"{name}/init_loss" if series in ("loss", loss_series(name)) else f"{series}/mean"
 
 
 def _stages_and_milestones(path: Path) -> tuple[dict[str, list[Stage]], list[Milestone]]:

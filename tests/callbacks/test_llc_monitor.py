@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from lightning_devinterp import SGLD, Component, LLCMonitor
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.milestones import MilestoneDetector
-from lightning_devinterp.reporting import read_jsonl
+from lightning_devinterp.reporting import read_jsonl, series_keys
 from tests.helpers import AnnouncesAt, RegressionModule, mse_loss, regression_data, trainer
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=10)
@@ -398,6 +398,16 @@ def test_default_milestone_detectors_watch_the_llc_and_the_loss():
     assert LLCMonitor(milestones=False).detectors == []
     with pytest.raises(TypeError, match="milestones="):
         LLCMonitor(milestones=["llc"])
+
+
+def test_a_named_monitor_feeds_its_detectors_its_llc_and_its_loss(tmp_path):
+    monitor = LLCMonitor(name="copies", every_n_steps=2, **FAST)
+    fit(tmp_path, monitor, max_steps=8)
+    assert [d.series for d in monitor.detectors] == ["copies", "copies/loss"]
+    assert [d.state_dict()["last_step"] for d in monitor.detectors] == [8, 8]
+    assert series_keys("copies/loss", "copies") == series_keys("loss", "copies")
+    assert series_keys("copies/loss", "copies") == ("copies/init_loss", None)
+    assert series_keys("rllc/l0h1", "llc") == ("rllc/l0h1/mean", "rllc/l0h1/std")
 
 
 def test_a_persistent_workers_loader_keeps_its_training_iterator(tmp_path):
