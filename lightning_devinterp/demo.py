@@ -26,6 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from lightning_devinterp.callbacks import EssentialDynamics, LLCMonitor, SusceptibilityMonitor
+from lightning_devinterp.callbacks.schedule import log_spaced_steps
 from lightning_devinterp.demos import InductionData, InductionDataModule, InductionLM, loss_of_lm
 from lightning_devinterp.estimators import LLCHealthWarning
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
@@ -83,12 +84,6 @@ class CopyLossLog(Callback):
             self.points.append((trainer.global_step, value))
 
 
-def log_grid(first: int, last: int, count: int) -> list[int]:
-    """``count`` steps spaced evenly in log(step) from ``first`` to ``last``, deduplicated."""
-    ratio = (last / first) ** (1 / max(1, count - 1))
-    return sorted({round(first * ratio**i) for i in range(count)})
-
-
 def steepest_drop(points: Sequence[tuple[int, float]]) -> int | None:
     """The step where a curve falls fastest per unit of log(step): the geometric middle of
     the pair of neighbouring points (after a 3-point moving average) with the steepest fall."""
@@ -141,10 +136,13 @@ def run_demo(
     sampling: dict[str, Any] = dict(
         num_chains=2, num_draws=num_draws, num_burnin=20, init_loss_batches=4, seed=seed
     )
-    grid = log_grid(10, max_steps, num_estimates)
+
+    def grid(count: int, first: int = 10) -> list[int]:
+        return sorted(log_spaced_steps(max_steps, count, first))
+
     monitor = LLCMonitor(
         SAMPLER,
-        at_steps=grid,
+        at_steps=grid(num_estimates),
         components="heads" if heads else None,
         milestones=detectors("llc"),
         **sampling,
@@ -152,7 +150,7 @@ def run_demo(
     # the LLC and the loss at w* on copied sequences only: where induction shows first
     on_copies = LLCMonitor(
         SAMPLER,
-        at_steps=log_grid(10, max_steps, 3 * num_estimates),
+        at_steps=grid(3 * num_estimates),
         dataloader=copies,
         loss_fn=loss_of_lm,
         name="copies",
@@ -162,7 +160,7 @@ def run_demo(
     callbacks: list[Callback] = [
         monitor,
         on_copies,
-        EssentialDynamics(data.copies.tokens[:16], at_steps=log_grid(10, max_steps, 60)),
+        EssentialDynamics(data.copies.tokens[:16], at_steps=grid(60)),
         copy_log := CopyLossLog(),
     ]
     if susceptibilities:
@@ -170,7 +168,7 @@ def run_demo(
             SusceptibilityMonitor(
                 {"copies": copies, "bigrams": bigrams},
                 SAMPLER,
-                at_steps=log_grid(max_steps // 10, max_steps, 3),
+                at_steps=grid(3, first=max_steps // 10),
                 loss_fn=loss_of_lm,
                 top_k=5,
                 **sampling,

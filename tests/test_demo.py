@@ -6,18 +6,18 @@ import math
 
 import pytest
 
+from lightning_devinterp.callbacks.schedule import log_spaced_steps
 from lightning_devinterp.demo import (
     TOLERANCE,
     _logger,
-    log_grid,
     run_demo,
     steepest_drop,
     summary,
 )
 
 
-def test_log_grid_and_steepest_drop():
-    assert log_grid(10, 1000, 3) == [10, 100, 1000]
+def test_log_spaced_steps_from_a_first_step_and_steepest_drop():
+    assert log_spaced_steps(1000, 3, first=10) == {10, 100, 1000}
     # a curve that falls fastest (per log step) between 100 and 200
     points = [(s, 2.0) for s in (10, 20, 50)] + [(100, 2.0), (200, 1.0)]
     points += [(s, 1.0) for s in (400, 800, 1600)]

@@ -101,13 +101,14 @@ class Schedule:
         return self._steps is not None and step in self._steps
 
 
-def log_spaced_steps(last_step: int, count: int) -> set[int]:
-    """``count`` distinct steps from 1 to ``last_step``, as evenly spaced in log(step) as
-    integers allow (fewer when ``last_step < count``)."""
-    count = min(count, last_step)
+def log_spaced_steps(last_step: int, count: int, first: int = 1) -> set[int]:
+    """``count`` distinct steps from ``first`` to ``last_step``, as evenly spaced in log(step)
+    as integers allow (fewer when the range holds fewer than ``count`` steps)."""
+    count = min(count, last_step - first + 1)
     points = count
     while True:
-        steps = set(np.unique(np.round(np.geomspace(1, last_step, points))).astype(int).tolist())
+        grid = np.geomspace(first, last_step, points)
+        steps = set(np.unique(np.round(grid)).astype(int).tolist())
         if len(steps) >= count or points > 4 * count + last_step:
             return steps
         points += 1
