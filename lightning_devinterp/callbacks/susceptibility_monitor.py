@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
-from lightning_devinterp.callbacks.llc_monitor import LLCMonitor
+from lightning_devinterp.callbacks.scheduled import ScheduledAnalysis
+from lightning_devinterp.callbacks.trainer_info import batch_transfer
 from lightning_devinterp.components import Component
 from lightning_devinterp.estimators import (
-    LLCHealthWarning,
     Susceptibilities,
     sample_susceptibilities,
     susceptibilities_from_samples,
 )
 from lightning_devinterp.estimators.susceptibility import probe_batches
-from lightning_devinterp.reporting import (
-    curve_layout,
-    declare_metrics,
-    log_group_charts,
-    log_scalars,
-    wandb_runs,
-    write_layout,
-)
 from lightning_devinterp.reporting.figures import plot_response_matrix, save_png
 from lightning_devinterp.reporting.susceptibility import report_susceptibilities, write_npz
 from lightning_devinterp.sampling import SGLD
@@ -35,7 +25,7 @@ from lightning_devinterp.sampling import SGLD
 TokenLabel = Callable[[Any, tuple[int, ...]], str]
 
 
-class SusceptibilityMonitor(LLCMonitor):
+class SusceptibilityMonitor(ScheduledAnalysis):
     r"""Susceptibilities of components (by default every attention head) to probe data sets,
     with per-token attributions, on a schedule (see :func:`estimate_susceptibilities`).
 
@@ -63,9 +53,9 @@ class SusceptibilityMonitor(LLCMonitor):
         components: ``"heads"`` (default) or a list of :class:`Component`; None for the whole
             model.
         name: prefix of the metrics and name of the output files.
-        **kwargs: every other :class:`LLCMonitor` argument (schedule, chains, draws, seed,
+        **kwargs: the settings of :class:`ScheduledAnalysis` (schedule, chains, draws, seed,
             dataloader, ``loss_fn`` returning unreduced per-sample or per-token losses,
-            ``on_error``, ``output_dir``, ...), except ``data`` and ``milestones``.
+            ``on_error``, ``output_dir``, ...).
 
     Example::
 
@@ -85,70 +75,51 @@ class SusceptibilityMonitor(LLCMonitor):
         name: str = "susceptibility",
         **kwargs: Any,
     ) -> None:
-        # LightningCLI passes LLCMonitor's defaults for these (data=None, milestones=True)
-        inherited = {"data": (None,), "milestones": (True, False, None)}
-        for unsupported, defaults in inherited.items():
-            if kwargs.pop(unsupported, None) not in defaults:
+        for unsupported in ("data", "milestones"):
+            if unsupported in kwargs:
                 raise TypeError(
                     f"SusceptibilityMonitor does not take {unsupported}=; use an LLCMonitor "
                     "beside it for data-refined LLCs and milestones."
                 )
-        super().__init__(sampler, components=components, name=name, milestones=False, **kwargs)
-        if not isinstance(probes, Mapping) or not probes:
-            raise ValueError(
-                "probes must be a non-empty mapping of names to dataloaders, e.g. "
-                "{'repeats': repeats_loader}."
-            )
-        for probe in probes:
-            if not isinstance(probe, str) or not probe.isidentifier():
-                raise ValueError(
-                    f"probe name {probe!r} is invalid; use names like 'repeats' or 'code'."
-                )
-        if isinstance(num_probe_batches, bool) or not (
-            isinstance(num_probe_batches, int) and num_probe_batches >= 1
-        ):
-            raise ValueError(f"num_probe_batches={num_probe_batches!r} is invalid; use >= 1.")
-        if isinstance(top_k, bool) or not (isinstance(top_k, int) and top_k >= 0):
-            raise ValueError(f"top_k={top_k!r} is invalid; use an integer >= 0.")
+        super().__init__(sampler, components=components, name=name, **kwargs)
+        _check_probe_args(probes, num_probe_batches, top_k)
         self.probes = dict(probes)
         self.num_probe_batches = num_probe_batches
         self.top_k = top_k
         self.token_label = token_label
         self.last_result: Susceptibilities | None = None
 
-    def estimate(
-        self, trainer: Trainer, pl_module: LightningModule, step: int
-    ) -> Susceptibilities | None:
-        """Sample every component with the probes now, record and report; None if it failed."""
-        started = time.perf_counter()
-        if self.sampler == "auto" and self.calibrated is None:
-            if not self._calibrate(trainer, pl_module, step):
-                return None
-        components = self._resolve_components(pl_module)
-        parts = self._sample_everywhere(
-            trainer,
-            pl_module,
-            step,
-            lambda chain_ids: sample_susceptibilities(
-                pl_module,
-                self._data(trainer),
-                self.probes,
-                components or None,
-                self.loss_fn,
-                num_probe_batches=self.num_probe_batches,
-                sampler=self._sampler(),
-                transfer=self._transfer(pl_module),
-                chain_ids=chain_ids,
-                **self._sampling(),
-            ),
-        )
-        if parts is None:
-            return None
-        result = susceptibilities_from_samples(parts)
-        self._record_response(trainer, step, result, time.perf_counter() - started)
-        return result
+    @override
+    def job_names(self) -> list[str]:
+        return [component.name for component in self._components or []] or [self.name]
 
-    def _record_response(
+    @override
+    def chart_families(self) -> list[str]:
+        """Each probe's chi and the refined LLC, one chart per layer."""
+        return [f"{self.name}/{probe}" for probe in self.probes] + [f"{self.name}/rllc"]
+
+    @override
+    def sample(self, trainer: Trainer, pl_module: LightningModule, chain_ids: list[int]) -> Any:
+        sampler, chains = self.sampling_settings()
+        return sample_susceptibilities(
+            pl_module,
+            self._data(trainer),
+            self.probes,
+            self.resolve_components(pl_module) or None,
+            self.loss_fn,
+            num_probe_batches=self.num_probe_batches,
+            sampler=sampler,
+            chains=chains,
+            transfer=batch_transfer(pl_module),
+            chain_ids=chain_ids,
+        )
+
+    @override
+    def reduce(self, parts: list[Any]) -> Susceptibilities:
+        return susceptibilities_from_samples(parts)
+
+    @override
+    def record(
         self, trainer: Trainer, step: int, result: Susceptibilities, seconds: float
     ) -> None:
         metrics: dict[str, float] = {}
@@ -169,24 +140,13 @@ class SusceptibilityMonitor(LLCMonitor):
             f"{self.name}/top_tokens": top,
             f"{self.name}/seconds": seconds,
         }
-        self.history.append(record)
         self.last_result = result
-        for key, value in metrics.items():
-            trainer.callback_metrics[key] = torch.tensor(value)
-        if not trainer.is_global_zero:
+        self.publish(trainer, record, metrics, {c: e.warnings for c, e in result.llc.items()})
+        if not self.recorder.enabled:
             return
-        if self._writer is not None:
-            self._writer.append(record)
-            folder = self._writer.path.with_name(self.name)
-            write_npz(folder / f"step-{step}.npz", _arrays(result))
-        if not self._layout_written:
-            write_layout(trainer.loggers, self._layout())
-            self._layout_written = True
-        runs = wandb_runs(trainer.loggers)
-        declare_metrics(runs, metrics, self._declared)
-        log_scalars(trainer.loggers, metrics, step)
-        for family in self._families(result.probes):
-            log_group_charts(runs, self.history, self._groups(), family, step)
+        if self.jsonl_path is not None:
+            write_npz(self.jsonl_path.with_name(self.name) / f"step-{step}.npz", _arrays(result))
+        heatmap = self._heatmap(result, step)
         report_susceptibilities(
             trainer.loggers,
             step,
@@ -195,31 +155,15 @@ class SusceptibilityMonitor(LLCMonitor):
             result.probes,
             result.components,
             top,
-            self._heatmap(result, step),
+            heatmap,
         )
-        for component, est in result.llc.items():
-            for message in est.warnings:
-                rank_zero_warn(
-                    f"SusceptibilityMonitor: {component} at step {step}: {message}",
-                    category=LLCHealthWarning,
-                )
-
-    def _families(self, probes: Sequence[str]) -> list[str]:
-        """Metric families drawn one chart per layer: each probe's chi and the refined LLC."""
-        return [f"{self.name}/{probe}" for probe in probes] + [f"{self.name}/rllc"]
-
-    def _layout(self) -> dict[str, Any]:
-        layout: dict[str, Any] = {}
-        for family in self._families(list(self.probes)):
-            layout.update(curve_layout(self._groups(), family))
-        return layout
 
     def _top_tokens(self, result: Susceptibilities) -> dict[str, dict[str, list[list[Any]]]]:
         """probe -> component -> [[label, chi], ...], strongest |chi| first."""
         if not self.top_k:
             return {}
         batches = probe_batches(
-            self.probes, self.num_probe_batches, self.sampling["seed"], lambda b: b
+            self.probes, self.num_probe_batches, self.chains.seed, lambda b: b
         )
         top: dict[str, dict[str, list[list[Any]]]] = {}
         for probe in result.probes:
@@ -248,8 +192,8 @@ class SusceptibilityMonitor(LLCMonitor):
             )
         except ImportError:
             return None
-        if self._writer is not None:
-            save_png(figure, self._writer.path.with_name(self.name) / f"response-step-{step}.png")
+        if self.jsonl_path is not None:
+            save_png(figure, self.jsonl_path.with_name(self.name) / f"response-step-{step}.png")
         return figure
 
 
@@ -271,3 +215,21 @@ def _arrays(result: Susceptibilities) -> dict[str, Any]:
     for probe, values in result.per_token.items():
         arrays[f"per_token/{probe}"] = values.numpy()
     return arrays
+
+
+def _check_probe_args(probes: Any, num_probe_batches: Any, top_k: Any) -> None:
+    """Raise naming the first invalid argument and the fix."""
+    if not isinstance(probes, Mapping) or not probes:
+        raise ValueError(
+            "probes must be a non-empty mapping of names to dataloaders, e.g. "
+            "{'repeats': repeats_loader}."
+        )
+    for probe in probes:
+        if not isinstance(probe, str) or not probe.isidentifier():
+            raise ValueError(f"probe name {probe!r} is invalid; use names like 'repeats' or 'code'.")
+    if isinstance(num_probe_batches, bool) or not (
+        isinstance(num_probe_batches, int) and num_probe_batches >= 1
+    ):
+        raise ValueError(f"num_probe_batches={num_probe_batches!r} is invalid; use >= 1.")
+    if isinstance(top_k, bool) or not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k={top_k!r} is invalid; use an integer >= 0.")

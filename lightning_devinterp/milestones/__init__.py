@@ -8,13 +8,25 @@ from lightning_devinterp.milestones.essential_dynamics import (
     trajectory_curvature,
 )
 from lightning_devinterp.milestones.records import Milestone, Stage
+from lightning_devinterp.milestones.series import (
+    loss_series,
+    milestones_filename,
+    series_keys,
+    write_milestones_json,
+)
+from lightning_devinterp.milestones.tracker import MilestoneTracker
 
 __all__ = [
     "Milestone",
     "MilestoneDetector",
+    "MilestoneTracker",
     "Stage",
     "find_trajectory_milestones",
+    "loss_series",
+    "milestones_filename",
     "pca_trajectory",
+    "series_keys",
     "smooth_trajectory",
     "trajectory_curvature",
+    "write_milestones_json",
 ]

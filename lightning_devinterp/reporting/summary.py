@@ -20,7 +20,7 @@ from typing import Any
 from lightning_devinterp.milestones.records import Milestone, Stage
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
-from lightning_devinterp.reporting.milestones import loss_series, milestones_filename, series_keys
+from lightning_devinterp.milestones.series import loss_series, milestones_filename, series_keys
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
 

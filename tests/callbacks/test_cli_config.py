@@ -79,7 +79,7 @@ def test_the_example_config_trains_the_demo_model_with_all_three_monitors(tmp_pa
     assert set(susceptibility.probes) == {"copies", "bigrams"}
     assert isinstance(dynamics, EssentialDynamics) and dynamics.probe is None
     for monitor in (llc, susceptibility):
-        monitor.sampling["num_draws"], monitor.sampling["num_burnin"] = 3, 2
+        monitor.chains = monitor.chains.replace(num_draws=3, num_burnin=2)
     cli.trainer.fit(cli.model, cli.datamodule)
     assert llc.history and "rllc/l1h3/mean" in llc.history[-1]
     assert susceptibility.last_result is not None

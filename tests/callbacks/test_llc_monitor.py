@@ -362,7 +362,7 @@ def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
     record = monitor.history[0]
     heads = sorted(k.split("/")[1] for k in record if k.startswith("rllc/") and k.endswith("/mean"))
     assert heads == ["l0h0", "l0h1", "l1h0", "l1h1"]
-    assert monitor._layout() == {
+    assert monitor.recorder.layout() == {
         "rllc": {
             "l0": ["Multiline", ["^rllc/(l0h0|l0h1)/mean$"]],
             "l1": ["Multiline", ["^rllc/(l1h0|l1h1)/mean$"]],

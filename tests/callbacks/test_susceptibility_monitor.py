@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, LLCMonitor, MilestoneDetector, SusceptibilityMonitor
+from lightning_devinterp.callbacks.scheduled import ScheduledAnalysis
 from lightning_devinterp.demos import AttentionOnlyTransformer, InductionData, token_loss
 from tests.helpers import trainer
 from tests.reporting.test_wandb import finished_run_records, history_rows
@@ -136,6 +137,5 @@ def test_bad_arguments_fail_at_construction():
         SusceptibilityMonitor({"p": []}, milestones=MilestoneDetector("llc"))
     with pytest.raises(TypeError, match="LLCMonitor beside it"):
         SusceptibilityMonitor({"p": []}, data={"code": []})
-    # what a LightningCLI parser passes for the inherited arguments is accepted
-    SusceptibilityMonitor({"p": []}, data=None, milestones=True)
-    assert isinstance(SusceptibilityMonitor({"p": []}), LLCMonitor)
+    assert isinstance(SusceptibilityMonitor({"p": []}), ScheduledAnalysis)
+    assert not isinstance(SusceptibilityMonitor({"p": []}), LLCMonitor)

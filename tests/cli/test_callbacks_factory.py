@@ -72,7 +72,7 @@ def test_a_lightningcli_config_is_read_from_trainer_callbacks(tmp_path, monkeypa
     monkeypatch.setenv(ENV_VAR, str(config))
     (monitor,) = callbacks_from_env()
     assert isinstance(monitor, LLCMonitor)
-    assert monitor.sampler.lr == 1e-4 and monitor.sampling["num_draws"] == 3
+    assert monitor.sampler.lr == 1e-4 and monitor.chains.num_draws == 3
 
 
 @pytest.mark.parametrize(
