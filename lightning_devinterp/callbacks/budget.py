@@ -129,8 +129,9 @@ class OverheadBudget:
         self.analysis_seconds += now - self._mark
         self._mark = now
 
-    def admit(self, step: int, due: bool, sync: Sync) -> int | None:
-        """Whether to estimate at ``step``, given whether the schedule asks for it.
+    def admit(self, step: int, due: bool, sync: Sync, asked: int | None = None) -> int | None:
+        """Whether to estimate at ``step``, given whether the schedule asks for it (for the
+        scheduled step ``asked``, default ``step``).
 
         Returns the scheduled step the estimate now stands for (``step`` itself, or a deferred
         earlier one), or None to wait. At a checkpoint the clock is read on rank 0 and
@@ -140,7 +141,7 @@ class OverheadBudget:
         if due:
             if self.pending is not None:
                 self._skip(self.pending)
-            self.pending = step
+            self.pending = step if asked is None else asked
         if self.pending is None:
             return None
         if self.checkpoint is None or step >= self.checkpoint:

@@ -103,6 +103,7 @@ class EssentialDynamics(Callback):
         self.milestones: list[Milestone] = []
         self._sketch: tuple[np.ndarray, np.ndarray] | None = None
         self._folder: Path | None = None
+        self._last_seen_step: int | None = None
 
     @property
     @override
@@ -157,9 +158,10 @@ class EssentialDynamics(Callback):
 
     def _record(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
-        if trainer.sanity_checking or trainer.fast_dev_run or not self.schedule.is_due(step):
+        if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        if self.steps and step <= self.steps[-1]:
+        after, self._last_seen_step = self._last_seen_step, step
+        if self.schedule.first_due(after, step) is None or (self.steps and step <= self.steps[-1]):
             return
         with isolated(pl_module), torch.no_grad():
             pl_module.eval()

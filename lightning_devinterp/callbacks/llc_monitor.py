@@ -210,7 +210,7 @@ class LLCMonitor(ScheduledAnalysis):
             data_name: sample_components(
                 pl_module,
                 loader,
-                self.loss_fn,
+                self._loss(trainer),
                 components=[None, *self.resolve_components(pl_module)],
                 sampler=sampler,
                 chains=chains,
@@ -284,7 +284,7 @@ class LLCMonitor(ScheduledAnalysis):
         if self.calibrated is not None and not any(key in r for r in self.history):
             record[key] = dict(self.calibrated)  # the first record after the calibration
         record[f"{self.name}/seconds"] = seconds
-        record.update(self.budget_fields(step))
+        record.update(self.run_fields(step))
         if f"{self.name}/overhead" in record:
             metrics[f"{self.name}/overhead"] = record[f"{self.name}/overhead"]
 

@@ -94,6 +94,17 @@ class Schedule:
             count, first = len(steps), max(min(steps, default=1), 1)
         return count / max(math.log10(last_step / first), 1.0)
 
+    def first_due(self, after: int | None, step: int) -> int | None:
+        """The first scheduled step in ``(after, step]`` (just ``step`` when ``after`` is
+        None), or None: a step is never lost when ``global_step`` moves by more than one (two
+        optimizers stepping per batch)."""
+        if after is None or after >= step:
+            return step if after is None and self.is_due(step) else None
+        if self.every_n_steps is not None:
+            first = (after // self.every_n_steps + 1) * self.every_n_steps
+            return first if 0 < first <= step else None
+        return min((s for s in self._steps or () if after < s <= step), default=None)
+
     def is_due(self, step: int) -> bool:
         """Whether ``step`` is scheduled."""
         if self.every_n_steps is not None:

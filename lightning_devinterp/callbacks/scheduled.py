@@ -35,6 +35,7 @@ from lightning_devinterp.callbacks.trainer_info import (
     output_folder,
     sampling_data,
 )
+from lightning_devinterp.callbacks.trainer_view import check_optimization, training_step_loss
 from lightning_devinterp.components import Component, attention_heads
 from lightning_devinterp.estimators import calibrate_with, check_inputs
 from lightning_devinterp.reporting.recorder import Recorder
@@ -135,6 +136,7 @@ class ScheduledAnalysis(Callback):
         self._last_seen_step: int | None = None
         self._scheduled_step: int | None = None
         self._calibration_seconds = 0.0
+        self._set_up = False
 
     # ---------------------------------------------------------------- what a subclass says
 
@@ -182,6 +184,11 @@ class ScheduledAnalysis(Callback):
     @property
     @override
     def state_key(self) -> str:
+        """Keyed by class and ``name``. Until a trainer has set the callback up, the key is
+        also unique per instance, so that two monitors sharing a name reach :meth:`setup`,
+        whose error names ``name=`` (Lightning's own check at ``Trainer(...)`` does not)."""
+        if not self._set_up:
+            return self._generate_state_key(name=self.name, instance=id(self))
         return self._generate_state_key(name=self.name)
 
     @override
@@ -207,6 +214,8 @@ class ScheduledAnalysis(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        _check_unique_name(self, trainer.callbacks)
+        self._set_up = True
         if stage != "fit":
             return
         check_strategy(trainer)
@@ -225,8 +234,9 @@ class ScheduledAnalysis(Callback):
             self.budget.start(trainer.global_step)
         self.schedule.resolve(last_step(trainer))
         self.check_run(trainer)
+        check_optimization(pl_module, self.loss_fn, self.name)
         with isolated(pl_module):
-            check_inputs(pl_module, self._data(trainer), self.loss_fn, batch_transfer(pl_module))
+            check_inputs(pl_module, self._data(trainer), self._loss(trainer), batch_transfer(pl_module))
         self.resolve_components(pl_module)
         self.recorder.chart(self.component_groups(), self.chart_families())
         if self.budget is not None:
@@ -289,11 +299,10 @@ class ScheduledAnalysis(Callback):
         accumulation), forced, or a deferred estimate that the budget now allows."""
         if not self._active or trainer.sanity_checking:
             return
-        repeated = step == self._last_seen_step
+        asked = step if force else self.schedule.first_due(self._last_seen_step, step)
         self._last_seen_step = step
-        due = force or (self.schedule.is_due(step) and not repeated)
         waiting = self.budget is not None and self.budget.pending is not None
-        if not (due or waiting) or any(r["step"] == step for r in self.history):
+        if (asked is None and not waiting) or any(r["step"] == step for r in self.history):
             return
         if not force and self.plan.waits(step):
             rank_zero_info(
@@ -301,9 +310,10 @@ class ScheduledAnalysis(Callback):
                 f"waits for step {self.plan.calibrate_at_step}."
             )
             return
-        scheduled: int | None = step
+        scheduled = asked
         if self.budget is not None and not force:
-            scheduled = self.budget.admit(step, due, self._rank_zero_value(trainer))
+            sync = self._rank_zero_value(trainer)
+            scheduled = self.budget.admit(step, asked is not None, sync, asked)
         if scheduled is None:
             return
         started = time.perf_counter()
@@ -392,7 +402,7 @@ class ScheduledAnalysis(Callback):
             found["result"] = result = calibrate_with(
                 pl_module,
                 self._data(trainer),
-                self.loss_fn,
+                self._loss(trainer),
                 chains=self.chains,
                 transfer=batch_transfer(pl_module),
                 **self.plan.options,
@@ -429,6 +439,11 @@ class ScheduledAnalysis(Callback):
     def _data(self, trainer: Trainer) -> Iterable:
         """The data sampled with (:func:`sampling_data`)."""
         return sampling_data(trainer, self.dataloader, self.name)
+
+    def _loss(self, trainer: Trainer) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
+        """``loss_fn``, or the module's ``training_step`` run on the sampled copy
+        (:func:`training_step_loss`)."""
+        return self.loss_fn or training_step_loss(trainer)
 
     def resolve_components(self, pl_module: LightningModule) -> list[Component]:
         """The components, discovered (``"heads"``) and checked against the model once."""
@@ -468,12 +483,13 @@ class ScheduledAnalysis(Callback):
             trainer.callback_metrics[key] = torch.tensor(value)
         self.recorder.publish(record, metrics, self.history, health)
 
-    def budget_fields(self, step: int) -> dict[str, Any]:
-        """With ``max_overhead``: ``<name>/overhead``, ``<name>/skipped`` and, when the estimate
-        stands for an earlier scheduled step, ``<name>/deferred_from``."""
-        if self.budget is None:
-            return {}
-        fields = {f"{self.name}/{key}": value for key, value in self.budget.record().items()}
+    def run_fields(self, step: int) -> dict[str, Any]:
+        """When the estimate stands for an earlier scheduled step (deferred by the budget, or
+        passed over when ``global_step`` moved by more than one), ``<name>/deferred_from``;
+        with ``max_overhead``, ``<name>/overhead`` and ``<name>/skipped``."""
+        fields: dict[str, Any] = {}
+        if self.budget is not None:
+            fields = {f"{self.name}/{k}": value for k, value in self.budget.record().items()}
         if self._scheduled_step is not None and self._scheduled_step != step:
             fields[f"{self.name}/deferred_from"] = self._scheduled_step
         return fields
@@ -500,3 +516,16 @@ def _check_callback_args(on_error: Any, loss_fn: Any, name: Any, components: Any
     names = [c.name for c in components]
     if len(set(names)) != len(names):
         raise ValueError(f"Component names must be unique, got {names}.")
+
+
+def _check_unique_name(monitor: ScheduledAnalysis, callbacks: Iterable[Callback]) -> None:
+    """Raise if another callback of the same class has the same ``name``: their metrics,
+    files and checkpointed state would collide."""
+    for other in callbacks:
+        if other is not monitor and type(other) is type(monitor) and other.name == monitor.name:
+            kind = type(monitor).__name__
+            raise ValueError(
+                f"Two {kind} callbacks have name={monitor.name!r}; their metrics, files and "
+                f"checkpointed state would collide. Give each its own name=, e.g. "
+                f"{kind}(name={monitor.name + '_2'!r})."
+            )

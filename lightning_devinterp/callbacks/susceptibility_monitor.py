@@ -106,7 +106,7 @@ class SusceptibilityMonitor(ScheduledAnalysis):
             self._data(trainer),
             self.probes,
             self.resolve_components(pl_module) or None,
-            self.loss_fn,
+            self._loss(trainer),
             num_probe_batches=self.num_probe_batches,
             sampler=sampler,
             chains=chains,

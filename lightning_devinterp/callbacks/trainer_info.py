@@ -45,10 +45,14 @@ def sampling_data(trainer: Trainer, dataloader: Iterable | None, name: str) -> I
 
 
 def batch_transfer(pl_module: LightningModule) -> Callable[[Any], Any]:
-    """``batch -> batch`` as Lightning prepares a training batch: the module's transfer hooks
-    and the move to its device."""
+    """``batch -> batch`` as Lightning prepares a training batch: the precision plugin's input
+    conversion (``64-true``, ``bf16-true``, ...), the module's transfer hooks and the move to
+    its device."""
+    trainer = pl_module._trainer
 
     def transfer(batch: Any) -> Any:
+        if trainer is not None:
+            batch = trainer.precision_plugin.convert_input(batch)
         batch = pl_module.on_before_batch_transfer(batch, 0)
         batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
         return pl_module.on_after_batch_transfer(batch, 0)
