@@ -33,7 +33,6 @@ from lightning_devinterp.estimators import (
     sample_components,
 )
 from lightning_devinterp.estimators.calibration import DEFAULT_MAX_STEPS, check_calibrate_options
-from lightning_devinterp.estimators.llc import check_sampling_args
 from lightning_devinterp.milestones import Milestone, MilestoneDetector
 from lightning_devinterp.reporting import (
     JsonlWriter,
@@ -54,7 +53,7 @@ from lightning_devinterp.reporting.calibration_figures import (
     plot_calibration_traces,
 )
 from lightning_devinterp.reporting.figures import plot_llc_curve, plot_rllc_heads
-from lightning_devinterp.sampling import SGLD
+from lightning_devinterp.sampling import SGLD, ChainSettings
 
 #: Published small-transformer settings (rLLC paper): used when no sampler is given.
 DEFAULT_LR = 1e-3
@@ -211,8 +210,8 @@ class LLCMonitor(Callback):
             raise ValueError(
                 f"calibrate_at_step={calibrate_at_step!r} is invalid; use an integer >= 0."
             )
-        check_sampling_args(
-            num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches
+        ChainSettings(
+            num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches
         )
         if on_error not in ("warn", "raise"):
             raise ValueError(f"on_error={on_error!r} is invalid; use 'warn' or 'raise'.")
@@ -502,7 +501,7 @@ class LLCMonitor(Callback):
                     transfer=self._transfer(pl_module),
                     chain_ids=chain_ids,
                     progress=self._progress,
-                    **self._sampling(),
+                    chains=ChainSettings(**self._sampling()),
                 )
                 for data_name, loader in datasets.items()
             },

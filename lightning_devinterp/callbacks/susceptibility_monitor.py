@@ -30,7 +30,7 @@ from lightning_devinterp.reporting import (
 )
 from lightning_devinterp.reporting.figures import plot_response_matrix, save_png
 from lightning_devinterp.reporting.susceptibility import report_susceptibilities, write_npz
-from lightning_devinterp.sampling import SGLD
+from lightning_devinterp.sampling import SGLD, ChainSettings
 
 TokenLabel = Callable[[Any, tuple[int, ...]], str]
 
@@ -139,7 +139,7 @@ class SusceptibilityMonitor(LLCMonitor):
                 sampler=self._sampler(),
                 transfer=self._transfer(pl_module),
                 chain_ids=chain_ids,
-                **self._sampling(),
+                chains=ChainSettings(**self._sampling()),
             ),
         )
         if parts is None:
