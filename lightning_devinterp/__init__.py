@@ -12,13 +12,14 @@ from lightning_devinterp.estimators import (
     estimate_susceptibilities,
 )
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
-from lightning_devinterp.sampling import SGLD, TypedDataLoader
+from lightning_devinterp.sampling import SGLD, ChainSettings, TypedDataLoader
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGLD",
     "Calibration",
+    "ChainSettings",
     "Component",
     "EssentialDynamics",
     "LLCEstimate",

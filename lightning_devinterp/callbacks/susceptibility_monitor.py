@@ -112,6 +112,7 @@ class SusceptibilityMonitor(ScheduledAnalysis):
             chains=chains,
             transfer=batch_transfer(pl_module),
             chain_ids=chain_ids,
+            progress=self._progress,
         )
 
     @override

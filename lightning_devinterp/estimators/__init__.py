@@ -1,14 +1,16 @@
 """Estimators: traces in, numbers out (LLC, susceptibilities, health, calibration)."""
 
-from lightning_devinterp.estimators.calibration import Calibration, calibrate
+from lightning_devinterp.estimators.calibration import Calibration, calibrate, calibrate_with
 from lightning_devinterp.estimators.diagnostics import LLCHealthWarning
 from lightning_devinterp.estimators.llc import (
     LLCEstimate,
-    LLCSamples,
-    check_inputs,
     estimate_llc,
     llc_from_samples,
     llc_from_traces,
+)
+from lightning_devinterp.estimators.llc_sampling import (
+    LLCSamples,
+    check_inputs,
     merge_samples,
     sample_components,
     sample_llc,
@@ -29,6 +31,7 @@ __all__ = [
     "Susceptibilities",
     "SusceptibilitySamples",
     "calibrate",
+    "calibrate_with",
     "check_inputs",
     "estimate_llc",
     "llc_from_samples",

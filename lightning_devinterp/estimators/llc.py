@@ -1,11 +1,11 @@
-"""The local learning coefficient: ``estimate_llc`` and its result, ``LLCEstimate``."""
+"""The local learning coefficient: ``estimate_llc`` and its result, ``LLCEstimate`` (pure
+arithmetic on the samples of :mod:`~lightning_devinterp.estimators.llc_sampling`)."""
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,26 +21,32 @@ from lightning_devinterp.estimators.diagnostics import (
     is_stationary,
     stationarity,
 )
-from lightning_devinterp.sampling import (
-    SGLD,
-    BatchStream,
-    ChainTraces,
-    Draw,
-    FlatModel,
-    LossFn,
-    batch_size_of,
-    chain_seed,
-    move_to_device,
-    reduce_loss,
-    run_chains,
-    seeded_global_rng,
+from lightning_devinterp.estimators.llc_sampling import (
+    LLCSamples,
+    check_inputs,
+    default_loss_fn,
+    merge_samples,
+    reference_losses,
+    sample_components,
+    sample_llc,
 )
-from lightning_devinterp.sampling.batched import BatchingUnsupported, run_chains_batched
+from lightning_devinterp.sampling import SGLD, ChainSettings, ChainTraces, LossFn
+from lightning_devinterp.sampling.runner import BATCHED_MAX_ENTRIES
 
-log = logging.getLogger(__name__)
-
-#: Largest (jobs x sampled entries) that batched chains stack by default.
-BATCHED_MAX_ENTRIES = 1 << 26
+__all__ = [
+    "BATCHED_MAX_ENTRIES",
+    "LLCEstimate",
+    "LLCSamples",
+    "check_inputs",
+    "default_loss_fn",
+    "estimate_llc",
+    "llc_from_samples",
+    "llc_from_traces",
+    "merge_samples",
+    "reference_losses",
+    "sample_components",
+    "sample_llc",
+]
 
 
 @dataclass
@@ -200,180 +206,11 @@ def llc_from_traces(
     )
 
 
-def default_loss_fn(model: nn.Module) -> LossFn:
-    """The loss of a LightningModule-like model: its own ``training_step(batch, 0)``."""
-    if not callable(getattr(model, "training_step", None)):
-        raise ValueError(
-            f"{type(model).__name__} has no training_step, so no default loss exists. Pass "
-            "loss_fn=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]) (any "
-            "function returning the mean loss or per-sample losses)."
-        )
-    return lambda module, batch: module.training_step(batch, 0)
-
-
-@dataclass
-class LLCSamples:
-    """What sampling produced in one process, before it is reduced to an estimate.
-
-    Attributes:
-        traces: the chains' per-draw losses.
-        init_losses: per-batch losses of w* (for ``init_loss``).
-        sampler: the SGLD settings used, ``nbeta`` resolved.
-        component: the sampled component's name, or None for the whole model.
-    """
-
-    traces: ChainTraces
-    init_losses: torch.Tensor
-    sampler: SGLD
-    component: str | None = None
-
-
-def merge_samples(parts: Sequence[LLCSamples]) -> LLCSamples:
-    """Combine the samples of several processes (each ran some of the chains)."""
-    rows = sorted(
-        (chain, part.traces, i) for part in parts for i, chain in enumerate(part.traces.chains)
-    )
-    first = parts[0]
-    paired = first.traces.reference is not None
-    traces = ChainTraces(
-        chains=[chain for chain, _, _ in rows],
-        loss=torch.stack([tr.loss[i] for _, tr, i in rows]),
-        reference=torch.stack([tr.reference[i] for _, tr, i in rows]) if paired else None,
-        observables={
-            name: torch.stack([tr.observables[name][i] for _, tr, i in rows])
-            for name in first.traces.observables
-        },
-        diverged=torch.stack([tr.diverged[i] for _, tr, i in rows]),
-        mala=torch.stack([tr.mala[i] for _, tr, i in rows])
-        if first.traces.mala is not None
-        else None,
-    )
-    init_losses = torch.cat([part.init_losses for part in parts])
-    return LLCSamples(traces, init_losses, first.sampler, first.component)
-
-
 def llc_from_samples(samples: LLCSamples) -> LLCEstimate:
     """The :class:`LLCEstimate` of some samples."""
     return llc_from_traces(
         samples.traces, samples.sampler, samples.init_losses, component=samples.component
     )
-
-
-def sample_llc(
-    model: nn.Module,
-    dataloader: Iterable,
-    loss_fn: LossFn | None = None,
-    *,
-    component: Component | None = None,
-    **kwargs: Any,
-) -> LLCSamples:
-    """The sampling half of :func:`estimate_llc` (same arguments, plus ``chain_ids``: the
-    chains this process runs, so that processes can split the chains and
-    :func:`merge_samples` can combine their results)."""
-    return sample_components(model, dataloader, loss_fn, components=[component], **kwargs)[0]
-
-
-def sample_components(
-    model: nn.Module,
-    dataloader: Iterable,
-    loss_fn: LossFn | None = None,
-    *,
-    components: Sequence[Component | None] = (None,),
-    sampler: SGLD | None = None,
-    num_chains: int = 4,
-    num_draws: int = 200,
-    num_burnin: int = 0,
-    steps_between_draws: int = 1,
-    seed: int = 0,
-    init_loss_batches: int = 16,
-    paired: bool = True,
-    train_mode: bool = False,
-    transfer: Callable[[Any], Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    chain_ids: Sequence[int] | None = None,
-    mala: bool = False,
-    batched: bool | None = None,
-    on_draw: Callable[[int, Draw], None] | None = None,
-) -> list[LLCSamples]:
-    """Sample the whole model (``None``) and/or components on one copy of the model.
-
-    The copy and L(w*) are made once and shared; each component gets the same chains
-    (same seeds), restricted to its entries. Returns one :class:`LLCSamples` per entry of
-    ``components``, in order.
-
-    ``batched``: run all components x chains as one ``torch.func.vmap`` computation (same
-    draws as one by one, up to rounding). ``None`` (default) chooses it on an accelerator when
-    there are several jobs, no MALA diagnostic and at most ``BATCHED_MAX_ENTRIES`` stacked
-    weights (on a CPU, batching measured slower for attention models, see BENCHMARKS.md); it falls
-    back to one by one (logged at INFO) when the model cannot be vmapped (for example dropout
-    in train mode, in-place ops on weights, ``.item()`` in the loss).
-
-    ``on_draw(i, draw)`` is called at every draw of the chains of ``components[i]`` (one by
-    one only), for statistics gathered while sampling (susceptibilities).
-    """
-    check_sampling_args(num_chains, num_draws, num_burnin, steps_between_draws, init_loss_batches)
-    for component in components:
-        if component is not None:
-            component.validate(model)
-    loss_fn = loss_fn or default_loss_fn(model)
-    flat = FlatModel(model, train_mode=train_mode)
-    transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
-    init_losses, batch_size = reference_losses(
-        flat, loss_fn, dataloader, init_loss_batches, seed, transfer
-    )
-    sampler = (sampler or SGLD(lr=1e-3)).resolve(batch_size)
-    chains = list(range(num_chains)) if chain_ids is None else list(chain_ids)
-    masks = [component.masks if component is not None else None for component in components]
-    names = [component.name if component is not None else None for component in components]
-    run = dict(
-        chains=chains,
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        steps_between_draws=steps_between_draws,
-        seed=seed,
-        paired=paired,
-        transfer=transfer,
-    )
-    jobs = len(components) * len(chains)
-    if on_draw is not None:
-        batched = False
-    if batched is None:
-        batched = (
-            not mala
-            and jobs > 1
-            and flat.device.type != "cpu"
-            and jobs * flat.params.numel() <= BATCHED_MAX_ENTRIES
-        )
-    if batched:
-        try:
-            with seeded_global_rng(chain_seed(seed, -1, 5), flat.device):  # augmentation
-                traces = run_chains_batched(flat, loss_fn, dataloader, sampler, masks=masks, **run)
-            return [
-                LLCSamples(tr, init_losses, sampler, name)
-                for tr, name in zip(traces, names, strict=True)
-            ]
-        except BatchingUnsupported as error:
-            log.info(
-                "Batched chains unavailable for this model (%s); running them one by one.", error
-            )
-    results = []
-    references: dict = {}  # w*'s losses on each chain's minibatches, shared by the components
-    for i, (component_masks, name) in enumerate(zip(masks, names, strict=True)):
-        flat.activate(component_masks)
-        hook = on_draw and (lambda draw, i=i: on_draw(i, draw))
-        traces = run_chains(
-            flat,
-            loss_fn,
-            dataloader,
-            sampler,
-            progress=progress,
-            mala=mala,
-            on_draw=hook,
-            references=references,
-            **run,
-        )
-        results.append(LLCSamples(traces, init_losses, sampler, name))
-    return results
 
 
 def estimate_llc(
@@ -430,94 +267,24 @@ def estimate_llc(
         >>> est = estimate_llc(model, loader, loss_fn, sampler=SGLD(lr=1e-4, nbeta=10))
         >>> est.mean, est.std, est.healthy
     """
-    estimate = llc_from_samples(
-        sample_llc(
-            model,
-            dataloader,
-            loss_fn,
-            sampler=sampler,
-            num_chains=num_chains,
-            num_draws=num_draws,
-            num_burnin=num_burnin,
-            steps_between_draws=steps_between_draws,
-            component=component,
-            seed=seed,
-            init_loss_batches=init_loss_batches,
-            paired=paired,
-            train_mode=train_mode,
-            transfer=transfer,
-            progress=progress,
-            mala=mala,
-        )
+    chains = ChainSettings(
+        num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches, paired,
+        train_mode, mala,
+    )  # fmt: skip
+    [samples] = sample_components(
+        model,
+        dataloader,
+        loss_fn,
+        components=[component],
+        sampler=sampler,
+        chains=chains,
+        transfer=transfer,
+        progress=progress,
     )
+    estimate = llc_from_samples(samples)
     for message in estimate.warnings:
         warnings.warn(message, LLCHealthWarning, stacklevel=2)
     return estimate
-
-
-def check_inputs(
-    model: nn.Module,
-    dataloader: Iterable,
-    loss_fn: LossFn | None = None,
-    transfer: Callable[[Any], Any] | None = None,
-) -> None:
-    """Fail early, with a message that says what to change, if sampling ``model`` on
-    ``dataloader`` with ``loss_fn`` cannot work (no trainable weights, no batch, a loss that
-    is not a finite tensor)."""
-    loss_fn = loss_fn or default_loss_fn(model)
-    flat = FlatModel(model)
-    transfer = transfer or (lambda batch: move_to_device(batch, flat.device))
-    reference_losses(flat, loss_fn, dataloader, 1, 0, transfer)
-
-
-@torch.no_grad()
-def reference_losses(
-    flat: FlatModel,
-    loss_fn: LossFn,
-    dataloader: Iterable,
-    num_batches: int,
-    seed: int,
-    transfer: Callable[[Any], Any],
-) -> tuple[torch.Tensor, int]:
-    """Per-batch losses of w* over ``num_batches`` batches, and the batch size.
-
-    Raises a ``ValueError`` naming the problem if a loss is not finite.
-    """
-    batches = BatchStream(dataloader, chain_seed(seed, -1, 2), transfer)
-    values, batch_size = [], 0
-    rng = seeded_global_rng(chain_seed(seed, -1, 4), flat.device)  # dropout in train_mode
-    with rng, torch.inference_mode(False), torch.no_grad():
-        for _ in range(num_batches):
-            batch = next(batches)
-            batch_size = batch_size or batch_size_of(batch)
-            values.append(reduce_loss(loss_fn(flat.module, batch)).float())
-    losses = torch.stack(values).cpu()
-    if not bool(torch.isfinite(losses).all()):
-        raise ValueError(
-            f"loss_fn returned a non-finite loss at the current weights ({losses.tolist()[:4]}...): "
-            "the model or data already contain NaN/Inf. Check the inputs and the weights."
-        )
-    return losses, batch_size
-
-
-def check_sampling_args(
-    num_chains: int,
-    num_draws: int,
-    num_burnin: int,
-    steps_between_draws: int,
-    init_loss_batches: int,
-) -> None:
-    """Raise a ``ValueError`` naming the first count that is not a valid integer."""
-    counts = dict(
-        num_chains=(num_chains, 1),
-        num_draws=(num_draws, 1),
-        num_burnin=(num_burnin, 0),
-        steps_between_draws=(steps_between_draws, 1),
-        init_loss_batches=(init_loss_batches, 1),
-    )
-    for name, (value, least) in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name}={value!r} is invalid; use an integer >= {least}.")
 
 
 def _json_float(value: float) -> float | None:

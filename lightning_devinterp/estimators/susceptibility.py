@@ -29,21 +29,22 @@ import torch
 from torch import nn
 
 from lightning_devinterp.components import Component
-from lightning_devinterp.estimators.llc import (
-    LLCEstimate,
+from lightning_devinterp.estimators.llc import LLCEstimate, llc_from_samples
+from lightning_devinterp.estimators.llc_sampling import (
+    DEFAULT_CHAINS,
     LLCSamples,
     default_loss_fn,
-    llc_from_samples,
     merge_samples,
     sample_components,
 )
 from lightning_devinterp.sampling import (
     SGLD,
     BatchStream,
+    ChainSettings,
     Draw,
     LossFn,
+    device_transfer,
     loss_terms,
-    move_to_device,
     per_sample,
 )
 
@@ -267,18 +268,19 @@ def sample_susceptibilities(
     loss_fn: LossFn | None = None,
     *,
     num_probe_batches: int = 1,
-    seed: int = 0,
+    sampler: SGLD | None = None,
+    chains: ChainSettings = DEFAULT_CHAINS,
     transfer: Callable[[Any], Any] | None = None,
-    **kwargs: Any,
+    chain_ids: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[SusceptibilitySamples]:
     """The sampling half of :func:`estimate_susceptibilities`: per component, each chain's
     susceptibilities and its LLC samples. Takes ``chain_ids`` (see
     :func:`~lightning_devinterp.estimators.llc.sample_components`) so processes can split the
     chains; combine with :func:`susceptibilities_from_samples`."""
     loss_fn = loss_fn or default_loss_fn(model)
-    device = next(model.parameters()).device
-    transfer = transfer or (lambda batch: move_to_device(batch, device))
-    fixed = probe_batches(probes, num_probe_batches, seed, transfer)
+    transfer = device_transfer(transfer, next(model.parameters()).device)
+    fixed = probe_batches(probes, num_probe_batches, chains.seed, transfer)
     with torch.no_grad():
         token_shapes = {
             name: [tuple(loss_terms(loss_fn(model, b)).shape) for b in batches]
@@ -301,34 +303,45 @@ def sample_susceptibilities(
         dataloader,
         loss_fn,
         components=targets,
-        seed=seed,
+        sampler=sampler,
+        chains=chains,
         transfer=transfer,
+        chain_ids=chain_ids,
+        progress=progress,
         on_draw=on_draw,
-        **kwargs,
     )
-    results = []
-    for target, samples, chain_stats in zip(targets, llc, stats, strict=True):
-        nbeta = samples.sampler.nbeta
-        rows = [chain_stats[c].responses(nbeta) for c in samples.traces.chains]
-        diverged = samples.traces.diverged
-        response = torch.stack([probe for probe, _ in rows])
-        response[diverged] = float("nan")
-        per_token = {}
-        for k, name in enumerate(fixed):
-            values = torch.stack([tokens[k] for _, tokens in rows]).float()
-            values[diverged] = float("nan")
-            per_token[name] = values
-        results.append(
-            SusceptibilitySamples(
-                component=target.name if target is not None else WHOLE_MODEL,
-                chains=list(samples.traces.chains),
-                response=response.float(),
-                per_token=per_token,
-                llc=samples,
-                token_shapes=token_shapes,
-            )
-        )
-    return results
+    return [
+        _component_samples(target, samples, chain_stats, list(fixed), token_shapes)
+        for target, samples, chain_stats in zip(targets, llc, stats, strict=True)
+    ]
+
+
+def _component_samples(
+    target: Component | None,
+    samples: LLCSamples,
+    stats: Mapping[int, _ChainStats],
+    probes: Sequence[str],
+    token_shapes: dict[str, list[tuple[int, ...]]],
+) -> SusceptibilitySamples:
+    """One component's per-chain responses from its chains' running sums (NaN for a
+    diverged chain)."""
+    rows = [stats[c].responses(samples.sampler.nbeta) for c in samples.traces.chains]
+    diverged = samples.traces.diverged
+    response = torch.stack([probe for probe, _ in rows])
+    response[diverged] = float("nan")
+    per_token = {}
+    for k, name in enumerate(probes):
+        values = torch.stack([tokens[k] for _, tokens in rows]).float()
+        values[diverged] = float("nan")
+        per_token[name] = values
+    return SusceptibilitySamples(
+        component=target.name if target is not None else WHOLE_MODEL,
+        chains=list(samples.traces.chains),
+        response=response.float(),
+        per_token=per_token,
+        llc=samples,
+        token_shapes=token_shapes,
+    )
 
 
 def susceptibilities_from_samples(
@@ -415,26 +428,20 @@ def estimate_susceptibilities(
         :class:`Susceptibilities` (``.response`` probes x components, ``.per_token``,
         ``.stderr``, ``.svd``, ``.llc``).
     """
-    return susceptibilities_from_samples(
-        [
-            sample_susceptibilities(
-                model,
-                dataloader,
-                probes,
-                components,
-                loss_fn,
-                num_probe_batches=num_probe_batches,
-                seed=seed,
-                transfer=transfer,
-                sampler=sampler,
-                num_chains=num_chains,
-                num_draws=num_draws,
-                num_burnin=num_burnin,
-                steps_between_draws=steps_between_draws,
-                init_loss_batches=init_loss_batches,
-                paired=paired,
-                train_mode=train_mode,
-                progress=progress,
-            )
-        ]
+    chains = ChainSettings(
+        num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches, paired,
+        train_mode,
+    )  # fmt: skip
+    samples = sample_susceptibilities(
+        model,
+        dataloader,
+        probes,
+        components,
+        loss_fn,
+        num_probe_batches=num_probe_batches,
+        sampler=sampler,
+        chains=chains,
+        transfer=transfer,
+        progress=progress,
     )
+    return susceptibilities_from_samples([samples])

@@ -5,27 +5,28 @@ from lightning_devinterp.sampling.batches import (
     TypedDataLoader,
     batch_size_of,
     chain_seed,
+    device_transfer,
     move_to_device,
-    seeded_global_rng,
 )
-from lightning_devinterp.sampling.chains import (
-    ChainTraces,
-    Draw,
-    FlatModel,
+from lightning_devinterp.sampling.chains import ChainTraces, Draw, Observable, run_chains
+from lightning_devinterp.sampling.flat import FlatModel
+from lightning_devinterp.sampling.losses import (
     LossFn,
     LossFnError,
-    Observable,
     loss_terms,
     per_sample,
     reduce_loss,
-    run_chains,
 )
+from lightning_devinterp.sampling.rng import kept_rng_states, seeded_global_rng
+from lightning_devinterp.sampling.runner import run_sampling
+from lightning_devinterp.sampling.settings import ChainSettings
 from lightning_devinterp.sampling.sgld import SGLD, default_nbeta
 
 __all__ = [
     "TypedDataLoader",
     "SGLD",
     "BatchStream",
+    "ChainSettings",
     "ChainTraces",
     "Draw",
     "FlatModel",
@@ -35,10 +36,13 @@ __all__ = [
     "batch_size_of",
     "chain_seed",
     "default_nbeta",
+    "device_transfer",
+    "kept_rng_states",
     "loss_terms",
     "move_to_device",
     "per_sample",
     "reduce_loss",
     "run_chains",
+    "run_sampling",
     "seeded_global_rng",
 ]

@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-@contextmanager
-def seeded_global_rng(
-    seed: int, device: torch.device | None = None, torch_only: bool = False
-) -> Iterator[None]:
-    """Run a block with the global generators seeded from ``seed``, then put them back.
-
-    Covers torch's CPU generator (shuffling samplers, worker seeds, dropout on a CPU), the
-    CUDA generator of ``device`` when it is a GPU (dropout there), and, unless
-    ``torch_only``, numpy's and ``random``'s global states (data augmentation; seeding numpy
-    costs ~60 us, so per-batch use skips it). Inside, they are reproducible (common random
-    numbers); outside, the caller's streams never move.
-    """
-    cpu = torch.random.default_generator
-    cpu_state = cpu.get_state()
-    host = None if torch_only else (np.random.get_state(), random.getstate())
-    cuda = device is not None and device.type == "cuda"
-    cuda_state = torch.cuda.get_rng_state(device) if cuda else None
-    cpu.manual_seed(seed)
-    if host is not None:
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-    if cuda:
-        torch.cuda.manual_seed(seed)  # the current device's generator
-    try:
-        yield
-    finally:
-        cpu.set_state(cpu_state)
-        if host is not None:
-            np.random.set_state(host[0])
-            random.setstate(host[1])
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
+from lightning_devinterp.sampling.rng import seeded_global_rng
 
 
 class BatchStream:
@@ -119,6 +84,13 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device) for v in batch)
     return batch
+
+
+def device_transfer(
+    transfer: Callable[[Any], Any] | None, device: torch.device
+) -> Callable[[Any], Any]:
+    """``transfer``, or by default a function that moves every tensor of a batch to ``device``."""
+    return transfer or (lambda batch: move_to_device(batch, device))
 
 
 def batch_size_of(batch: Any) -> int:

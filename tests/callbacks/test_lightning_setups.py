@@ -46,6 +46,16 @@ class ReadsTheTrainer(RegressionModule):
         return super().training_step(batch, batch_idx)
 
 
+class PlainSGD(RegressionModule):
+    """No dropout, plain SGD (Adam's eps underflows in float16 and its training turns NaN)."""
+
+    def __init__(self) -> None:
+        super().__init__(noisy=False)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
 def fit(tmp_path, module_class, callbacks, **kwargs):
     L.seed_everything(0, verbose=False)
     module = module_class()
@@ -74,9 +84,12 @@ def test_steps_that_jump_lose_no_scheduled_estimate_and_training_is_unchanged(tm
     assert_same_training(plain, watched)
     asked = sorted(monitor.schedule._steps)
     assert len(asked) == 6 and any(step % 2 for step in asked)
-    for record, step in zip(monitor.history, asked, strict=True):
-        assert record["step"] == step + step % 2
-        assert record.get("llc/deferred_from", record["step"]) == step
+    taken = {}  # the step each asked step is taken at -> the first step asked there
+    for step in asked:
+        taken.setdefault(step + step % 2, step)
+    assert [r["step"] for r in monitor.history] == list(taken)
+    for record in monitor.history:
+        assert record.get("llc/deferred_from", record["step"]) == taken[record["step"]]
     assert not monitor.errors
 
 
@@ -92,7 +105,7 @@ def test_a_training_step_that_reads_the_trainer_is_sampled_without_touching_trai
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true", "16-true"])
 def test_true_precision_plugins_convert_the_sampled_batches(tmp_path, precision):
     monitor = LLCMonitor(every_n_steps=3, on_error="raise", **FAST)
-    fit(tmp_path, lambda: RegressionModule(noisy=False), [monitor], precision=precision)
+    fit(tmp_path, PlainSGD, [monitor], precision=precision)
     assert [r["step"] for r in monitor.history] == [3, 6]
     assert all(torch.isfinite(torch.tensor(r["llc/init_loss"])) for r in monitor.history)
 

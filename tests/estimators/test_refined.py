@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_devinterp import SGLD, Component, estimate_llc
-from lightning_devinterp.sampling import FlatModel, run_chains
+from lightning_devinterp.sampling import ChainSettings, FlatModel, run_chains
 
 D, N = 4, 2000
 
@@ -146,8 +146,7 @@ def test_component_that_does_not_affect_the_loss_has_zero_rllc_and_others_stay_p
         half_mse,
         loader,
         SGLD_SETTINGS.resolve(100),
-        chains=[0],
-        num_draws=20,
+        chains=ChainSettings(num_chains=1, num_draws=20),
         observables={"w": lambda m: m.used.weight.detach().clone()},
     )
     draws = traces.observables["w"][0]  # (draws, 1, D)

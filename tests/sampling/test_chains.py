@@ -532,9 +532,14 @@ def test_bad_input_is_a_clear_error(overrides, error, words):
         assert word in message, (word, message)
 
 
-def test_loss_function_errors_are_type_errors():
-    """LossFnError is a TypeError, so callers catching the standard exception see it."""
-    assert issubclass(LossFnError, TypeError)
+def test_a_loss_that_is_no_tensor_is_a_type_error_naming_the_forms_that_work():
+    """Callers catching the standard TypeError see a LossFnError; a dict without a "loss"
+    entry is refused with the forms a loss_fn may return."""
+    with pytest.raises(TypeError) as info:
+        bad_call(loss_fn=lambda m, b: {"value": mse(m, b)})
+    assert info.type is LossFnError
+    for words in ("returned dict", "the mean loss", "a dict with a 'loss' tensor also works"):
+        assert words in str(info.value), (words, str(info.value))
 
 
 def test_reference_losses_at_w_star_are_computed_without_autograd():
@@ -548,15 +553,15 @@ def test_reference_losses_at_w_star_are_computed_without_autograd():
 def test_gradient_steps_in_backward_match_the_plain_update_and_free_each_gradient():
     """The whole-model update adds each parameter's gradient step during backward (scaled by
     1 / shrink, the rest of the drift scales it back); MALA turns that off, not the chain."""
-    from lightning_devinterp.sampling import FlatModel, run_chains
+    from lightning_devinterp.sampling import ChainSettings, FlatModel, run_chains
 
     model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
     loader = DataLoader(regression(), batch_size=16)
     sampler = SGLD(lr=1e-3, nbeta=20.0, localization=100.0, weight_decay=1.0)
     flat = FlatModel(model)
-    run = dict(chains=[0, 1], num_draws=30, num_burnin=5, seed=2)
-    early = run_chains(flat, mse, loader, sampler, **run)
-    plain = run_chains(flat, mse, loader, sampler, mala=True, **run)
+    chains = ChainSettings(num_chains=2, num_draws=30, num_burnin=5, seed=2)
+    early = run_chains(flat, mse, loader, sampler, chains=chains)
+    plain = run_chains(flat, mse, loader, sampler, chains=chains.replace(mala=True))
     torch.testing.assert_close(early.loss, plain.loss, rtol=1e-5, atol=1e-7)
     assert not torch.equal(early.loss[0], early.loss[1])
     with flat.gradient_steps_in_backward(sampler) as used:

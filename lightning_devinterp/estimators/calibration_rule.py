@@ -1,0 +1,207 @@
+"""Calibration's table and rule: each setting's health row, the walk's stops, the choice
+(see :mod:`~lightning_devinterp.estimators.calibration` for the rule) and the advice."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lightning_devinterp.estimators.diagnostics import DRIFT_TOLERANCE, health_warnings
+from lightning_devinterp.estimators.llc import LLCEstimate
+from lightning_devinterp.sampling import SGLD, ChainSettings, ChainTraces
+
+#: A drift of the trace's second half beyond this fraction of the estimate means the chains
+#: are still moving, significant or not.
+LARGE_DRIFT = 3 * DRIFT_TOLERANCE
+
+
+def select(
+    rows: Sequence[dict[str, Any]], groups: Sequence[tuple[float, float]]
+) -> tuple[int, bool]:
+    """The recommended row of a calibration table and whether it is confirmed.
+
+    ``rows`` carry ``group`` (nβ, γ), ``lr``, ``healthy``, ``difference`` and
+    ``agrees_with_larger``; ``groups`` are the (nβ, γ) pairs in order of preference. See the
+    module's docstring for the rule.
+    """
+    order = {group: i for i, group in enumerate(groups)}
+    confirmed = [i for i, r in enumerate(rows) if r["agrees_with_larger"]]
+    if confirmed:
+        return min(confirmed, key=lambda i: (order[rows[i]["group"]], -rows[i]["lr"])), True
+    pairs = [i for i, r in enumerate(rows) if r["difference"] is not None]
+    if pairs:
+        return min(pairs, key=lambda i: (rows[i]["difference"], order[rows[i]["group"]])), False
+    healthy = [i for i, r in enumerate(rows) if r["healthy"]]
+    if healthy:
+        return min(healthy, key=lambda i: (order[rows[i]["group"]], rows[i]["lr"])), False
+    return min(range(len(rows)), key=lambda i: (_badness(rows[i]), order[rows[i]["group"]])), False
+
+
+def table_row(
+    est: LLCEstimate,
+    plateau: LLCEstimate,
+    group: tuple[float, float],
+    accepted: bool,
+    min_acceptance: float,
+    burnin: int,
+) -> dict[str, Any]:
+    """One table row: the setting and every health figure. ``est`` covers all draws (its
+    trace's last two quarters decide stationarity), ``plateau`` the draws after ``burnin``
+    steps (the value, its sign and the chains' agreement); ``accepted``: the MALA acceptance
+    is high enough."""
+    positive = math.isfinite(plateau.mean) and plateau.mean > 0
+    stationary = est.stationary and not abs(est.drift) > LARGE_DRIFT
+    relaxation = relaxation_steps(est.sampler)
+    relaxed = relaxation <= burnin
+    healthy = (
+        positive and not est.diverged_chains and stationary and plateau.chains_agree and relaxed
+    )
+    messages = health_warnings(
+        mean=plateau.mean,
+        num_chains=len(est.per_chain),
+        diverged=est.diverged_chains,
+        drift=est.drift,
+        drift_z=est.drift_z,
+        lr=est.sampler.lr,
+        stationary=stationary,
+        rhat=plateau.rhat,
+    )
+    if not relaxed:
+        messages.append(
+            f"The burn-in ({burnin} steps) is shorter than the localization's relaxation time "
+            f"1/(lr*localization) = {relaxation} steps, so the chains have not spread through "
+            "the directions held only by the localization; use a larger lr or more draws."
+        )
+    if not accepted:
+        messages.append(
+            f"The MALA acceptance ({est.mala_acceptance:.2f}) is below {min_acceptance}: the "
+            "step is too large for its curvature; use a smaller lr."
+        )
+    return {
+        "group": group,
+        "lr": est.sampler.lr,
+        "nbeta": float(est.sampler.nbeta),
+        "localization": est.sampler.localization,
+        "llc": plateau.mean,
+        "std": plateau.std,
+        "per_chain": [float(v) for v in plateau.per_chain],
+        "llc_all_draws": est.mean,
+        "diverged_chains": len(est.diverged_chains),
+        "negative": plateau.negative,
+        "drift": est.drift,
+        "drift_z": est.drift_z,
+        "stationary": stationary,
+        "rhat": plateau.rhat,
+        "chains_agree": plateau.chains_agree,
+        "relaxation": relaxation,
+        "mala_acceptance": est.mala_acceptance,
+        "healthy": healthy and accepted,
+        "warnings": messages,
+    }
+
+
+def agreement(
+    row: dict[str, Any], larger: dict[str, Any] | None, tolerance: float
+) -> dict[str, Any]:
+    """``difference`` from the row of the next larger ε (both healthy), and whether it is
+    within ``tolerance``."""
+    difference = None
+    if larger is not None and row["healthy"] and larger["healthy"]:
+        difference = abs(larger["llc"] - row["llc"]) / row["llc"]
+    return {
+        "difference": difference,
+        "agrees_with_larger": difference is not None and difference <= tolerance,
+    }
+
+
+def relaxation_steps(sampler: SGLD) -> int:
+    """Steps for the chains to spread through directions held only by the localization,
+    ``1 / (lr * localization)`` (0 without localization)."""
+    rate = sampler.lr * sampler.localization
+    return math.ceil(1 / rate) if rate > 0 else 0
+
+
+def second_half(traces: ChainTraces) -> ChainTraces:
+    """The draws after the first half (the burn-in of a calibration setting)."""
+    half = traces.loss.shape[1] // 2
+    return ChainTraces(
+        chains=traces.chains,
+        loss=traces.loss[:, half:],
+        reference=traces.reference[:, half:] if traces.reference is not None else None,
+        diverged=traces.diverged,
+        mala=traces.mala,
+    )
+
+
+def walk_ends(row: dict[str, Any], above: Sequence[dict[str, Any]]) -> bool:
+    """Below a healthy setting, chains that do not diverge yet are unhealthy will not mix
+    better at a smaller step: the walk down this (nβ, γ) ends."""
+    return not row["healthy"] and not row["diverged_chains"] and any(r["healthy"] for r in above)
+
+
+def any_confirmed(rows: Sequence[dict[str, Any]]) -> bool:
+    return any(r["agrees_with_larger"] for r in rows)
+
+
+def _badness(row: dict[str, Any]) -> tuple[int, ...]:
+    """Orders unhealthy rows, least bad first: divergence, then a negative or non-finite
+    LLC, then disagreeing chains, then a drifting trace."""
+    finite = math.isfinite(row["llc"]) and row["llc"] > 0
+    return (
+        row["diverged_chains"],
+        int(not finite),
+        int(not row["chains_agree"]),
+        int(not row["stationary"]),
+    )
+
+
+def steps_run(loss: torch.Tensor, chains: ChainSettings) -> int:
+    """SGLD steps the chains of one setting ran (a diverged chain stops at its next check,
+    every 32 steps)."""
+    total = 0
+    for row in loss:
+        bad = (~torch.isfinite(row)).nonzero()
+        if bad.numel() == 0:
+            total += chains.steps_per_chain
+        else:
+            at = chains.num_burnin + int(bad[0]) * chains.steps_between_draws + 1
+            total += min(chains.steps_per_chain, -(-at // 32) * 32)
+    return total
+
+
+def advice(
+    rows: Sequence[dict[str, Any]],
+    chosen: int,
+    confirmed: bool,
+    out_of_budget: bool,
+    tolerance: float,
+) -> list[str]:
+    """What the user should know about the recommendation, with what to change."""
+    row = rows[chosen]
+    setting = f"lr={row['lr']:.3g}, nbeta={row['nbeta']:.4g}, localization={row['localization']:g}"
+    messages = []
+    if out_of_budget:
+        messages.append(
+            f"Calibration stopped at its budget after {len(rows)} settings; raise max_steps "
+            "or narrow the grid (lrs, localizations, nbetas)."
+        )
+    if not row["healthy"]:
+        messages.append(
+            f"No setting gave healthy chains; the least unhealthy ({setting}) is returned. "
+            + " ".join(row["warnings"])
+        )
+    elif not confirmed:
+        reason = (
+            f"the smaller lr of the closest pair, {row['difference']:.0%} apart"
+            if row["difference"] is not None
+            else "no healthy neighbour to compare with"
+        )
+        messages.append(
+            f"No two neighbouring step sizes gave estimates within {tolerance:.0%} of each "
+            f"other; {setting} ({reason}) is unconfirmed. Use more draws (num_draws), a larger "
+            "max_steps to walk further, or a finer grid (lrs)."
+        )
+    return messages
