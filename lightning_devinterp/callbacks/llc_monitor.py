@@ -13,10 +13,15 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_devinterp.callbacks.scheduled import ScheduledAnalysis
-from lightning_devinterp.callbacks.trainer_info import batch_transfer, last_step
+from lightning_devinterp.callbacks.target import SamplingRun
+from lightning_devinterp.callbacks.trainer_info import last_step
 from lightning_devinterp.components import Component
-from lightning_devinterp.estimators import LLCEstimate, llc_from_samples, merge_samples
-from lightning_devinterp.estimators import sample_components
+from lightning_devinterp.estimators import (
+    LLCEstimate,
+    llc_from_samples,
+    merge_samples,
+    sample_components,
+)
 from lightning_devinterp.milestones import (
     Milestone,
     MilestoneDetector,
@@ -182,7 +187,7 @@ class LLCMonitor(ScheduledAnalysis):
 
     def _datasets(self, trainer: Trainer) -> dict[str | None, Iterable]:
         """The training data (key None) and each named data set for data-refined LLCs."""
-        return {None: self._data(trainer), **(self.data or {})}
+        return {None: self.target.data(trainer), **(self.data or {})}
 
     def _family(self, data_name: str | None, refined: bool) -> str:
         """``llc``, ``rllc``, ``llc_<data>`` or ``rllc_<data>``."""
@@ -197,26 +202,18 @@ class LLCMonitor(ScheduledAnalysis):
     @override
     def job_names(self) -> list[str]:
         data_names = [None, *(self.data or {})]
-        return [self._prefix(d, c) for d in data_names for c in [None, *(self._components or [])]]
+        return [self._prefix(d, c) for d in data_names for c in [None, *self.target.resolved]]
 
     @override
     def chart_families(self) -> list[str]:
         return [self._family(d, refined=True) for d in [None, *(self.data or {})]]
 
     @override
-    def sample(self, trainer: Trainer, pl_module: LightningModule, chain_ids: list[int]) -> Any:
-        sampler, chains = self.sampling_settings()
+    def sample(self, trainer: Trainer, run: SamplingRun) -> Any:
+        components = [None, *self.target.resolve(run.model)]
         return {
             data_name: sample_components(
-                pl_module,
-                loader,
-                self._loss(trainer),
-                components=[None, *self.resolve_components(pl_module)],
-                sampler=sampler,
-                chains=chains,
-                transfer=batch_transfer(pl_module),
-                chain_ids=chain_ids,
-                progress=self._progress,
+                run.model, loader, run.loss_fn, components=components, **run.keywords()
             )
             for data_name, loader in self._datasets(trainer).items()
         }
@@ -226,7 +223,7 @@ class LLCMonitor(ScheduledAnalysis):
         """The estimates by metric prefix (``"llc"``, ``"rllc/l0h1"``, ``"llc_code"``, ...)."""
         estimates = {}
         for data_name in parts[0]:
-            for i, component in enumerate([None, *(self._components or [])]):
+            for i, component in enumerate([None, *self.target.resolved]):
                 merged = merge_samples([part[data_name][i] for part in parts])
                 estimates[self._prefix(data_name, component)] = llc_from_samples(merged)
         return estimates
@@ -284,7 +281,7 @@ class LLCMonitor(ScheduledAnalysis):
         if self.calibrated is not None and not any(key in r for r in self.history):
             record[key] = dict(self.calibrated)  # the first record after the calibration
         record[f"{self.name}/seconds"] = seconds
-        record.update(self.run_fields(step))
+        record.update(self.cadence.record_fields(self.name, step))
         if f"{self.name}/overhead" in record:
             metrics[f"{self.name}/overhead"] = record[f"{self.name}/overhead"]
 
@@ -319,9 +316,9 @@ class LLCMonitor(ScheduledAnalysis):
                 self.history, stages, self.milestones, prefix=self.name
             )
         }
-        if self._components:
+        if self.target.resolved:
             family = self._family(None, refined=True)
             builders[f"{family}/heads"] = lambda: plot_rllc_heads(
-                self.history, self.component_groups(), family=family
+                self.history, self.target.groups(), family=family
             )
         return builders

@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_devinterp.callbacks.budget import OverheadBudget, check_max_overhead
-from lightning_devinterp.callbacks.distributed import all_gather_objects, my_chains
+from lightning_devinterp.callbacks.cadence import Cadence
+from lightning_devinterp.callbacks.distributed import Sample, rank_zero_value, run_everywhere
 from lightning_devinterp.callbacks.figures import DEFAULT_FIGURE_EVERY, LiveFigures
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.progress import SamplingProgress
@@ -28,20 +29,18 @@ from lightning_devinterp.callbacks.sampler_plan import (
     announce_calibration,
 )
 from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.callbacks.target import Components, SamplingRun, SamplingTarget
 from lightning_devinterp.callbacks.trainer_info import (
     batch_transfer,
     check_strategy,
+    check_unique_name,
     last_step,
     output_folder,
-    sampling_data,
 )
-from lightning_devinterp.callbacks.trainer_view import check_optimization, training_step_loss
-from lightning_devinterp.components import Component, attention_heads
+from lightning_devinterp.callbacks.trainer_view import check_optimization
 from lightning_devinterp.estimators import calibrate_with, check_inputs
 from lightning_devinterp.reporting.recorder import Recorder
 from lightning_devinterp.sampling import SGLD, ChainSettings
-
-Components = Literal["heads"] | Sequence[Component] | None
 
 
 class ScheduledAnalysis(Callback):
@@ -105,43 +104,31 @@ class ScheduledAnalysis(Callback):
         super().__init__()
         self.plan = SamplerPlan(sampler, calibration, calibrate_at_step)
         self.chains = ChainSettings(
-            num_chains=num_chains,
-            num_draws=num_draws,
-            num_burnin=num_burnin,
-            steps_between_draws=steps_between_draws,
-            seed=seed,
-            init_loss_batches=init_loss_batches,
-            paired=paired,
-            train_mode=train_mode,
-            mala=mala,
-        )
-        _check_callback_args(on_error, loss_fn, name, components)
+            num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches,
+            paired, train_mode, mala,
+        )  # fmt: skip
+        _check_callback_args(on_error, name)
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
         self.max_overhead = check_max_overhead(max_overhead)
         self.budget = OverheadBudget(self.max_overhead, name) if self.max_overhead else None
+        self.cadence = Cadence(self.schedule, self.budget, self.plan, name)
         self.figures = LiveFigures(figure_every, name)
         self.at_train_end = at_train_end
-        self.dataloader = dataloader
-        self.loss_fn = loss_fn
-        self.components = components
+        self.target = SamplingTarget(dataloader, loss_fn, components, name)
         self.on_error = on_error
         self.name = name
         self.output_dir = output_dir
         self.history: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.recorder = Recorder(None, type(self).__name__)
-        self._components: list[Component] | None = None
         self._active = False
-        self._progress: SamplingProgress | None = None
-        self._last_seen_step: int | None = None
-        self._scheduled_step: int | None = None
         self._calibration_seconds = 0.0
         self._set_up = False
 
     # ---------------------------------------------------------------- what a subclass says
 
-    def sample(self, trainer: Trainer, pl_module: LightningModule, chain_ids: list[int]) -> Any:
-        """This process's share (``chain_ids``) of the sampling at the current weights."""
+    def sample(self, trainer: Trainer, run: SamplingRun) -> Any:
+        """This process's share of the sampling at the current weights (``run``)."""
         raise NotImplementedError
 
     def reduce(self, parts: list[Any]) -> Any:
@@ -175,6 +162,15 @@ class ScheduledAnalysis(Callback):
     def calibrated(self) -> dict[str, Any] | None:
         """With ``sampler="auto"``: the choice (``Calibration.to_record()`` and the step)."""
         return self.plan.calibrated
+
+    @property
+    def components(self) -> Components:
+        """The components as given (``"heads"``, a list, or None)."""
+        return self.target.components
+
+    @property
+    def loss_fn(self) -> Callable[[torch.nn.Module, Any], torch.Tensor] | None:
+        return self.target.loss_fn
 
     @property
     def jsonl_path(self) -> Path | None:
@@ -214,7 +210,7 @@ class ScheduledAnalysis(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        _check_unique_name(self, trainer.callbacks)
+        check_unique_name(self, trainer.callbacks)
         self._set_up = True
         if stage != "fit":
             return
@@ -234,13 +230,19 @@ class ScheduledAnalysis(Callback):
             self.budget.start(trainer.global_step)
         self.schedule.resolve(last_step(trainer))
         self.check_run(trainer)
-        check_optimization(pl_module, self.loss_fn, self.name)
+        check_optimization(pl_module, self.target.loss_fn, self.name)
         with isolated(pl_module):
-            check_inputs(pl_module, self._data(trainer), self._loss(trainer), batch_transfer(pl_module))
-        self.resolve_components(pl_module)
-        self.recorder.chart(self.component_groups(), self.chart_families())
+            check_inputs(
+                pl_module,
+                self.target.data(trainer),
+                self.target.loss(trainer),
+                batch_transfer(pl_module),
+            )
+        self.target.resolve(pl_module)
+        self.recorder.chart(self.target.groups(), self.chart_families())
         if self.budget is not None:
-            self.budget.sgld_steps = self._sgld_steps(trainer)
+            chains = self.plan.chains(self.chains)
+            self.budget.sgld_steps = self.cadence.sgld_steps(self.job_names(), chains, trainer)
         if self.plan.sampler is None:
             rank_zero_warn(
                 f"LLCMonitor({self.name}): no sampler given, using lr={DEFAULT_LR}, "
@@ -295,51 +297,20 @@ class ScheduledAnalysis(Callback):
     def _maybe_estimate(
         self, trainer: Trainer, pl_module: LightningModule, step: int, force: bool = False
     ) -> None:
-        """Estimate at ``step`` if it is scheduled (once per step, also under gradient
-        accumulation), forced, or a deferred estimate that the budget now allows."""
+        """Estimate at ``step`` if the cadence says so (:meth:`Cadence.decide`)."""
         if not self._active or trainer.sanity_checking:
             return
-        asked = step if force else self.schedule.first_due(self._last_seen_step, step)
-        self._last_seen_step = step
-        waiting = self.budget is not None and self.budget.pending is not None
-        if (asked is None and not waiting) or any(r["step"] == step for r in self.history):
-            return
-        if not force and self.plan.waits(step):
-            rank_zero_info(
-                f"LLCMonitor({self.name}): estimate at step {step} skipped: calibration "
-                f"waits for step {self.plan.calibrate_at_step}."
-            )
-            return
-        scheduled = asked
-        if self.budget is not None and not force:
-            sync = self._rank_zero_value(trainer)
-            scheduled = self.budget.admit(step, asked is not None, sync, asked)
-        if scheduled is None:
-            return
-        started = time.perf_counter()
+        sync = rank_zero_value(trainer)
+        done = {record["step"] for record in self.history}
+        scheduled = self.cadence.decide(step, force, done, sync)
+        if scheduled is not None:
+            self.cadence.run(step, scheduled, lambda: self._timed(trainer, pl_module, step), sync)
+
+    def _timed(self, trainer: Trainer, pl_module: LightningModule, step: int) -> float:
+        """:meth:`estimate`; the seconds it spent calibrating (not charged to the budget)."""
         self._calibration_seconds = 0.0
-        self._scheduled_step = scheduled
-        try:
-            self.estimate(trainer, pl_module, step)
-        finally:
-            self._scheduled_step = None
-        if self.budget is not None:
-            self.budget.analysed()
-            cost = time.perf_counter() - started - self._calibration_seconds
-            self.budget.spent(step, cost, self._rank_zero_value(trainer))
-
-    def _sgld_steps(self, trainer: Trainer) -> int:
-        """The SGLD steps of the next estimate on rank 0 (its share of the chains), with the
-        calibration's step budget before the first estimate with ``sampler="auto"``."""
-        chains = self.plan.chains(self.chains)
-        mine = len(my_chains(chains.num_chains, 0, trainer.world_size))
-        steps = len(self.job_names()) * mine * chains.steps_per_chain
-        return steps + self.plan.extra_steps()
-
-    @staticmethod
-    def _rank_zero_value(trainer: Trainer) -> Callable[[Any], Any]:
-        """``value -> rank 0's value`` (the same on every process)."""
-        return lambda value: all_gather_objects(value, trainer.world_size)[0]
+        self.estimate(trainer, pl_module, step)
+        return self._calibration_seconds
 
     # ---------------------------------------------------------------- how safely
 
@@ -349,45 +320,49 @@ class ScheduledAnalysis(Callback):
         started = time.perf_counter()
         if self.plan.needs_calibration and not self._calibrate(trainer, pl_module, step):
             return None
-        self.resolve_components(pl_module)
+        self.target.resolve(pl_module)
         parts = self.run_everywhere(
-            trainer, pl_module, step, lambda ids: self.sample(trainer, pl_module, ids),
-            jobs=self.job_names(),
-        )  # fmt: skip
+            trainer, pl_module, step, self._sampling_call(trainer, pl_module), jobs=self.job_names()
+        )
         if parts is None:
             return None
         result = self.reduce(parts)
         self.record(trainer, step, result, time.perf_counter() - started)
         return result
 
+    def _sampling_call(self, trainer: Trainer, pl_module: LightningModule) -> Sample:
+        """``(chain_ids, progress) -> sample(trainer, run)`` with this estimate's settings."""
+        sampler, chains = self.plan.sgld(), self.plan.chains(self.chains)
+        loss_fn, transfer = self.target.loss(trainer), batch_transfer(pl_module)
+
+        def call(chain_ids: list[int], progress: SamplingProgress) -> Any:
+            run = SamplingRun(pl_module, loss_fn, sampler, chains, transfer, chain_ids, progress)
+            return self.sample(trainer, run)
+
+        return call
+
     def run_everywhere(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
         step: int,
-        sample: Callable[[list[int]], Any],
+        sample: Sample,
         failure: str = "",
         jobs: Sequence[str] = (),
     ) -> list[Any] | None:
-        """Run ``sample(chain_ids)`` on every process, isolated from training, for its share
-        of the chains, and gather the results (rank order). None if any process failed: the
-        failure (prefixed by ``failure``) is reported on every rank alike, so none waits for
-        the others. Meanwhile the progress bar shows ``jobs``."""
-        chain_ids = my_chains(self.chains.num_chains, trainer.global_rank, trainer.world_size)
-        with isolated(pl_module), SamplingProgress(trainer, self.name, jobs) as progress:
-            self._progress = progress
-            try:
-                payload: Any = sample(chain_ids)
-            except Exception as error:
-                if self.on_error == "raise" and trainer.world_size == 1:
-                    raise
-                payload = f"{type(error).__name__}: {error}"
-            finally:
-                self._progress = None
-        parts = all_gather_objects(payload, trainer.world_size)
-        failures = [p for p in parts if isinstance(p, str)]
-        if failures:
-            self._fail(trainer, step, failure + failures[0])
+        """:func:`run_everywhere` for this monitor's chains; None if a process failed (the
+        failure, prefixed by ``failure``, is reported on every rank alike)."""
+        parts = run_everywhere(
+            trainer,
+            pl_module,
+            sample,
+            self.chains.num_chains,
+            title=self.name,
+            jobs=jobs,
+            raise_errors=self.on_error == "raise",
+        )
+        if isinstance(parts, str):
+            self._fail(trainer, step, failure + parts)
             return None
         return parts
 
@@ -398,11 +373,11 @@ class ScheduledAnalysis(Callback):
         started = time.perf_counter()
         found = {}
 
-        def run(chain_ids: list[int]) -> dict[str, Any]:
+        def run(chain_ids: list[int], progress: SamplingProgress) -> dict[str, Any]:
             found["result"] = result = calibrate_with(
                 pl_module,
-                self._data(trainer),
-                self._loss(trainer),
+                self.target.data(trainer),
+                self.target.loss(trainer),
                 chains=self.chains,
                 transfer=batch_transfer(pl_module),
                 **self.plan.options,
@@ -436,37 +411,6 @@ class ScheduledAnalysis(Callback):
 
     # ---------------------------------------------------------------- what is sampled
 
-    def _data(self, trainer: Trainer) -> Iterable:
-        """The data sampled with (:func:`sampling_data`)."""
-        return sampling_data(trainer, self.dataloader, self.name)
-
-    def _loss(self, trainer: Trainer) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
-        """``loss_fn``, or the module's ``training_step`` run on the sampled copy
-        (:func:`training_step_loss`)."""
-        return self.loss_fn or training_step_loss(trainer)
-
-    def resolve_components(self, pl_module: LightningModule) -> list[Component]:
-        """The components, discovered (``"heads"``) and checked against the model once."""
-        if self._components is None:
-            if self.components == "heads":
-                self._components = attention_heads(pl_module)
-            else:
-                self._components = list(self.components or [])
-            for component in self._components:
-                component.validate(pl_module)
-        return self._components
-
-    def component_groups(self) -> dict[str, list[str]]:
-        """Component names by group (a layer's heads), for dashboards."""
-        groups: dict[str, list[str]] = {}
-        for component in self._components or []:
-            groups.setdefault(component.group or "components", []).append(component.name)
-        return groups
-
-    def sampling_settings(self) -> tuple[SGLD, ChainSettings]:
-        """The SGLD and chain settings of the next estimate."""
-        return self.plan.sgld(), self.plan.chains(self.chains)
-
     # ---------------------------------------------------------------- out
 
     def publish(
@@ -483,17 +427,6 @@ class ScheduledAnalysis(Callback):
             trainer.callback_metrics[key] = torch.tensor(value)
         self.recorder.publish(record, metrics, self.history, health)
 
-    def run_fields(self, step: int) -> dict[str, Any]:
-        """When the estimate stands for an earlier scheduled step (deferred by the budget, or
-        passed over when ``global_step`` moved by more than one), ``<name>/deferred_from``;
-        with ``max_overhead``, ``<name>/overhead`` and ``<name>/skipped``."""
-        fields: dict[str, Any] = {}
-        if self.budget is not None:
-            fields = {f"{self.name}/{k}": value for k, value in self.budget.record().items()}
-        if self._scheduled_step is not None and self._scheduled_step != step:
-            fields[f"{self.name}/deferred_from"] = self._scheduled_step
-        return fields
-
     def show_in_progress_bar(self, trainer: Trainer, value: float | None) -> None:
         """Put ``value`` among the progress bar's metrics, as ``<name>``. The bar reads
         ``trainer.progress_bar_metrics``; nothing reaches the loggers or the training metrics."""
@@ -501,31 +434,9 @@ class ScheduledAnalysis(Callback):
             trainer.progress_bar_metrics[self.name] = float(value)
 
 
-def _check_callback_args(on_error: Any, loss_fn: Any, name: Any, components: Any) -> None:
+def _check_callback_args(on_error: Any, name: Any) -> None:
     """Raise naming the first invalid argument and the fix."""
     if on_error not in ("warn", "raise"):
         raise ValueError(f"on_error={on_error!r} is invalid; use 'warn' or 'raise'.")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}.")
     if not name or not isinstance(name, str) or "/" in name:
         raise ValueError(f"name={name!r} is invalid; use a non-empty name without '/'.")
-    if components is None or components == "heads":
-        return
-    if isinstance(components, str) or not all(isinstance(c, Component) for c in components):
-        raise TypeError(f"components={components!r} is invalid; use 'heads' or a list of Component.")
-    names = [c.name for c in components]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Component names must be unique, got {names}.")
-
-
-def _check_unique_name(monitor: ScheduledAnalysis, callbacks: Iterable[Callback]) -> None:
-    """Raise if another callback of the same class has the same ``name``: their metrics,
-    files and checkpointed state would collide."""
-    for other in callbacks:
-        if other is not monitor and type(other) is type(monitor) and other.name == monitor.name:
-            kind = type(monitor).__name__
-            raise ValueError(
-                f"Two {kind} callbacks have name={monitor.name!r}; their metrics, files and "
-                f"checkpointed state would collide. Give each its own name=, e.g. "
-                f"{kind}(name={monitor.name + '_2'!r})."
-            )

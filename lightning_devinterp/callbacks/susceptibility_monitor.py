@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_devinterp.callbacks.scheduled import ScheduledAnalysis
-from lightning_devinterp.callbacks.trainer_info import batch_transfer
+from lightning_devinterp.callbacks.target import SamplingRun
 from lightning_devinterp.components import Component
 from lightning_devinterp.estimators import (
     Susceptibilities,
@@ -91,7 +91,7 @@ class SusceptibilityMonitor(ScheduledAnalysis):
 
     @override
     def job_names(self) -> list[str]:
-        return [component.name for component in self._components or []] or [self.name]
+        return [component.name for component in self.target.resolved] or [self.name]
 
     @override
     def chart_families(self) -> list[str]:
@@ -99,20 +99,15 @@ class SusceptibilityMonitor(ScheduledAnalysis):
         return [f"{self.name}/{probe}" for probe in self.probes] + [f"{self.name}/rllc"]
 
     @override
-    def sample(self, trainer: Trainer, pl_module: LightningModule, chain_ids: list[int]) -> Any:
-        sampler, chains = self.sampling_settings()
+    def sample(self, trainer: Trainer, run: SamplingRun) -> Any:
         return sample_susceptibilities(
-            pl_module,
-            self._data(trainer),
+            run.model,
+            self.target.data(trainer),
             self.probes,
-            self.resolve_components(pl_module) or None,
-            self._loss(trainer),
+            self.target.resolve(run.model) or None,
+            run.loss_fn,
             num_probe_batches=self.num_probe_batches,
-            sampler=sampler,
-            chains=chains,
-            transfer=batch_transfer(pl_module),
-            chain_ids=chain_ids,
-            progress=self._progress,
+            **run.keywords(),
         )
 
     @override
@@ -120,9 +115,7 @@ class SusceptibilityMonitor(ScheduledAnalysis):
         return susceptibilities_from_samples(parts)
 
     @override
-    def record(
-        self, trainer: Trainer, step: int, result: Susceptibilities, seconds: float
-    ) -> None:
+    def record(self, trainer: Trainer, step: int, result: Susceptibilities, seconds: float) -> None:
         metrics: dict[str, float] = {}
         for i, probe in enumerate(result.probes):
             for j, component in enumerate(result.components):
@@ -163,9 +156,7 @@ class SusceptibilityMonitor(ScheduledAnalysis):
         """probe -> component -> [[label, chi], ...], strongest |chi| first."""
         if not self.top_k:
             return {}
-        batches = probe_batches(
-            self.probes, self.num_probe_batches, self.chains.seed, lambda b: b
-        )
+        batches = probe_batches(self.probes, self.num_probe_batches, self.chains.seed, lambda b: b)
         top: dict[str, dict[str, list[list[Any]]]] = {}
         for probe in result.probes:
             top[probe] = {}
@@ -227,7 +218,9 @@ def _check_probe_args(probes: Any, num_probe_batches: Any, top_k: Any) -> None:
         )
     for probe in probes:
         if not isinstance(probe, str) or not probe.isidentifier():
-            raise ValueError(f"probe name {probe!r} is invalid; use names like 'repeats' or 'code'.")
+            raise ValueError(
+                f"probe name {probe!r} is invalid; use names like 'repeats' or 'code'."
+            )
     if isinstance(num_probe_batches, bool) or not (
         isinstance(num_probe_batches, int) and num_probe_batches >= 1
     ):

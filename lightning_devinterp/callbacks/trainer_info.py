@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 
@@ -69,3 +69,20 @@ def check_strategy(trainer: Trainer) -> None:
             "Use DDP (strategy='ddp') for the analysed run, or estimate after training with "
             "estimate_llc on the gathered model."
         )
+
+
+def check_unique_name(monitor: Callback, callbacks: Iterable[Callback]) -> None:
+    """Raise if another callback of the same class has the same ``name``: their metrics,
+    files and checkpointed state would collide."""
+    for other in callbacks:
+        if (
+            other is not monitor
+            and type(other) is type(monitor)
+            and getattr(other, "name", None) == monitor.name
+        ):
+            kind = type(monitor).__name__
+            raise ValueError(
+                f"Two {kind} callbacks have name={monitor.name!r}; their metrics, files and "
+                f"checkpointed state would collide. Give each its own name=, e.g. "
+                f"{kind}(name={monitor.name + '_2'!r})."
+            )

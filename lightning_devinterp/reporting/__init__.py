@@ -1,12 +1,12 @@
 """Reporting: one sink per backend; sinks never compute science."""
 
-from lightning_devinterp.reporting.jsonl import JsonlWriter, read_jsonl
 from lightning_devinterp.milestones.series import (
     loss_series,
     milestones_filename,
     series_keys,
     write_milestones_json,
 )
+from lightning_devinterp.reporting.jsonl import JsonlWriter, read_jsonl
 from lightning_devinterp.reporting.milestones import report_milestones
 from lightning_devinterp.reporting.scalars import log_figure, log_scalars
 from lightning_devinterp.reporting.tensorboard import curve_layout, write_layout

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_devinterp.milestones.records import Milestone, Stage
+from lightning_devinterp.milestones.series import loss_series, milestones_filename, series_keys
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
-from lightning_devinterp.milestones.series import loss_series, milestones_filename, series_keys
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
 
@@ -123,7 +123,27 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
         )
     )
     stages, milestones = _stages_and_milestones(path.with_name(milestones_filename(name)))
-    value_keys = {series: series_keys(series, name)[0] for series in stages}
+    blocks.extend(_curve_blocks(name, estimates, stages, milestones, out, files))
+    for series, found in stages.items():
+        key = series_keys(series, name)[0]
+        if found and any(key in r for r in estimates):
+            blocks.append(("h3", f"Stages of `{series}`"))
+            blocks.append(("table", *_stage_table(found, estimates, key)))
+    blocks.extend(_refined_blocks(name, estimates, out, files))
+    blocks.extend(_warning_blocks(records, failures))
+    return blocks
+
+
+def _curve_blocks(
+    name: str,
+    estimates: list[dict[str, Any]],
+    stages: dict[str, list[Stage]],
+    milestones: list[Milestone],
+    out: Path,
+    files: ReportFiles,
+) -> list[Block]:
+    """The LLC curve and the L(w*) curve, each with its series' stages and milestones."""
+    blocks: list[Block] = []
     figures = [
         (f"{name} curve", f"{name}_curve.png", f"{name}/mean", f"{name}/std", name),
         ("L(w*) curve", f"{name}_loss.png", f"{name}/init_loss", None, loss_series(name)),
@@ -145,26 +165,29 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
         if figure is not None:
             files.figures.append(save_png(figure, out / filename))
             blocks.append(("img", alt, filename))
-    for series, found in stages.items():
-        key = value_keys[series]
-        if found and any(key in r for r in estimates):
-            blocks.append(("h3", f"Stages of `{series}`"))
-            blocks.append(("table", *_stage_table(found, estimates, key)))
+    return blocks
+
+
+def _refined_blocks(
+    name: str, estimates: list[dict[str, Any]], out: Path, files: ReportFiles
+) -> list[Block]:
+    """The refined LLCs at the last estimate, and the figure of the per-component ones."""
+    last = estimates[-1]
     refined = [
         k.removesuffix("/mean")
         for k in last
         if k.endswith("/mean") and k != f"{name}/mean" and _finite(last[k])
     ]
-    if refined:
-        blocks.append(("h3", f"Refined LLCs at the last estimate (step {last['step']})"))
-        rows = [[p, _fmt(last[f"{p}/mean"]), _fmt(last.get(f"{p}/std"))] for p in refined]
-        blocks.append(("table", ["estimate", "mean", "std"], rows))
-        if any(p.startswith(f"r{name}/") for p in refined):
-            figure = _draw(blocks, plot_rllc_heads, estimates, family=f"r{name}")
-            if figure is not None:
-                files.figures.append(save_png(figure, out / f"{name}_rllc.png"))
-                blocks.append(("img", f"r{name} per component", f"{name}_rllc.png"))
-    blocks.extend(_warning_blocks(records, failures))
+    if not refined:
+        return []
+    blocks: list[Block] = [("h3", f"Refined LLCs at the last estimate (step {last['step']})")]
+    rows = [[p, _fmt(last[f"{p}/mean"]), _fmt(last.get(f"{p}/std"))] for p in refined]
+    blocks.append(("table", ["estimate", "mean", "std"], rows))
+    if any(p.startswith(f"r{name}/") for p in refined):
+        figure = _draw(blocks, plot_rllc_heads, estimates, family=f"r{name}")
+        if figure is not None:
+            files.figures.append(save_png(figure, out / f"{name}_rllc.png"))
+            blocks.append(("img", f"r{name} per component", f"{name}_rllc.png"))
     return blocks
 
 

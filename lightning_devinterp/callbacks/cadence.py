@@ -1,0 +1,93 @@
+"""When a monitor estimates: its schedule, the overhead budget, and a calibration that waits
+for its step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_devinterp.callbacks.budget import OverheadBudget, Sync
+from lightning_devinterp.callbacks.distributed import my_chains
+from lightning_devinterp.callbacks.sampler_plan import SamplerPlan
+from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.sampling import ChainSettings
+
+
+class Cadence:
+    """Decides, at each optimizer step, whether a monitor estimates now and which scheduled
+    step the estimate stands for; times the work for the budget.
+
+    Args:
+        schedule: the steps asked for.
+        budget: the overhead budget, or None.
+        plan: the sampler plan (an estimate waits for ``calibrate_at_step``).
+        name: the monitor's name, for the log.
+    """
+
+    def __init__(
+        self, schedule: Schedule, budget: OverheadBudget | None, plan: SamplerPlan, name: str
+    ) -> None:
+        self.schedule = schedule
+        self.budget = budget
+        self.plan = plan
+        self.name = name
+        self.last_seen_step: int | None = None
+        #: The scheduled step the running estimate stands for.
+        self.scheduled_step: int | None = None
+
+    def decide(self, step: int, force: bool, done: Collection[int], sync: Sync) -> int | None:
+        """The scheduled step an estimate at ``step`` stands for, or None for no estimate.
+
+        Due: a scheduled step since the last step seen (none is lost when ``global_step``
+        jumps; a repeated step, under gradient accumulation, is not due again), ``force``, or
+        a deferred estimate that the budget now allows. Never twice at one step (``done``).
+        """
+        asked = step if force else self.schedule.first_due(self.last_seen_step, step)
+        self.last_seen_step = step
+        waiting = self.budget is not None and self.budget.pending is not None
+        if (asked is None and not waiting) or step in done:
+            return None
+        if not force and self.plan.waits(step):
+            rank_zero_info(
+                f"LLCMonitor({self.name}): estimate at step {step} skipped: calibration "
+                f"waits for step {self.plan.calibrate_at_step}."
+            )
+            return None
+        if self.budget is None or force:
+            return asked
+        return self.budget.admit(step, asked is not None, sync, asked)
+
+    def run(self, step: int, scheduled: int, estimate: Callable[[], float], sync: Sync) -> None:
+        """Run ``estimate()`` (which returns the seconds it spent calibrating) for
+        ``scheduled`` and charge its cost, calibration excluded, to the budget."""
+        started = time.perf_counter()
+        self.scheduled_step = scheduled
+        try:
+            calibration_seconds = estimate()
+        finally:
+            self.scheduled_step = None
+        if self.budget is not None:
+            self.budget.analysed()
+            cost = time.perf_counter() - started - calibration_seconds
+            self.budget.spent(step, cost, sync)
+
+    def sgld_steps(self, jobs: Sequence[str], chains: ChainSettings, trainer: Trainer) -> int:
+        """The SGLD steps of the next estimate on rank 0 (its share of the chains), with the
+        calibration's step budget before the first estimate with ``sampler="auto"``."""
+        mine = len(my_chains(chains.num_chains, 0, trainer.world_size))
+        return len(jobs) * mine * chains.steps_per_chain + self.plan.extra_steps()
+
+    def record_fields(self, name: str, step: int) -> dict[str, Any]:
+        """When the estimate stands for an earlier scheduled step (deferred by the budget, or
+        passed over when ``global_step`` moved by more than one), ``<name>/deferred_from``;
+        with a budget, ``<name>/overhead`` and ``<name>/skipped``."""
+        fields: dict[str, Any] = {}
+        if self.budget is not None:
+            fields = {f"{name}/{key}": value for key, value in self.budget.record().items()}
+        if self.scheduled_step is not None and self.scheduled_step != step:
+            fields[f"{name}/deferred_from"] = self.scheduled_step
+        return fields
