@@ -210,11 +210,11 @@ class ScheduledAnalysis(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        check_unique_name(self, trainer.callbacks)
-        self._set_up = True
         if stage != "fit":
             return
         check_strategy(trainer)
+        check_unique_name(self, trainer.callbacks)
+        self._set_up = True
         path = output_folder(trainer, self.output_dir) / f"{self.name}.jsonl"
         self.recorder = Recorder(
             path, type(self).__name__, trainer.loggers, enabled=trainer.is_global_zero
