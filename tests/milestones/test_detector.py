@@ -382,7 +382,7 @@ def test_non_finite_values_are_skipped():
     assert det.update(20, float("nan")) == []
     assert det.update(30, float("inf")) == []
     state = det.state_dict()
-    assert state["last_step"] == 30 and state["open_bin"]["n"] == 1
+    assert state["last_step"] == 30 and state["open_count"] == 1
     with pytest.raises(ValueError, match="not after the previous step 30"):
         det.update(30, 1.0)
 
