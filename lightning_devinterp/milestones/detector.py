@@ -53,9 +53,10 @@ class MilestoneDetector:
 
     See :mod:`lightning_devinterp.milestones.rules` for the method. Feed it one estimate
     at a time with :meth:`update`; it returns the milestones that the new point confirmed
-    (usually none). All confirmed milestones are in :attr:`milestones`, the stages between them
-    in :attr:`stages`. :meth:`refine` re-fits the whole history offline (both sides of
-    every point known) into :attr:`refined`, leaving the online answers untouched.
+    (usually none). All confirmed milestones are in :attr:`milestones`, the stages between
+    them in :attr:`stages`. :meth:`refine` re-fits the whole history offline (both sides
+    of every point known) into :attr:`refined`, leaving the online answers untouched.
+    Each setting below is kept as an attribute of the same name.
 
     Args:
         series: Name stored in each milestone (``"llc"``, ``"loss"``, ...).
@@ -94,20 +95,6 @@ class MilestoneDetector:
         >>> det.milestones, det.current_stage
         ([], 0)
     """
-
-    series: str
-    confirm: int
-    min_separation: float
-    noise: float | None
-    threshold: float
-    trend_threshold: float
-    flat_threshold: float
-    flat: float
-    resolution: float
-    window: int
-    drop: float | None
-    std_floor: float
-    min_noise_points: int
 
     def __init__(
         self,

@@ -81,19 +81,19 @@ def check_settings(s: DetectorSettings) -> DetectorSettings:
     hint = "use e.g. min_noise_points=8"
     min_noise_points = _check_int("min_noise_points", s.min_noise_points, low=3, hint=hint)
     return DetectorSettings(
-        s.series,
-        confirm,
-        min_separation,
-        noise,
-        threshold,
-        trend_threshold,
-        flat_threshold,
-        flat,
-        resolution,
-        window,
-        drop,
-        std_floor,
-        min_noise_points,
+        series=s.series,
+        confirm=confirm,
+        min_separation=min_separation,
+        noise=noise,
+        threshold=threshold,
+        trend_threshold=trend_threshold,
+        flat_threshold=flat_threshold,
+        flat=flat,
+        resolution=resolution,
+        window=window,
+        drop=drop,
+        std_floor=std_floor,
+        min_noise_points=min_noise_points,
     )
 
 
