@@ -222,7 +222,10 @@ def _allowed(n: int, knots: list[int], lo: int, hi: int) -> np.ndarray:
     return cands
 
 
-def _gains(x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[int], cands: np.ndarray):
+def _gains(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[int], cands: np.ndarray
+) -> np.ndarray:
+    """:func:`bend_gain` of each candidate knot added to the fit with ``knots``."""
     sw = np.sqrt(w)
     return bend_gain(line_basis(x, knots) * sw[:, None], y * sw, hinges(x, cands) * sw[None, :])
 

@@ -73,7 +73,8 @@ def refine_milestones(
         settings: The detector's settings.
 
     Returns:
-        The milestones, in step order (none for fewer than ``2 * confirm + 4`` bins).
+        The milestones, in the order of the segments (none for fewer than
+        ``2 * confirm + 4`` bins).
     """
     c = settings.confirm
     if len(x) < 2 * c + 4:
