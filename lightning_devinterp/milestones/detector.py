@@ -170,10 +170,14 @@ class MilestoneDetector:
     def stages(self) -> list[Stage]:
         """Stages between consecutive online milestones; the last one is open."""
         starts, trends = self._state.stage_starts, self._state.stage_trends
-        ends = [*starts[1:], None]
         return [
-            Stage(index=i, start=start, end=end, trend=trend)
-            for i, (start, end, trend) in enumerate(zip(starts, ends, trends, strict=True))
+            Stage(
+                index=i,
+                start=start,
+                end=starts[i + 1] if i + 1 < len(starts) else None,
+                trend=trend,
+            )
+            for i, (start, trend) in enumerate(zip(starts, trends, strict=True))
         ]
 
     @property
@@ -228,16 +232,17 @@ class MilestoneDetector:
 
     def _noise(self) -> float | None:
         st = self._state
-        return noise_level(st.residuals, st.stds, st.bin_values, self._settings(), online=True)
+        return noise_level(st.residuals, st.stds, st.value_scale(), self._settings(), online=True)
 
     def _mean_slope(self, sigma: float) -> float:
         """The series' mean absolute slope per decade so far (see the rules' step 4)."""
-        x, y = self._state.bin_log_steps, self._state.bin_values
-        if not x:
+        st = self._state
+        x, y = st.bin_log_steps, st.bin_values
+        if st.value_min is None or st.value_max is None:
             return 0.0
         if self._range_cache[0] != len(y):
-            spread = sustained_range(np.asarray(y), max(y) - min(y), self.confirm)
-            self._range_cache = (len(y), spread)
+            raw = st.value_max - st.value_min
+            self._range_cache = (len(y), sustained_range(np.asarray(y), raw, self.confirm))
         return mean_slope(x[0], x[-1], self._range_cache[1] - 4.0 * sigma, sigma)
 
     def _process(self, now: int) -> list[Milestone]:

@@ -79,7 +79,8 @@ def refine_milestones(
     c = settings.confirm
     if len(x) < 2 * c + 4:
         return []
-    sigma = noise_level(norm_residual(x, y, w), stds, y, settings, online=False)
+    residuals = norm_residual(x, y, w)
+    sigma = noise_level(residuals, stds, float(np.abs(y).max()), settings, online=False)
     assert sigma is not None  # residuals exist
     knots = place_knots(x, y, w, settings.threshold**2 * sigma * sigma)
     fitted = piecewise_fit(x, y, w, knots)

@@ -153,7 +153,7 @@ def trend_verdict(
 def noise_level(
     residuals: Sequence[float] | np.ndarray,
     stds: Sequence[float],
-    values: Sequence[float] | np.ndarray,
+    value_scale: float,
     settings: DetectorSettings,
     *,
     online: bool,
@@ -163,8 +163,8 @@ def noise_level(
     Args:
         residuals: Normalized neighbour residuals (:func:`~.fit.norm_residual`).
         stds: Spreads passed with the estimates (fallback and floor).
-        values: The bin values; the level is at least 1e-9 of the largest magnitude
-            (infinite before any value, as when the detector has closed no bin yet).
+        value_scale: Largest magnitude of the values; the level is at least 1e-9 of it
+            (at least of 1e-30).
         settings: The detector's settings (``noise``, ``std_floor``,
             ``min_noise_points``).
         online: Online, the residuals are trusted from ``min_noise_points`` on and
@@ -187,5 +187,4 @@ def noise_level(
         return None
     if settings.std_floor > 0 and stds:
         sigma = max(sigma, settings.std_floor * float(np.median(stds)))
-    scale = max(float(np.abs(values).max()), 1e-30) if len(values) else math.inf
-    return max(sigma, 1e-9 * scale)
+    return max(sigma, 1e-9 * max(value_scale, 1e-30))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, get_args, get_origin, get_type_hints
@@ -13,8 +14,7 @@ from lightning_devinterp.milestones.records import Milestone
 
 STATE_VERSION = 2
 
-# version 1 (before the state was a dataclass): where each field was saved, if elsewhere;
-# its "ymin" and "ymax" are the extremes of the bin values and are not needed
+# version 1 (before the state was a dataclass): where each field was saved, if elsewhere
 _V1_PATHS = {
     "bin_log_steps": ("bins", "x"),
     "bin_values": ("bins", "y"),
@@ -26,6 +26,8 @@ _V1_PATHS = {
     "open_sum_value": ("open_bin", "sy"),
     "open_first_step": ("open_bin", "step"),
     "residuals": ("resid",),
+    "value_min": ("ymin",),
+    "value_max": ("ymax",),
     "knot": ("anchor",),
     "prev_knot": ("prev_anchor",),
     "last_milestone_log_step": ("last_ms_x",),
@@ -55,6 +57,8 @@ class DetectorState:
     last_step: int | None = None  # last step passed to update, finite value or not
     stds: list[float] = field(default_factory=list)  # the last `window` stds passed
     residuals: list[float] = field(default_factory=list)  # the last `window` residuals
+    value_min: float | None = None  # smallest bin value (None before the first bin)
+    value_max: float | None = None  # largest bin value (None before the first bin)
     # segmentation
     knot: int = 0  # bin where the current segment starts
     prev_knot: int | None = None  # bin where the segment before it started
@@ -91,12 +95,21 @@ class DetectorState:
         """Closes the open bin, and keeps the last ``window`` neighbour residuals."""
         for column, v in zip(self._columns(), self.open_bin(), strict=True):
             column.append(v)
+        y = self.bin_values[-1]
+        self.value_min = min(math.inf if self.value_min is None else self.value_min, y)
+        self.value_max = max(-math.inf if self.value_max is None else self.value_max, y)
         self.open_index = None
         self.open_count = 0
         self.open_sum_log_step = self.open_sum_value = 0.0
         n = len(self.bin_values)
         if n >= 3:
             keep_last(self.residuals, float(norm_residual(*self.bins(n - 3, n - 1))[0]), window)
+
+    def value_scale(self) -> float:
+        """Largest magnitude of the bin values (infinite before the first bin)."""
+        if self.value_min is None or self.value_max is None:
+            return math.inf
+        return max(abs(self.value_min), abs(self.value_max))
 
     def bins(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log10 step, value, count) of the closed bins lo..hi, as arrays."""

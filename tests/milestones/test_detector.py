@@ -363,13 +363,12 @@ def test_state_dict_round_trip_gives_the_same_milestones(schedule):
 
 def as_version_1(state: dict) -> dict:
     """A state dict in the layout saved before the state was a dataclass (version 1)."""
-    values = state["bin_values"]
     return {
         "version": 1,
         "config": state["config"],
         "bins": {
             "x": state["bin_log_steps"],
-            "y": values,
+            "y": state["bin_values"],
             "w": state["bin_counts"],
             "step": state["bin_steps"],
         },
@@ -383,8 +382,8 @@ def as_version_1(state: dict) -> dict:
         "last_step": state["last_step"],
         "stds": state["stds"],
         "resid": state["residuals"],
-        "ymin": min(values, default=None),
-        "ymax": max(values, default=None),
+        "ymin": state["value_min"],
+        "ymax": state["value_max"],
         "anchor": state["knot"],
         "prev_anchor": state["prev_knot"],
         "pending": state["pending"],
