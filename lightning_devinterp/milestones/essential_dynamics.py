@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 
@@ -148,6 +149,24 @@ def trajectory_curvature(path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return kappa, speed
 
 
+def _check_trajectory_args(
+    steps: np.ndarray, X: np.ndarray, sigma: Any, min_angle: Any, prominence: Any, edge: Any
+) -> None:
+    """Raises a ValueError naming the first bad argument of :func:`find_trajectory_milestones`."""
+    if steps.ndim != 1 or X.ndim != 2 or len(steps) != X.shape[0]:
+        raise ValueError(
+            f"steps has shape {steps.shape} and X {X.shape}: pass one step per row "
+            "of X (checkpoints x features)."
+        )
+    if len(steps) > 1 and np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be strictly increasing; sort the checkpoints by step.")
+    for name, val in (("min_angle", min_angle), ("prominence", prominence), ("edge", edge)):
+        if not isinstance(val, Real) or not math.isfinite(val) or val < 0:
+            raise ValueError(f"{name}={val!r} must be a finite number >= 0.")
+    if not isinstance(sigma, Real) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma={sigma!r} must be a finite number > 0 (in checkpoints).")
+
+
 def find_trajectory_milestones(
     steps: Sequence[int] | np.ndarray,
     X: np.ndarray,
@@ -192,18 +211,7 @@ def find_trajectory_milestones(
     """
     steps_arr = np.asarray(steps)
     X = np.asarray(X, dtype=float)
-    if steps_arr.ndim != 1 or X.ndim != 2 or len(steps_arr) != X.shape[0]:
-        raise ValueError(
-            f"steps has shape {steps_arr.shape} and X {X.shape}: pass one step per row "
-            "of X (checkpoints x features)."
-        )
-    if len(steps_arr) > 1 and np.any(np.diff(steps_arr) <= 0):
-        raise ValueError("steps must be strictly increasing; sort the checkpoints by step.")
-    for name, val in (("min_angle", min_angle), ("prominence", prominence), ("edge", edge)):
-        if not isinstance(val, Real) or not math.isfinite(val) or val < 0:
-            raise ValueError(f"{name}={val!r} must be a finite number >= 0.")
-    if not isinstance(sigma, Real) or not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma={sigma!r} must be a finite number > 0 (in checkpoints).")
+    _check_trajectory_args(steps_arr, X, sigma, min_angle, prominence, edge)
     if min_separation is None:
         min_separation = max(int(round(2 * sigma)), 1)
     if isinstance(min_separation, bool) or not isinstance(min_separation, Integral):

@@ -361,6 +361,65 @@ def test_state_dict_round_trip_gives_the_same_milestones(schedule):
         assert resumed.state_dict() == full.state_dict()
 
 
+def as_version_1(state: dict) -> dict:
+    """A state dict in the layout saved before the state was a dataclass (version 1)."""
+    return {
+        "version": 1,
+        "config": state["config"],
+        "bins": {
+            "x": state["bin_log_steps"],
+            "y": state["bin_values"],
+            "w": state["bin_counts"],
+            "step": state["bin_steps"],
+        },
+        "open_bin": {
+            "index": state["open_index"],
+            "n": state["open_count"],
+            "sx": state["open_sum_log_step"],
+            "sy": state["open_sum_value"],
+            "step": state["open_first_step"],
+        },
+        "last_step": state["last_step"],
+        "stds": state["stds"],
+        "resid": state["residuals"],
+        "ymin": state["value_min"],
+        "ymax": state["value_max"],
+        "anchor": state["knot"],
+        "prev_anchor": state["prev_knot"],
+        "pending": state["pending"],
+        "candidate": state["candidate"],
+        "candidate_count": state["candidate_count"],
+        "undecided_from": state["undecided_from"],
+        "knot_value": state["knot_value"],
+        "trend": state["trend"],
+        "last_ms_x": state["last_milestone_log_step"],
+        "milestones": state["milestones"],
+        "stage_starts": state["stage_starts"],
+        "stage_trends": state["stage_trends"],
+        "refined": state["refined"],
+    }
+
+
+def test_a_version_1_state_dict_resumes_the_same_run():
+    steps = log_steps(200)
+    kx, ky = CURVES["peak-trough"]
+    values = np.interp(np.log10(steps), kx, ky)
+    values = values + 0.03 * np.random.default_rng(6).standard_normal(len(steps))
+    full = run_detector(steps, values)
+    assert len(full.milestones) >= 2
+    for cut in (2, len(steps) // 2):
+        first = run_detector(steps[:cut], values[:cut])
+        first.refine()
+        resumed = MilestoneDetector()
+        resumed.load_state_dict(json.loads(json.dumps(as_version_1(first.state_dict()))))
+        assert resumed.state_dict() == first.state_dict()
+        for s, v in zip(steps[cut:], values[cut:], strict=True):
+            resumed.update(int(s), float(v))
+        assert resumed.milestones == full.milestones, cut
+        assert resumed.stages == full.stages
+        assert resumed.refine() == full.refine()
+
+
 def test_update_cost_under_a_millisecond():
     # 1000 points, one bin each (worst case), with changes to follow
     steps = np.unique(np.round(np.logspace(1, 7, 1000)).astype(int))
@@ -382,7 +441,7 @@ def test_non_finite_values_are_skipped():
     assert det.update(20, float("nan")) == []
     assert det.update(30, float("inf")) == []
     state = det.state_dict()
-    assert state["last_step"] == 30 and state["open_bin"]["n"] == 1
+    assert state["last_step"] == 30 and state["open_count"] == 1
     with pytest.raises(ValueError, match="not after the previous step 30"):
         det.update(30, 1.0)
 

@@ -1,0 +1,190 @@
+"""How milestones are found: the rule, and the verdicts that apply it online and offline.
+
+Following the stage analysis of the LLC curve (PAPERS.md, "Stages and milestones"),
+milestones are the critical points of a series against ``log10(step)``: where a plateau
+starts or ends, peaks and troughs. The detector reads one estimate at a time and
+announces a milestone only once the data after it confirm it.
+
+How it works:
+
+1. **Log-step grid.** Points are averaged into bins of width ``resolution`` in
+   ``log10(step)``, so the detector behaves the same whether checkpoints are
+   log-spaced or every 100 steps (late in training many points share a bin). A bin is
+   processed when the first point of a later bin arrives.
+2. **Noise that separates neighbours.** With common random numbers consecutive
+   estimates share batches and SGLD noise, so the spread across chains (``std``) can
+   be far larger than the checkpoint-to-checkpoint noise. The noise level is therefore
+   measured on the series itself: each bin is compared with the straight line through
+   its two neighbours, the residuals are normalized to the variance of one observation,
+   and the noise is ``1.4826 * median(|residual|)`` over the last ``window`` residuals
+   (robust to the few large residuals at corners), inflated by ``1 + 1.5 / sqrt(m)``
+   for ``m`` residuals so that a short history does not under-estimate it. The user's
+   ``std`` is only a fallback before ``min_noise_points`` residuals exist, and
+   optionally a floor (``std_floor``). A fixed ``noise`` overrides all this.
+3. **Breaks.** The series since the last break is a segment. After each bin, one more
+   bend of a continuous piecewise-linear fit (continuous with the previous segment) is
+   tried at every bin of the current segment that has at least ``confirm`` bins after
+   it; if the best bend saves more than ``threshold**2`` noise variances of squared
+   residuals, the segment is broken there and a new segment starts at that knot.
+4. **Trends.** The new segment's trend is judged, once ``confirm`` bins follow its knot,
+   from a line fitted to its bins (stopping before any bend that is building up). Its
+   knot is first re-placed at the best position within two bins, now that data after
+   it exist. ``rising``/``falling`` need a slope beyond ``trend_threshold`` standard
+   errors and beyond the flat band; ``flat`` needs ``|slope| + flat_threshold * se``
+   inside the flat band, whose half-width is ``flat`` times the series' mean slope
+   (range of values so far over their span in decades, at least one decade, at least
+   five noise levels). The range is capped at 1.5 times the range of a running median
+   over ``2 * confirm + 1`` bins, so a brief deep excursion (an LLC dip of a few points
+   while the weights cross from one saddle to the next, ten times deeper than the
+   steps between plateaus) does not make every later step look flat. The same verdict on two consecutive bins settles the trend;
+   a segment closed by the next break while still undecided leaves the trend unchanged.
+5. **Milestones.** A settled trend that differs from the current one is a milestone at
+   the segment's knot: rising to falling is a ``peak``, falling to rising a ``trough``,
+   into flat a ``plateau_start``, out of flat a ``plateau_end`` (or a ``drop`` when
+   ``drop`` is set and the series leaves the plateau falling at least ``drop`` times
+   its mean slope: the loss-curve signature of a new stage). ``detected_at`` is the
+   step of the point whose arrival settled it. A milestone closer than
+   ``min_separation`` decades to the previous one is not announced; the current stage
+   takes the newer trend instead.
+
+So nothing is announced from the last ``confirm`` bins alone (no edge effect), a
+straight or gently curving series gives no milestone, and the delay is a few points
+for peaks, troughs and plateau ends, longer for plateau starts at high noise (a flat
+slope needs enough points to be told from a slow rise).
+
+The verdicts below are the rule's single statement: :class:`MilestoneDetector`
+(:mod:`~lightning_devinterp.milestones.detector`) applies them as it reads the series,
+:func:`~lightning_devinterp.milestones.refine.refine_milestones` when it re-fits the whole
+history. Their numeric kernels are in :mod:`~lightning_devinterp.milestones.fit`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from lightning_devinterp.milestones.fit import LineFit, is_hump
+from lightning_devinterp.milestones.settings import DetectorSettings
+
+MAD_SCALE = 1.4826  # median absolute deviation to standard deviation, Gaussian noise
+PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
+HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
+ROUND = "round"  # verdict: inside the flat band, but the round top of a peak (no trend)
+
+
+def transition_kind(before: str, after: str) -> str:
+    """Kind of the milestone between a trend and the next (a different one)."""
+    if before == "rising" and after == "falling":
+        return "peak"
+    if before == "falling" and after == "rising":
+        return "trough"
+    if after == "flat":
+        return "plateau_start"
+    return "plateau_end"
+
+
+def milestone_kind(
+    before: str, after: str, slope: float, drop: float | None, mean_slope: float
+) -> str:
+    """:func:`transition_kind`, with a plateau left by a steep enough fall as a ``drop``.
+
+    Args:
+        before: Trend before the milestone.
+        after: Trend after it.
+        slope: Slope of the segment after it, per decade.
+        drop: The detector's ``drop`` setting (None: no drops).
+        mean_slope: The series' mean slope (:func:`mean_slope`).
+    """
+    kind = transition_kind(before, after)
+    if kind == "plateau_end" and after == "falling" and drop is not None:
+        if -slope >= drop * mean_slope:
+            return "drop"
+    return kind
+
+
+def too_close(x: float, last_x: float | None, min_separation: float) -> bool:
+    """Whether a milestone at log10-step ``x`` is too close to the last one at ``last_x``."""
+    return last_x is not None and x - last_x < min_separation
+
+
+def mean_slope(x_first: float, x_last: float, spread: float, sigma: float) -> float:
+    """The series' mean absolute slope per decade: ``spread`` over the span of x.
+
+    The span counts at least one decade and the spread at least five noise levels.
+    """
+    return max(spread, 5.0 * sigma) / max(x_last - x_first, 1.0)
+
+
+def trend_verdict(
+    line: LineFit,
+    sigma: float,
+    band: float,
+    bins: tuple[np.ndarray, np.ndarray, np.ndarray],
+    settings: DetectorSettings,
+) -> str | None:
+    """The trend a line fitted to a segment's bins shows.
+
+    Args:
+        line: The line fitted to the segment's bins.
+        sigma: Noise level of one observation.
+        band: Half-width of the flat band (``flat`` times the mean slope).
+        bins: The segment's (x, y, w), for the round-top check.
+        settings: The detector's settings (``trend_threshold``, ``flat_threshold``).
+
+    Returns:
+        ``"rising"`` or ``"falling"`` (slope beyond the band and ``trend_threshold``
+        standard errors), ``"flat"`` (``|slope| + flat_threshold * se`` inside the band),
+        :data:`ROUND` (inside the band, but the bins are the round top of a peak or the
+        bottom of a trough: no trend), or None (undecided).
+    """
+    se = line.slope_se(sigma)
+    bar = max(band, settings.trend_threshold * se)
+    if line.slope > bar:
+        return "rising"
+    if line.slope < -bar:
+        return "falling"
+    if abs(line.slope) + settings.flat_threshold * se < band:
+        return ROUND if is_hump(*bins, sigma, HUMP_Z) else "flat"
+    return None
+
+
+def noise_level(
+    residuals: Sequence[float] | np.ndarray,
+    stds: Sequence[float],
+    value_scale: float,
+    settings: DetectorSettings,
+    *,
+    online: bool,
+) -> float | None:
+    """Noise level of one observation (see step 2 of the module docstring).
+
+    Args:
+        residuals: Normalized neighbour residuals (:func:`~.fit.norm_residual`).
+        stds: Spreads passed with the estimates (fallback and floor).
+        value_scale: Largest magnitude of the values; the level is at least 1e-9 of it
+            (at least of 1e-30).
+        settings: The detector's settings (``noise``, ``std_floor``,
+            ``min_noise_points``).
+        online: Online, the residuals are trusted from ``min_noise_points`` on and
+            inflated by ``1 + 1.5 / sqrt(m)`` for ``m`` of them (a short history);
+            offline they are those of the whole series, taken as they are.
+
+    Returns:
+        The noise level, or None when there are neither enough residuals nor stds.
+    """
+    if settings.noise is not None:
+        return settings.noise
+    sigma: float | None = None
+    if len(residuals) >= (settings.min_noise_points if online else 0):
+        sigma = MAD_SCALE * float(np.median(np.abs(residuals)))
+        if online:
+            sigma *= 1.0 + 1.5 / math.sqrt(len(residuals))
+    elif stds:
+        sigma = float(np.median(stds))
+    if sigma is None:
+        return None
+    if settings.std_floor > 0 and stds:
+        sigma = max(sigma, settings.std_floor * float(np.median(stds)))
+    return max(sigma, 1e-9 * max(value_scale, 1e-30))
