@@ -12,7 +12,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_devinterp import SGLD
+from lightning_devinterp import SGLD, ChainSettings
 from lightning_devinterp.components import attention_heads
 from lightning_devinterp.demos import AttentionOnlyTransformer, InductionData, token_loss
 from lightning_devinterp.estimators import sample_components
@@ -43,9 +43,7 @@ def main() -> None:
     heads = attention_heads(model)
     kwargs = dict(
         sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0),
-        num_chains=args.chains,
-        num_draws=args.draws,
-        init_loss_batches=1,
+        chains=ChainSettings(num_chains=args.chains, num_draws=args.draws, init_loss_batches=1),
     )
 
     def full():

@@ -22,17 +22,17 @@ class ChainSettings:
     """The chains of one estimate, validated on construction.
 
     Args:
-        num_chains: independent chains, each from w*.
-        num_draws: draws per chain kept for the average.
-        num_burnin: steps per chain discarded before the first draw.
-        steps_between_draws: SGLD steps from one draw to the next.
-        seed: chain ``c`` uses noise and batch order seeded from ``(seed, c)``; the same seed
-            gives the same dice on every call (common random numbers along training).
-        init_loss_batches: batches averaged for L(w*).
-        paired: subtract from each draw's loss the loss of w* on the same minibatch (one extra
-            forward pass per draw; cancels batch-to-batch noise). Otherwise subtract L(w*).
-        train_mode: sample in train mode (dropout, BatchNorm batch statistics) instead of eval.
-        mala: also measure the MALA acceptance rate of the SGLD steps (a diagnostic).
+        num_chains: independent chains, each started at w*.
+        num_draws: draws kept per chain.
+        num_burnin: SGLD steps per chain before its first draw (discarded).
+        steps_between_draws: SGLD steps from one kept draw to the next.
+        seed: chain ``c`` takes its noise and batch order from ``(seed, c)``, so estimates
+            with one seed share their dice (common random numbers).
+        init_loss_batches: batches whose mean loss is L(w*).
+        paired: each draw's reference is the loss of w* on the draw's own minibatch (one more
+            forward pass per draw; batch-to-batch noise cancels), else L(w*).
+        train_mode: run the sampling copy in train mode (dropout, batch statistics), not eval.
+        mala: measure the MALA acceptance rate of the steps too (a diagnostic).
 
     Example:
         >>> chains = ChainSettings(num_chains=2, num_draws=50)

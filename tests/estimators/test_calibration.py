@@ -12,13 +12,18 @@ import torch
 from torch import nn
 
 from lightning_devinterp import SGLD, calibrate, estimate_llc
-from lightning_devinterp.estimators import llc_from_samples, sample_llc
-from lightning_devinterp.estimators.calibration import DEFAULT_STEP_FRACTIONS, select
+from lightning_devinterp.estimators import calibrate_with, llc_from_samples, sample_llc
+from lightning_devinterp.estimators.calibration import (
+    CALIBRATE_OPTIONS,
+    DEFAULT_STEP_FRACTIONS,
+    CalibrationOptions,
+    select,
+)
 from lightning_devinterp.reporting.calibration_figures import (
     plot_calibration_llc,
     plot_calibration_traces,
 )
-from lightning_devinterp.sampling import BatchStream, chain_seed, default_nbeta
+from lightning_devinterp.sampling import BatchStream, ChainSettings, chain_seed, default_nbeta
 from tests.estimators.test_llc_analytic import (
     RRR_SHAPES,
     Batches,
@@ -365,3 +370,40 @@ def test_result_record_is_flat_and_json_ready():
     assert json.loads(json.dumps(record)) == record
     assert SGLD(**{k: record[k] for k in ("lr", "nbeta", "localization")}) == result.sampler
     assert record["num_burnin"] == result.num_burnin
+
+
+def test_calibrate_with_takes_chain_counts_from_its_options_only():
+    """calibrate_with (what the monitors call) runs calibrate's computation; the counts of
+    ``chains`` play no part, its seed, burn-in and steps between draws do."""
+    model, loader, _ = regular(d=4, n=400)
+    grid = dict(nbeta=10.0, lrs=[1e-3, 1e-4])
+    chains = ChainSettings(num_chains=1, num_draws=3, num_burnin=2, steps_between_draws=2, seed=5)
+    given = calibrate_with(model, loader, half_mse, chains=chains, num_draws=16, **grid)
+    plain = calibrate(
+        model, loader, half_mse, num_draws=16, num_burnin=2, steps_between_draws=2, seed=5, **grid
+    )
+    assert given.estimate.loss_trace.shape == (4, 16)  # calibrate's 4 chains, the option's draws
+    assert given.table == plain.table and given.sampler == plain.sampler
+    assert given.num_burnin == plain.num_burnin and given.steps == plain.steps
+    with pytest.raises(ValueError, match=r"Unknown calibration option\(s\) \['seed'\]"):
+        calibrate_with(model, loader, half_mse, chains=chains, seed=1)
+
+
+def test_calibrate_defaults_are_the_options_defaults():
+    defaults = calibrate.__kwdefaults__
+    options = CalibrationOptions()
+    assert list(CALIBRATE_OPTIONS) == [
+        "nbeta",
+        "lrs",
+        "localizations",
+        "nbetas",
+        "num_chains",
+        "num_draws",
+        "tolerance",
+        "min_acceptance",
+        "max_steps",
+        "full_sweep",
+        "batched",
+    ]
+    for name in CALIBRATE_OPTIONS:
+        assert getattr(options, name) == defaults[name], name
