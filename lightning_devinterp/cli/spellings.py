@@ -1,0 +1,145 @@
+"""The spellings the command line accepted before it was built from signatures.
+
+jsonargparse names an option after its parameter (``--num_chains``), takes a boolean as a
+value (``--mala true``) and a list as one value (``--lrs [1e-3,3e-4]``). The earlier
+spellings still work: :meth:`Spellings.rewrite` turns them into jsonargparse's before
+parsing. They are dashes for underscores (``--num-chains``), a boolean option alone for true
+(``--mala``), a list of numbers as separate values (``--lrs 1e-3 3e-4``), and renamed
+options (``--unpaired`` for ``--paired false``, ``--nbeta 30`` for ``--sampler.nbeta 30``).
+"""
+
+from __future__ import annotations
+
+import numbers
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: What jsonargparse reads as a boolean value (YAML's words), lower case.
+BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off"})
+
+
+@dataclass
+class Spellings:
+    """The earlier spellings one subcommand accepts.
+
+    Attributes:
+        options: the options built from signatures, by key (``num_chains``).
+        flags: those with a boolean default: alone, they mean true.
+        lists: those typed as a sequence of numbers: they take separate values.
+        renamed: earlier option -> the option, or option and value, that replaces it
+            (``--unpaired`` -> ``--paired=false``).
+        implied: renamed option -> an option and value it meant as well, unless given
+            (``--nbeta`` -> ``--sampler.lr=0.001``: the step size it was used with).
+    """
+
+    options: list[str] = field(default_factory=list)
+    flags: set[str] = field(default_factory=set)
+    lists: set[str] = field(default_factory=set)
+    renamed: dict[str, str] = field(default_factory=dict)
+    implied: dict[str, str] = field(default_factory=dict)
+
+    def add(self, source: Callable[..., Any], keys: Iterable[str], defaults: Mapping) -> None:
+        """Record the options ``keys`` that jsonargparse built from ``source``'s signature;
+        ``defaults`` holds their parsed defaults."""
+        hints = _type_hints(source)
+        for key in keys:
+            self.options.append(key)
+            if isinstance(defaults.get(key), bool):
+                self.flags.add(key)
+            if key in hints and _is_number_list(hints[key]):
+                self.lists.add(key)
+
+    def rewrite(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` (after the subcommand) in jsonargparse's spelling."""
+        tokens, out, used = list(argv), [], []
+        while tokens:
+            token = tokens.pop(0)
+            if token == "--":
+                out += [token, *tokens]
+                break
+            if not token.startswith("--"):
+                out.append(token)
+                continue
+            name, equals, value = token.partition("=")
+            if name in self.renamed:
+                used.append(name)
+            name = self.renamed.get(name, "--" + name[2:].replace("-", "_"))
+            key = name[2:]
+            if equals:
+                out.append(f"{name}={value}")
+            elif key in self.flags and not (tokens and tokens[0].lower() in BOOLEAN_WORDS):
+                out.append(f"{name}=true")
+            elif key in self.lists and tokens and not tokens[0].startswith("["):
+                values = []
+                while tokens and not _is_option(tokens[0]):
+                    values.append(tokens.pop(0))
+                out.append(f"{name}=[{','.join(values)}]")
+            else:
+                out.append(name)
+        given = {token.partition("=")[0] for token in out}
+        implied = {self.implied[name] for name in used if name in self.implied}
+        return [token for token in implied if token.partition("=")[0] not in given] + out
+
+    def help(self) -> str:
+        """The earlier spellings, for the end of the subcommand's help."""
+        dashed = [f"--{key.replace('_', '-')}" for key in self.options if "_" in key]
+        lines = ["earlier spellings, still accepted:"]
+        if dashed:
+            names = textwrap.fill(
+                ", ".join(dashed), 78, subsequent_indent="    ", break_on_hyphens=False
+            )
+            lines.append(f"  {names}\n    (dashes for underscores)")
+        if self.flags:
+            example = sorted(self.flags)[0]
+            lines.append(f"  --{example} alone for --{example} true (any boolean option)")
+        for key in sorted(self.lists):
+            lines.append(f"  --{key} X Y for --{key} [X,Y]")
+        for old, new in self.renamed.items():
+            implied = self.implied.get(old, "").replace("=", " ")
+            unless = f" ({implied} unless given)" if implied else ""
+            lines.append(f"  {old} for {new.replace('=', ' ')}{unless}")
+        return "\n".join(lines)
+
+
+def _type_hints(source: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of a function, or of a class's fields or ``__init__``."""
+    if isinstance(source, type) and "__init__" in vars(source):
+        source = source.__init__
+    try:
+        return typing.get_type_hints(source)
+    except (NameError, TypeError):  # an annotation only a type checker resolves
+        return {}
+
+
+def _is_number_list(hint: Any) -> bool:
+    """``hint`` is a sequence of numbers, or that or None."""
+    for option in typing.get_args(hint) if _is_union(hint) else (hint,):
+        origin = typing.get_origin(option)
+        if isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str:
+            items = typing.get_args(option)
+            if items and all(_is_number_type(item) for item in items if item is not Ellipsis):
+                return True
+    return False
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) is typing.Union or isinstance(hint, types.UnionType)
+
+
+def _is_number_type(item: Any) -> bool:
+    return isinstance(item, type) and issubclass(item, numbers.Real) and item is not bool
+
+
+def _is_option(token: str) -> bool:
+    """``token`` names an option (not a negative number)."""
+    if not token.startswith("-"):
+        return False
+    try:
+        float(token)
+    except ValueError:
+        return True
+    return False
