@@ -12,14 +12,14 @@ outputs go. The earlier spellings of the options (``--num-chains``, ``--mala`` a
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 
 from lightning_devinterp.callbacks.checkpoints import estimate_checkpoints
-from lightning_devinterp.callbacks.llc_monitor import DEFAULT_LR
+from lightning_devinterp.callbacks.llc_monitor import DEFAULT_LR, LLCMonitor
 from lightning_devinterp.cli.spellings import Spellings
 from lightning_devinterp.estimators import calibrate
 from lightning_devinterp.reporting.summary import write_report
@@ -38,6 +38,23 @@ safety:
   A checkpoint holding other Python objects is refused; --unsafe-load unpickles it fully,
   which runs any code the file contains. Use it only for files you trust.
 """
+
+ESTIMATE_DESCRIPTION = """\
+Estimate the local learning coefficient at each Lightning checkpoint
+(sorted by global_step) with the outputs of LLCMonitor: <out>/<name>.jsonl (one
+record per checkpoint, the callback's keys), <out>/milestones.json, and a report
+with figures in <out>/report."""
+
+CALIBRATE_DESCRIPTION = """\
+Run short chains on a log grid of step sizes (per localization, and per
+nbeta unless --nbeta is given) at one checkpoint and recommend the settings whose
+chains are healthy (lightning_devinterp.calibrate). Prints the estimate flags to
+use; writes <out>/calibration.json (every setting tried) and its figures."""
+
+REPORT_DESCRIPTION = """\
+Write report.md, report.html and PNG figures (LLC curve with stages and
+milestones, L(w*), refined LLCs per head) from a run's JSON-lines file(s) and the
+milestones.json beside them."""
 
 ESTIMATE_EXAMPLE = """
 example:
@@ -122,81 +139,93 @@ class CommandLine:
 
 
 def estimate_parser() -> tuple[ArgumentParser, Spellings]:
-    """``estimate``: the checkpoints, the sources and :func:`estimate_checkpoints`' own
-    options."""
-    parser = _subcommand_parser(
-        "Estimate the local learning coefficient at each Lightning checkpoint\n"
-        "(sorted by global_step) with the outputs of LLCMonitor: <out>/<name>.jsonl (one\n"
-        "record per checkpoint, the callback's keys), <out>/milestones.json, and a report\n"
-        "with figures in <out>/report."
-    )
-    parser.add_argument(
-        "checkpoints", nargs="+", type=Path, help="a directory of *.ckpt files, or the files"
-    )
-    add_source_arguments(parser)
-    keys = parser.add_function_arguments(estimate_checkpoints, skip=ESTIMATE_SKIP)
-    parser.add_argument(
-        "--out", type=Optional[Path], help="output folder (default <checkpoints>/devinterp)"
-    )
+    """``estimate``: the checkpoints, the sources, ``--out`` and the options of
+    :func:`estimate_checkpoints`."""
     spellings = Spellings(renamed={**RENAMED, **SAMPLER_RENAMED}, implied=SAMPLER_IMPLIED)
-    spellings.add(estimate_checkpoints, keys, parser.get_defaults())
+    parser = _signature_parser(
+        ESTIMATE_DESCRIPTION,
+        _estimate_own,
+        estimate_checkpoints,
+        spellings,
+        passes_on=LLCMonitor,
+        skip=ESTIMATE_SKIP,
+    )
     parser.epilog = f"{SOURCE_HELP}\n{spellings.help()}\n{ESTIMATE_EXAMPLE}"
     return parser, spellings
 
 
 def calibrate_parser() -> tuple[ArgumentParser, Spellings]:
-    """``calibrate``: the checkpoint, the sources and :func:`calibrate`'s options."""
-    parser = _subcommand_parser(
-        "Run short chains on a log grid of step sizes (per localization, and per\n"
-        "nbeta unless --nbeta is given) at one checkpoint and recommend the settings whose\n"
-        "chains are healthy (lightning_devinterp.calibrate). Prints the estimate flags to\n"
-        "use; writes <out>/calibration.json (every setting tried) and its figures."
-    )
-    parser.add_argument(
-        "checkpoint", type=Path, help="a checkpoint, or a directory (its last one by step)"
-    )
-    add_source_arguments(parser)
+    """``calibrate``: the checkpoint, the sources, ``--out``, ``--device`` and the options of
+    :func:`calibrate`."""
     spellings = Spellings(renamed={"--unpaired": RENAMED["--unpaired"]})
-    keys = parser.add_function_arguments(calibrate, skip=CALIBRATE_SKIP)
-    spellings.add(calibrate, keys, parser.get_defaults())
-    parser.add_argument(
-        "--out", type=Optional[Path], help="output folder (default <dir>/devinterp)"
+    parser = _signature_parser(
+        CALIBRATE_DESCRIPTION, _calibrate_own, calibrate, spellings, skip=CALIBRATE_SKIP
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
     parser.epilog = f"{SOURCE_HELP}\n{spellings.help()}\n{CALIBRATE_EXAMPLE}"
     return parser, spellings
 
 
 def report_parser() -> tuple[ArgumentParser, Spellings]:
-    """``report``: :func:`write_report`'s arguments (``--out`` for ``--out_dir``)."""
-    parser = _subcommand_parser(
-        "Write report.md, report.html and PNG figures (LLC curve with stages and\n"
-        "milestones, L(w*), refined LLCs per head) from a run's JSON-lines file(s) and the\n"
-        "milestones.json beside them."
-    )
+    """``report``: the arguments of :func:`write_report` (``--out`` for ``--out_dir``)."""
     spellings = Spellings(renamed={"--out": "--out_dir"})
-    keys = parser.add_function_arguments(write_report, as_positional=True)
-    spellings.add(write_report, keys, parser.get_defaults())
+    parser = _signature_parser(
+        REPORT_DESCRIPTION, lambda _: None, write_report, spellings, as_positional=True
+    )
     parser.epilog = spellings.help()
     return parser, spellings
+
+
+def _signature_parser(
+    description: str,
+    add_own: Callable[[ArgumentParser], None],
+    function: Callable[..., Any],
+    spellings: Spellings,
+    passes_on: type | None = None,
+    **signature: Any,
+) -> ArgumentParser:
+    """A subcommand's parser: its own arguments (``add_own``), then those jsonargparse builds
+    from ``function``'s signature (``signature``: ``skip``, ``as_positional``) and the class it
+    passes its ``**kwargs`` on to, recorded in ``spellings``."""
+    parser = ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_own(parser)
+    keys = parser.add_function_arguments(function, **signature)
+    spellings.add(keys, function, *([passes_on] if passes_on else []))
+    return parser
+
+
+def _estimate_own(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoints", nargs="+", type=Path, help="a directory of *.ckpt files, or the files"
+    )
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--out", type=Path | None, help="output folder (default <checkpoints>/devinterp)"
+    )
+
+
+def _calibrate_own(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint", type=Path, help="a checkpoint, or a directory (its last one by step)"
+    )
+    add_source_arguments(parser)
+    parser.add_argument("--out", type=Path | None, help="output folder (default <dir>/devinterp)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
 
 
 def add_source_arguments(parser: ArgumentParser) -> None:
     """Where the model, the data, the loss and the checkpoints' trust come from."""
     source = parser.add_argument_group("model and data")
     source.add_argument(
-        "--config", type=Optional[Path], help="LightningCLI config with model:/data: (FILE)"
+        "--config", type=Path | None, help="LightningCLI config with model:/data: (FILE)"
     )
     source.add_argument(
-        "--model", type=Optional[str], help="LightningModule, e.g. mypkg.models.GPT (CLASS)"
+        "--model", type=str | None, help="LightningModule, e.g. mypkg.models.GPT (CLASS)"
     )
-    source.add_argument(
-        "--datamodule", type=Optional[str], help="LightningDataModule class (CLASS)"
-    )
+    source.add_argument("--datamodule", type=str | None, help="LightningDataModule class (CLASS)")
     source.add_argument(
         "--loss-fn",
         "--loss_fn",
-        type=Optional[str],
+        type=str | None,
         help="loss_fn(model, batch), e.g. mypkg.losses.lm_loss (FUNC)",
     )
     source.add_argument(
@@ -205,7 +234,3 @@ def add_source_arguments(parser: ArgumentParser) -> None:
         action="store_true",
         help="unpickle checkpoints fully (runs code from the file: trusted files only)",
     )
-
-
-def _subcommand_parser(description: str) -> ArgumentParser:
-    return ArgumentParser(description=description, formatter_class=HelpFormatter)

@@ -14,7 +14,7 @@ import numbers
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ class Spellings:
 
     Attributes:
         options: the options built from signatures, by key (``num_chains``).
-        flags: those with a boolean default: alone, they mean true.
+        flags: those typed as booleans: alone, they mean true.
         lists: those typed as a sequence of numbers: they take separate values.
         renamed: earlier option -> the option, or option and value, that replaces it
             (``--unpaired`` -> ``--paired=false``).
@@ -42,15 +42,17 @@ class Spellings:
     renamed: dict[str, str] = field(default_factory=dict)
     implied: dict[str, str] = field(default_factory=dict)
 
-    def add(self, source: Callable[..., Any], keys: Iterable[str], defaults: Mapping) -> None:
-        """Record the options ``keys`` that jsonargparse built from ``source``'s signature;
-        ``defaults`` holds their parsed defaults."""
-        hints = _type_hints(source)
+    def add(self, keys: Iterable[str], *sources: Callable[..., Any]) -> None:
+        """Record the options ``keys`` that jsonargparse built from the signatures of
+        ``sources`` (a function, and the classes it passes its ``**kwargs`` on to)."""
+        hints: dict[str, Any] = {}
+        for source in reversed(sources):
+            hints.update(_type_hints(source))
         for key in keys:
             self.options.append(key)
-            if isinstance(defaults.get(key), bool):
+            if _is_boolean(hints.get(key)):
                 self.flags.add(key)
-            if key in hints and _is_number_list(hints[key]):
+            if _is_number_list(hints.get(key)):
                 self.lists.add(key)
 
     def rewrite(self, argv: Sequence[str]) -> list[str]:
@@ -86,18 +88,17 @@ class Spellings:
 
     def help(self) -> str:
         """The earlier spellings, for the end of the subcommand's help."""
-        dashed = [f"--{key.replace('_', '-')}" for key in self.options if "_" in key]
-        lines = ["earlier spellings, still accepted:"]
+        lines = ["also accepted:"]
+        dashed = ", ".join(f"--{key.replace('_', '-')}" for key in self.options if "_" in key)
         if dashed:
-            names = textwrap.fill(
-                ", ".join(dashed), 78, subsequent_indent="    ", break_on_hyphens=False
-            )
-            lines.append(f"  {names}\n    (dashes for underscores)")
+            lines.append(_wrap(f"dashes for underscores: {dashed}"))
         if self.flags:
-            example = sorted(self.flags)[0]
-            lines.append(f"  --{example} alone for --{example} true (any boolean option)")
-        for key in sorted(self.lists):
-            lines.append(f"  --{key} X Y for --{key} [X,Y]")
+            example = "mala" if "mala" in self.flags else min(self.flags)
+            flags = ", ".join(f"--{key}" for key in sorted(self.flags))
+            lines.append(_wrap(f"a boolean option alone for true (--{example}): {flags}"))
+        if self.lists:
+            lists = ", ".join(f"--{key}" for key in sorted(self.lists))
+            lines.append(_wrap(f"a list as separate numbers (--lrs 1e-3 3e-4): {lists}"))
         for old, new in self.renamed.items():
             implied = self.implied.get(old, "").replace("=", " ")
             unless = f" ({implied} unless given)" if implied else ""
@@ -105,14 +106,29 @@ class Spellings:
         return "\n".join(lines)
 
 
+def _wrap(text: str) -> str:
+    """``text`` as an indented paragraph of the help."""
+    return textwrap.fill(
+        text, 88, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False
+    )
+
+
 def _type_hints(source: Callable[..., Any]) -> dict[str, Any]:
-    """The resolved annotations of a function, or of a class's fields or ``__init__``."""
-    if isinstance(source, type) and "__init__" in vars(source):
-        source = source.__init__
-    try:
-        return typing.get_type_hints(source)
-    except (NameError, TypeError):  # an annotation only a type checker resolves
-        return {}
+    """The resolved annotations of a function, or of a class's ``__init__`` and those of its
+    bases (which its ``**kwargs`` reach)."""
+    functions = [c.__init__ for c in source.__mro__[::-1]] if isinstance(source, type) else [source]
+    hints: dict[str, Any] = {}
+    for function in functions:
+        try:
+            hints.update(typing.get_type_hints(function))
+        except (NameError, TypeError):  # an annotation only a type checker resolves
+            continue
+    return hints
+
+
+def _is_boolean(hint: Any) -> bool:
+    """``hint`` is ``bool``, or that or None."""
+    return hint is bool or (_is_union(hint) and set(typing.get_args(hint)) == {bool, type(None)})
 
 
 def _is_number_list(hint: Any) -> bool:
