@@ -131,7 +131,11 @@ class CommandLine:
 
     def parse(self, argv: Sequence[str]) -> Namespace:
         """The options of ``argv``, class paths among them built; the subcommand's options are
-        under its name. Exits with status 2 and the problem on a bad option."""
+        under its name. Exits with status 2 and the problem on a bad option.
+
+        Raises:
+            ValueError: a class refuses the arguments given (``--lr -1``: SGLD's message).
+        """
         argv = list(argv)
         if argv and argv[0] in self.spellings:
             argv[1:] = self.spellings[argv[0]].rewrite(argv[1:])

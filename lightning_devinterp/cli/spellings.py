@@ -83,11 +83,11 @@ class Spellings:
             else:
                 out.append(name)
         given = {token.partition("=")[0] for token in out}
-        implied = {self.implied[name] for name in used if name in self.implied}
+        implied = dict.fromkeys(self.implied[name] for name in used if name in self.implied)
         return [token for token in implied if token.partition("=")[0] not in given] + out
 
     def help(self) -> str:
-        """The earlier spellings, for the end of the subcommand's help."""
+        """The other spellings accepted, for the end of the subcommand's help."""
         lines = ["also accepted:"]
         dashed = ", ".join(f"--{key.replace('_', '-')}" for key in self.options if "_" in key)
         if dashed:
@@ -97,8 +97,9 @@ class Spellings:
             flags = ", ".join(f"--{key}" for key in sorted(self.flags))
             lines.append(_wrap(f"a boolean option alone for true (--{example}): {flags}"))
         if self.lists:
+            example = "lrs" if "lrs" in self.lists else min(self.lists)
             lists = ", ".join(f"--{key}" for key in sorted(self.lists))
-            lines.append(_wrap(f"a list as separate numbers (--lrs 1e-3 3e-4): {lists}"))
+            lines.append(_wrap(f"a list as separate numbers (--{example} 1e-3 3e-4): {lists}"))
         for old, new in self.renamed.items():
             implied = self.implied.get(old, "").replace("=", " ")
             unless = f" ({implied} unless given)" if implied else ""
