@@ -54,15 +54,7 @@ def callbacks_from_yaml(path: str | Path) -> list[Callback]:
         FileNotFoundError: no such file.
         ValueError: not YAML, no list of callbacks, or a callback that cannot be built.
     """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}; point it to a YAML file of callbacks.")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML ({error}).") from error
+    content = read_yaml(path, "a YAML file of callbacks")
     if isinstance(content, dict):
         trainer = content.get("trainer")
         inner = trainer if isinstance(trainer, dict) and "callbacks" in trainer else content
@@ -73,6 +65,29 @@ def callbacks_from_yaml(path: str | Path) -> list[Callback]:
             "'- class_path: lightning_devinterp.LLCMonitor' with their 'init_args'."
         )
     return instantiate(list[Callback], content, f"the callbacks of {path}")
+
+
+def read_yaml(path: str | Path, expected: str) -> Any:
+    """The content of the YAML file at ``path`` (``yaml.safe_load``): the one reader of
+    configuration files, for this factory and the command line's ``--config``.
+
+    Args:
+        path: the file.
+        expected: what the file should be, for the message when it is missing.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid YAML.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}; point it to {expected}.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML ({error}).") from error
 
 
 def instantiate(kind: Any, value: Any, what: str) -> Any:
@@ -97,4 +112,4 @@ def instantiate(kind: Any, value: Any, what: str) -> Any:
         config = parser.parse_object({"value": value})
     except ArgumentError as error:
         raise ValueError(f"cannot build {what}: {error}") from error
-    return parser.instantiate_classes(config).value
+    return parser.instantiate(config).value

@@ -165,6 +165,8 @@ def test_report_writes_markdown_html_and_figures_with_the_stages(tmp_path):
         (["{ckpts}"], "No model: pass --model"),
         (["{ckpts}", "--model", "tests.cli.tiny.Nope"], "tests.cli.tiny.Nope"),
         (["{ckpts}", "--config", "{bad_config}"], "has no model: or data: section"),
+        (["{ckpts}", "--config", "{empty}/config.yaml"], "--config: no such file: .*config.yaml"),
+        (["{ckpts}", "--config", "{not_yaml}"], "--config: .*not.yaml is not valid YAML"),
         (
             ["{ckpts}", "--model", "tests.cli.tiny.TinyTransformer", "--loss-fn", "x.y"],
             "--loss-fn x.y",
@@ -177,11 +179,13 @@ def test_bad_inputs_exit_with_a_clear_message(run, tmp_path, capsys, args, messa
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "text.ckpt").write_text("not a checkpoint")
     (tmp_path / "bad.yaml").write_text("trainer: {max_steps: 3}\n")
+    (tmp_path / "not.yaml").write_text("model: [unclosed\n")
     names = {
         "empty": tmp_path / "empty",
         "junk": tmp_path / "junk",
         "ckpts": checkpoints,
         "bad_config": tmp_path / "bad.yaml",
+        "not_yaml": tmp_path / "not.yaml",
     }
     argv = [str(a).format(**names) for a in args]
     code, _, err = in_process(capsys, "estimate", *argv, "--out", tmp_path / "out")
