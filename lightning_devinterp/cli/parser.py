@@ -19,7 +19,8 @@ from typing import Any
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 
 from lightning_devinterp.callbacks.checkpoints import estimate_checkpoints
-from lightning_devinterp.callbacks.llc_monitor import DEFAULT_LR, LLCMonitor
+from lightning_devinterp.callbacks.llc_monitor import LLCMonitor
+from lightning_devinterp.callbacks.sampler_plan import DEFAULT_LR
 from lightning_devinterp.cli.spellings import Spellings
 from lightning_devinterp.estimators import calibrate
 from lightning_devinterp.reporting.summary import write_report
