@@ -25,7 +25,7 @@ from lightning_devinterp.reporting.summary import write_report
 
 def echo(line: str) -> None:
     """One line of a subcommand's output."""
-    print(line)  # noqa: T201 - the command line's output
+    print(line)
 
 
 def run_estimate(options: Namespace) -> None:
