@@ -123,27 +123,27 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
         )
     )
     stages, milestones = _stages_and_milestones(path.with_name(milestones_filename(name)))
-    blocks.extend(_curve_blocks(name, estimates, stages, milestones, out, files))
+    _add_curves(blocks, name, estimates, stages, milestones, out, files)
     for series, found in stages.items():
         key = series_keys(series, name)[0]
         if found and any(key in r for r in estimates):
             blocks.append(("h3", f"Stages of `{series}`"))
             blocks.append(("table", *_stage_table(found, estimates, key)))
-    blocks.extend(_refined_blocks(name, estimates, out, files))
+    _add_refined(blocks, name, estimates, out, files)
     blocks.extend(_warning_blocks(records, failures))
     return blocks
 
 
-def _curve_blocks(
+def _add_curves(
+    blocks: list[Block],
     name: str,
     estimates: list[dict[str, Any]],
     stages: dict[str, list[Stage]],
     milestones: list[Milestone],
     out: Path,
     files: ReportFiles,
-) -> list[Block]:
-    """The LLC curve and the L(w*) curve, each with its series' stages and milestones."""
-    blocks: list[Block] = []
+) -> None:
+    """Add the LLC curve and the L(w*) curve, each with its series' stages and milestones."""
     figures = [
         (f"{name} curve", f"{name}_curve.png", f"{name}/mean", f"{name}/std", name),
         ("L(w*) curve", f"{name}_loss.png", f"{name}/init_loss", None, loss_series(name)),
@@ -165,13 +165,12 @@ def _curve_blocks(
         if figure is not None:
             files.figures.append(save_png(figure, out / filename))
             blocks.append(("img", alt, filename))
-    return blocks
 
 
-def _refined_blocks(
-    name: str, estimates: list[dict[str, Any]], out: Path, files: ReportFiles
-) -> list[Block]:
-    """The refined LLCs at the last estimate, and the figure of the per-component ones."""
+def _add_refined(
+    blocks: list[Block], name: str, estimates: list[dict[str, Any]], out: Path, files: ReportFiles
+) -> None:
+    """Add the refined LLCs at the last estimate, and the figure of the per-component ones."""
     last = estimates[-1]
     refined = [
         k.removesuffix("/mean")
@@ -179,8 +178,8 @@ def _refined_blocks(
         if k.endswith("/mean") and k != f"{name}/mean" and _finite(last[k])
     ]
     if not refined:
-        return []
-    blocks: list[Block] = [("h3", f"Refined LLCs at the last estimate (step {last['step']})")]
+        return
+    blocks.append(("h3", f"Refined LLCs at the last estimate (step {last['step']})"))
     rows = [[p, _fmt(last[f"{p}/mean"]), _fmt(last.get(f"{p}/std"))] for p in refined]
     blocks.append(("table", ["estimate", "mean", "std"], rows))
     if any(p.startswith(f"r{name}/") for p in refined):
@@ -188,7 +187,6 @@ def _refined_blocks(
         if figure is not None:
             files.figures.append(save_png(figure, out / f"{name}_rllc.png"))
             blocks.append(("img", f"r{name} per component", f"{name}_rllc.png"))
-    return blocks
 
 
 def _draw(blocks: list[Block], plot: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
