@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lightning_devinterp.estimators.bias import NOISE_BIAS_MAX
 from lightning_devinterp.estimators.diagnostics import DRIFT_TOLERANCE, health_warnings
 from lightning_devinterp.estimators.llc import LLCEstimate
 from lightning_devinterp.sampling import SGLD, ChainSettings, ChainTraces
@@ -147,11 +148,13 @@ def any_confirmed(rows: Sequence[dict[str, Any]]) -> bool:
 
 
 def _badness(row: dict[str, Any]) -> tuple[int, ...]:
-    """Orders unhealthy rows, least bad first: divergence, then a negative or non-finite
-    LLC, then disagreeing chains, then a drifting trace."""
+    """Orders unhealthy rows, least bad first: divergence, then an estimate biased by
+    minibatch noise, then a negative or non-finite LLC, then disagreeing chains, then a drifting trace."""
     finite = math.isfinite(row["llc"]) and row["llc"] > 0
+    biased = row.get("minibatch_bias")
     return (
         row["diverged_chains"],
+        int(biased is not None and not biased <= NOISE_BIAS_MAX),
         int(not finite),
         int(not row["chains_agree"]),
         int(not row["stationary"]),

@@ -253,7 +253,7 @@ def llc_from_samples(samples: LLCSamples) -> LLCEstimate:
     sampler, found = estimate.sampler, []
     if samples.noise is not None:
         estimate.minibatch_noise, estimate.minibatch_noise_max = samples.noise.ratios(sampler)
-        estimate.minibatch_bias = noise_bias(samples.noise.excess(sampler), estimate.mean)
+        estimate.minibatch_bias = noise_bias(samples.noise, sampler, estimate.mean)
         found.append(noise_warning(samples.noise, sampler, estimate.mean))
     if samples.half_step is not None:
         half = llc_from_traces(samples.half_step, sampler, samples.init_losses)
