@@ -199,4 +199,3 @@ class _TimedIterator:
             return next(self.iterator)
         finally:
             self.owner.seconds += time.perf_counter() - started
-

@@ -276,8 +276,13 @@ def sample_components(
         )  # fmt: skip
     return [
         LLCSamples(
-            tr, copy.init_losses, sampler, c.name if c is not None else None,
-            copy.noise(mask), half_traces, share,
+            tr,
+            copy.init_losses,
+            sampler,
+            c.name if c is not None else None,
+            copy.noise(mask),
+            half_traces,
+            share,
         )  # fmt: skip
         for tr, c, mask, half_traces in zip(traces, components, masks, halves, strict=True)
     ]
