@@ -129,7 +129,8 @@ class LLCEstimate:
         )
 
     def metrics(self, prefix: str = "llc") -> dict[str, float]:
-        """Scalars to log, named ``<prefix>/mean``, ``<prefix>/std``, ``<prefix>/health/...``."""
+        """Scalars to log, named ``<prefix>/mean``, ``<prefix>/std``, ``<prefix>/health/...``;
+        the figures of the bias checks only when run and finite."""
         return {
             f"{prefix}/mean": self.mean,
             f"{prefix}/std": self.std,
@@ -139,10 +140,10 @@ class LLCEstimate:
             f"{prefix}/health/drift": self.drift,
             f"{prefix}/health/stationary": float(self.stationary),
             f"{prefix}/health/rhat": self.rhat,
-            f"{prefix}/health/minibatch_noise": self.minibatch_noise,
-            f"{prefix}/health/minibatch_bias": self.minibatch_bias,
             **_present(
                 {
+                    f"{prefix}/health/minibatch_noise": self.minibatch_noise,
+                    f"{prefix}/health/minibatch_bias": self.minibatch_bias,
                     f"{prefix}/health/step_bias": self.step_bias,
                     f"{prefix}/extrapolated": self.extrapolated,
                     f"{prefix}/health/data_share": self.data_share,
@@ -347,7 +348,8 @@ def estimate_llc(
 
 
 def _present(values: dict[str, float | None]) -> dict[str, float]:
-    return {key: value for key, value in values.items() if value is not None}
+    """The finite values (a check that was not run, or a bias without bound, is left out)."""
+    return {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def _json_float(value: float) -> float | None:
