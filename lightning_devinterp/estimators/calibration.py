@@ -33,12 +33,14 @@ smallest ε of the most preferred pair, else to the least unhealthy setting.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
+from lightning_devinterp.estimators.bias import noise_bias, noise_warning
 from lightning_devinterp.estimators.calibration_grid import (
     DEFAULT_NBETA_FACTORS,
     DEFAULT_STEP_FRACTIONS,
@@ -169,6 +171,7 @@ def calibrate(
     paired: bool = True,
     train_mode: bool = False,
     transfer: Callable[[Any], Any] | None = None,
+    sampler: SGLD | None = None,
 ) -> Calibration:
     """Choose SGLD hyperparameters (ε, γ, and nβ unless given) by the health of short chains.
 
@@ -206,6 +209,9 @@ def calibrate(
         paired: the paired estimator (see :func:`estimate_llc`).
         train_mode: sample in train mode instead of eval mode.
         transfer: moves a batch to the model's device; default moves every tensor.
+        sampler: the template of every candidate (``dataclasses.replace`` sets its lr, nβ and
+            localization, so a subclass of :class:`SGLD` is calibrated as itself); default
+            ``SGLD(lr=1e-3)``.
 
     Returns:
         A :class:`Calibration`; ``.sampler`` is the recommended :class:`SGLD`.
@@ -238,6 +244,7 @@ def calibrate(
         max_steps=max_steps,
         full_sweep=full_sweep,
         batched=batched,
+        sampler=sampler,
     )
 
 
@@ -296,6 +303,7 @@ class _Sweep:
         self.dataloader = dataloader
         self.chains = chains
         self.settings = settings
+        self.template = settings.sampler or SGLD(lr=1e-3)
         self.per_setting = chains.num_chains * chains.steps_per_chain
         self.burnin = chains.num_burnin + chains.num_draws // 2 * chains.steps_between_draws
         self.batched = settings.batched
@@ -323,7 +331,10 @@ class _Sweep:
                         self.out_of_budget = True
                         break
                 above = [r for r in self.rows if r["group"] == group]
-                row = self._try(SGLD(lr=lr, nbeta=group[0], localization=group[1]), group, above)
+                if _predicted_noise_bias(above, lr) > settings.tolerance:
+                    continue  # the noise bias is linear in lr: skip to a sound step
+                candidate = replace(self.template, lr=lr, nbeta=group[0], localization=group[1])
+                row = self._try(candidate, group, above)
                 if not full and (row["agrees_with_larger"] or walk_ends(row, above)):
                     break
             if self.out_of_budget or (not full and any_confirmed(self.rows)):
@@ -351,9 +362,32 @@ class _Sweep:
             not self.chains.mala or (estimate.mala_acceptance or 0.0) >= settings.min_acceptance
         )
         row = table_row(estimate, plateau, group, accepted, settings.min_acceptance, self.burnin)
+        self._check_noise(row, sampler)
         row.update(agreement(row, above[-1] if above else None, settings.tolerance))
         row["steps"] = steps_run(traces.loss, self.chains)
         self.spent += row["steps"]
         self.rows.append(row)
         self.estimates.append(estimate)
         return row
+
+    def _check_noise(self, row: dict[str, Any], sampler: SGLD) -> None:
+        """The row's minibatch-noise figures; a setting the noise biases by more than
+        ``tolerance`` is not healthy (its chains may look fine; its estimate is too hot)."""
+        noise = self.copy.noise()
+        row["minibatch_noise"] = noise.ratios(sampler)[0] if noise is not None else None
+        bias = noise_bias(noise, sampler, row["llc"]) if noise is not None else None
+        row["minibatch_bias"] = bias
+        if bias is not None and row["healthy"] and not bias <= self.settings.tolerance:
+            row["healthy"] = False
+            message = noise_warning(noise, sampler, row["llc"])
+            row["warnings"].extend([message] if message else [])
+
+
+def _predicted_noise_bias(above: Sequence[dict[str, Any]], lr: float) -> float:
+    """The noise bias predicted at ``lr`` from the nearest larger step of the same (nβ, γ)
+    whose chains were otherwise healthy (0 when there is none)."""
+    for row in reversed(above):
+        bias = row.get("minibatch_bias")
+        if bias is not None and math.isfinite(bias) and not row["diverged_chains"]:
+            return bias * lr / row["lr"]
+    return 0.0

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_devinterp.sampling import ChainSettings
+from lightning_devinterp.sampling import SGLD, ChainSettings
 
 #: Default localizations, tried weakest first.
 DEFAULT_LOCALIZATIONS = (100.0, 300.0, 1000.0)
@@ -33,6 +33,7 @@ class CalibrationOptions:
     max_steps: int | None = DEFAULT_MAX_STEPS
     full_sweep: bool = False
     batched: bool | None = None
+    sampler: SGLD | None = None
 
     def __post_init__(self) -> None:
         """Raise a ``ValueError`` naming the first invalid option and the fix."""
@@ -57,6 +58,11 @@ class CalibrationOptions:
             isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
         ):
             raise ValueError(f"max_steps={steps!r} is invalid; use a positive integer or None.")
+        if self.sampler is not None and not isinstance(self.sampler, SGLD):
+            raise TypeError(
+                f"sampler={self.sampler!r} is not an SGLD; pass SGLD(lr=...) (or a subclass) as "
+                "the template of the candidates, or None."
+            )
 
 
 #: Options of :func:`~lightning_devinterp.calibrate` a caller that owns the data and chain

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lightning_devinterp.estimators.bias import NOISE_BIAS_MAX
 from lightning_devinterp.estimators.diagnostics import DRIFT_TOLERANCE, health_warnings
 from lightning_devinterp.estimators.llc import LLCEstimate
 from lightning_devinterp.sampling import SGLD, ChainSettings, ChainTraces
@@ -146,12 +147,14 @@ def any_confirmed(rows: Sequence[dict[str, Any]]) -> bool:
     return any(r["agrees_with_larger"] for r in rows)
 
 
-def _badness(row: dict[str, Any]) -> tuple[int, ...]:
-    """Orders unhealthy rows, least bad first: divergence, then a negative or non-finite
-    LLC, then disagreeing chains, then a drifting trace."""
+def _badness(row: dict[str, Any]) -> tuple[float, ...]:
+    """Orders unhealthy rows, least bad first: divergence, then the bias from minibatch
+    noise above its limit (an infinite one means a tiny estimate, not noise), then a negative or non-finite LLC, then disagreeing chains, then a drifting trace."""
     finite = math.isfinite(row["llc"]) and row["llc"] > 0
+    biased = row.get("minibatch_bias")
     return (
         row["diverged_chains"],
+        biased if biased is not None and NOISE_BIAS_MAX < biased < math.inf else 0.0,
         int(not finite),
         int(not row["chains_agree"]),
         int(not row["stationary"]),

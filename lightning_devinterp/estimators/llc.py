@@ -13,6 +13,13 @@ import torch
 from torch import nn
 
 from lightning_devinterp.components import Component
+from lightning_devinterp.estimators.bias import (
+    data_warning,
+    noise_bias,
+    noise_warning,
+    step_sensitivity,
+    step_warning,
+)
 from lightning_devinterp.estimators.diagnostics import (
     RHAT_MAX,
     LLCHealthWarning,
@@ -76,6 +83,16 @@ class LLCEstimate:
         component: name of the component sampled, or None for the whole model.
         mala_acceptance: mean MALA acceptance probability of the SGLD steps (when asked for
             with ``mala=True``); well below 1 means the step size is too large.
+        minibatch_noise: ``r = lr nbeta^2 Var(grad L_B) / 4`` at w*, averaged over the sampled
+            entries: the drift's minibatch noise over the injected noise (NaN when not
+            measured: one L(w*) batch); ``minibatch_noise_max`` its largest entry.
+        minibatch_bias: the relative bias of ``mean`` that noise is expected to cause
+            (:mod:`~lightning_devinterp.estimators.bias`); above 0.1 it warns.
+        step_bias: with ``step_check``, the relative bias of ``mean`` measured by halving the
+            step, ``2 (mean - mean(lr/2)) / extrapolated``; else None.
+        extrapolated: with ``step_check``, the estimate extrapolated to lr -> 0,
+            ``2 mean(lr/2) - mean``; else None.
+        data_share: the share of the sampling's wall time spent fetching batches.
     """
 
     mean: float
@@ -97,6 +114,12 @@ class LLCEstimate:
     warnings: list[str] = field(default_factory=list)
     component: str | None = None
     mala_acceptance: float | None = None
+    minibatch_noise: float = math.nan
+    minibatch_noise_max: float = math.nan
+    minibatch_bias: float = math.nan
+    step_bias: float | None = None
+    extrapolated: float | None = None
+    data_share: float | None = None
 
     @property
     def healthy(self) -> bool:
@@ -106,7 +129,8 @@ class LLCEstimate:
         )
 
     def metrics(self, prefix: str = "llc") -> dict[str, float]:
-        """Scalars to log, named ``<prefix>/mean``, ``<prefix>/std``, ``<prefix>/health/...``."""
+        """Scalars to log, named ``<prefix>/mean``, ``<prefix>/std``, ``<prefix>/health/...``;
+        the figures of the bias checks only when run and finite."""
         return {
             f"{prefix}/mean": self.mean,
             f"{prefix}/std": self.std,
@@ -116,6 +140,15 @@ class LLCEstimate:
             f"{prefix}/health/drift": self.drift,
             f"{prefix}/health/stationary": float(self.stationary),
             f"{prefix}/health/rhat": self.rhat,
+            **_present(
+                {
+                    f"{prefix}/health/minibatch_noise": self.minibatch_noise,
+                    f"{prefix}/health/minibatch_bias": self.minibatch_bias,
+                    f"{prefix}/health/step_bias": self.step_bias,
+                    f"{prefix}/extrapolated": self.extrapolated,
+                    f"{prefix}/health/data_share": self.data_share,
+                }
+            ),
             **(
                 {f"{prefix}/health/mala_acceptance": self.mala_acceptance}
                 if self.mala_acceptance is not None
@@ -144,6 +177,12 @@ class LLCEstimate:
             "warnings": list(self.warnings),
             "component": self.component,
             "mala_acceptance": self.mala_acceptance,
+            "minibatch_noise": _json_float(self.minibatch_noise),
+            "minibatch_noise_max": _json_float(self.minibatch_noise_max),
+            "minibatch_bias": _json_float(self.minibatch_bias),
+            "step_bias": self.step_bias,
+            "extrapolated": self.extrapolated,
+            "data_share": self.data_share,
         }
 
 
@@ -207,10 +246,26 @@ def llc_from_traces(
 
 
 def llc_from_samples(samples: LLCSamples) -> LLCEstimate:
-    """The :class:`LLCEstimate` of some samples."""
-    return llc_from_traces(
+    """The :class:`LLCEstimate` of some samples, with the bias checks their samples allow:
+    the minibatch noise, the step check, the data loading share."""
+    estimate = llc_from_traces(
         samples.traces, samples.sampler, samples.init_losses, component=samples.component
     )
+    sampler, found = estimate.sampler, []
+    if samples.noise is not None:
+        estimate.minibatch_noise, estimate.minibatch_noise_max = samples.noise.ratios(sampler)
+        estimate.minibatch_bias = noise_bias(samples.noise, sampler, estimate.mean)
+        found.append(noise_warning(samples.noise, sampler, estimate.mean))
+    if samples.half_step is not None:
+        half = llc_from_traces(samples.half_step, sampler, samples.init_losses)
+        bias, estimate.extrapolated, z = step_sensitivity(estimate.per_chain, half.per_chain)
+        estimate.step_bias = bias
+        found.append(step_warning(sampler, bias, z, estimate.extrapolated))
+    if samples.data_share is not None:
+        estimate.data_share = samples.data_share
+        found.append(data_warning(samples.data_share))
+    estimate.warnings.extend(message for message in found if message)
+    return estimate
 
 
 def estimate_llc(
@@ -231,6 +286,7 @@ def estimate_llc(
     transfer: Callable[[Any], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     mala: bool = False,
+    step_check: bool = False,
 ) -> LLCEstimate:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
 
@@ -258,6 +314,10 @@ def estimate_llc(
         transfer: moves a batch to the model's device; default moves every tensor.
         progress: called as ``progress(done_steps, total_steps)`` while sampling.
         mala: also measure the MALA acceptance rate of the SGLD steps (a diagnostic).
+        step_check: also run the chains at lr/2 with the same seeds (common random numbers,
+            burn-in doubled) and report the step bias and the estimate extrapolated to
+            lr -> 0 (``step_bias``, ``extrapolated``). Doubles the sampling; worth it once per
+            setting, when no calibration has checked the step (BENCHMARKS.md).
 
     Returns:
         The :class:`LLCEstimate`. Each of its ``warnings`` (what is wrong with the chains and
@@ -269,7 +329,7 @@ def estimate_llc(
     """
     chains = ChainSettings(
         num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches, paired,
-        train_mode, mala,
+        train_mode, mala, step_check,
     )  # fmt: skip
     [samples] = sample_components(
         model,
@@ -285,6 +345,11 @@ def estimate_llc(
     for message in estimate.warnings:
         warnings.warn(message, LLCHealthWarning, stacklevel=2)
     return estimate
+
+
+def _present(values: dict[str, float | None]) -> dict[str, float]:
+    """The finite values (a check that was not run, or a bias without bound, is left out)."""
+    return {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def _json_float(value: float) -> float | None:

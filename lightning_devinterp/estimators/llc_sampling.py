@@ -3,6 +3,8 @@ whole model and any components, and the samples of several processes merged."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from lightning_devinterp.components import Component
+from lightning_devinterp.estimators.bias import GradientNoise, GradientVariance, TimedBatches
 from lightning_devinterp.sampling import (
     SGLD,
     BatchStream,
@@ -26,6 +29,7 @@ from lightning_devinterp.sampling import (
     run_sampling,
     seeded_global_rng,
 )
+from lightning_devinterp.sampling.flat import selection
 
 #: The chain settings of an estimate whose caller gives none.
 DEFAULT_CHAINS = ChainSettings()
@@ -40,36 +44,53 @@ class LLCSamples:
         init_losses: per-batch losses of w* (for ``init_loss``).
         sampler: the SGLD settings used, ``nbeta`` resolved.
         component: the sampled component's name, or None for the whole model.
+        noise: the minibatch gradient's variance at w* over the sampled entries (None with
+            one L(w*) batch).
+        half_step: the same chains at half the step size (``step_check``), or None.
+        data_share: the share of the sampling's wall time spent fetching batches.
     """
 
     traces: ChainTraces
     init_losses: torch.Tensor
     sampler: SGLD
     component: str | None = None
+    noise: GradientNoise | None = None
+    half_step: ChainTraces | None = None
+    data_share: float | None = None
 
 
 def merge_samples(parts: Sequence[LLCSamples]) -> LLCSamples:
     """Combine the samples of several processes (each ran some of the chains)."""
-    rows = sorted(
-        (chain, part.traces, i) for part in parts for i, chain in enumerate(part.traces.chains)
-    )
     first = parts[0]
-    paired = first.traces.reference is not None
-    traces = ChainTraces(
+    half = [part.half_step for part in parts]
+    shares = [part.data_share for part in parts if part.data_share is not None]
+    return LLCSamples(
+        merge_traces([part.traces for part in parts]),
+        torch.cat([part.init_losses for part in parts]),
+        first.sampler,
+        first.component,
+        first.noise,
+        merge_traces(half) if all(h is not None for h in half) else None,
+        sum(shares) / len(shares) if shares else None,
+    )
+
+
+def merge_traces(parts: Sequence[ChainTraces]) -> ChainTraces:
+    """The chains of several processes' traces as one, in chain order."""
+    rows = sorted((chain, tr, i) for tr in parts for i, chain in enumerate(tr.chains))
+    first = parts[0]
+    paired = first.reference is not None
+    return ChainTraces(
         chains=[chain for chain, _, _ in rows],
         loss=torch.stack([tr.loss[i] for _, tr, i in rows]),
         reference=torch.stack([tr.reference[i] for _, tr, i in rows]) if paired else None,
         observables={
             name: torch.stack([tr.observables[name][i] for _, tr, i in rows])
-            for name in first.traces.observables
+            for name in first.observables
         },
         diverged=torch.stack([tr.diverged[i] for _, tr, i in rows]),
-        mala=torch.stack([tr.mala[i] for _, tr, i in rows])
-        if first.traces.mala is not None
-        else None,
+        mala=torch.stack([tr.mala[i] for _, tr, i in rows]) if first.mala is not None else None,
     )
-    init_losses = torch.cat([part.init_losses for part in parts])
-    return LLCSamples(traces, init_losses, first.sampler, first.component)
 
 
 def default_loss_fn(model: nn.Module) -> LossFn:
@@ -93,6 +114,8 @@ class SamplingCopy:
         transfer: moves a batch to the copy's device.
         init_losses: per-batch losses of w* over ``init_loss_batches`` batches.
         batch_size: the batch size (for the default nβ).
+        gradient_variance: per trainable entry, the variance of the minibatch gradient at w*
+            across the L(w*) batches (None with fewer than two batches).
     """
 
     flat: FlatModel
@@ -100,6 +123,16 @@ class SamplingCopy:
     transfer: Callable[[Any], Any]
     init_losses: torch.Tensor
     batch_size: int
+    gradient_variance: torch.Tensor | None = None
+
+    def noise(self, masks: Any = None) -> GradientNoise | None:
+        """The minibatch noise figures over the entries of ``masks`` (None: all)."""
+        if self.gradient_variance is None:
+            return None
+        variance = self.gradient_variance
+        if masks is not None:
+            variance = variance[selection(self.flat.named, masks, variance.device)]
+        return GradientNoise.of(variance, self.batch_size)
 
 
 def sampling_copy(
@@ -110,15 +143,37 @@ def sampling_copy(
     transfer: Callable[[Any], Any] | None = None,
 ) -> SamplingCopy:
     """Copy ``model`` once (in train mode with ``chains.train_mode``) and compute L(w*) over
-    ``chains.init_loss_batches`` batches; errors say what to change (no trainable weights,
-    no batch, no default loss, a loss that is not a finite tensor)."""
+    ``chains.init_loss_batches`` batches, then the minibatch gradient's variance at w* on the
+    same batches (one forward and backward each, after all the losses); errors say what to
+    change (no trainable weights, no batch, no default loss, a loss that is not a finite
+    tensor)."""
     loss_fn = loss_fn or default_loss_fn(model)
     flat = FlatModel(model, train_mode=chains.train_mode)
     transfer = device_transfer(transfer, flat.device)
+    keep = [] if chains.init_loss_batches > 1 else None
     init_losses, batch_size = reference_losses(
-        flat, loss_fn, dataloader, chains.init_loss_batches, chains.seed, transfer
+        flat, loss_fn, dataloader, chains.init_loss_batches, chains.seed, transfer, keep
     )
-    return SamplingCopy(flat, loss_fn, transfer, init_losses, batch_size)
+    variance = gradient_variance(flat, loss_fn, keep, chains.seed) if keep else None
+    return SamplingCopy(flat, loss_fn, transfer, init_losses, batch_size, variance)
+
+
+def gradient_variance(
+    flat: FlatModel, loss_fn: LossFn, batches: Sequence[Any], seed: int
+) -> torch.Tensor | None:
+    """Per sampled entry, the variance across ``batches`` of the minibatch gradient at w*."""
+    running = GradientVariance()
+    with (
+        seeded_global_rng(chain_seed(seed, -1, 9), flat.device),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+    ):
+        for batch in batches:
+            flat.loss_and_grad(loss_fn, batch)
+            running.add(flat.grad)
+            for _, p in flat.active:
+                p.grad = None
+    return running.variance()
 
 
 def check_inputs(
@@ -141,8 +196,10 @@ def reference_losses(
     num_batches: int,
     seed: int,
     transfer: Callable[[Any], Any],
+    keep: list[Any] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Per-batch losses of w* over ``num_batches`` batches, and the batch size.
+    """Per-batch losses of w* over ``num_batches`` batches, and the batch size; the batches
+    are appended to ``keep`` when it is given.
 
     Raises a ``ValueError`` naming the problem if a loss is not finite.
     """
@@ -152,6 +209,8 @@ def reference_losses(
     with rng, torch.inference_mode(False), torch.no_grad():
         for _ in range(num_batches):
             batch = next(batches)
+            if keep is not None:
+                keep.append(batch)
             batch_size = batch_size or batch_size_of(batch)
             values.append(reduce_loss(loss_fn(flat.module, batch)).float())
     losses = torch.stack(values).cpu()
@@ -199,22 +258,33 @@ def sample_components(
             component.validate(model)
     copy = sampling_copy(model, dataloader, loss_fn, chains, transfer)
     sampler = (sampler or SGLD(lr=1e-3)).resolve(copy.batch_size)
-    traces, _ = run_sampling(
-        copy.flat,
-        copy.loss_fn,
-        dataloader,
-        sampler,
-        masks=[component.masks if component is not None else None for component in components],
-        chains=chains,
-        chain_ids=chain_ids,
-        transfer=copy.transfer,
-        batched=batched,
-        progress=progress,
-        on_draw=on_draw,
-    )
+    masks = [component.masks if component is not None else None for component in components]
+    run = dict(chain_ids=chain_ids, transfer=copy.transfer, batched=batched)
+    timed = TimedBatches(dataloader)
+    started = time.perf_counter()
+    traces, run["batched"] = run_sampling(
+        copy.flat, copy.loss_fn, timed, sampler, masks=masks, chains=chains,
+        progress=progress, on_draw=on_draw, **run,
+    )  # fmt: skip
+    share = timed.seconds / max(time.perf_counter() - started, 1e-9)
+    halves: list[ChainTraces | None] = [None] * len(masks)
+    if chains.step_check:  # same seeds at lr/2, burn-in as long in time
+        half = dataclasses.replace(sampler, lr=sampler.lr / 2)
+        halves, _ = run_sampling(
+            copy.flat, copy.loss_fn, dataloader, half, masks=masks,
+            chains=chains.replace(num_burnin=2 * chains.num_burnin), **run,
+        )  # fmt: skip
     return [
-        LLCSamples(tr, copy.init_losses, sampler, c.name if c is not None else None)
-        for tr, c in zip(traces, components, strict=True)
+        LLCSamples(
+            tr,
+            copy.init_losses,
+            sampler,
+            c.name if c is not None else None,
+            copy.noise(mask),
+            half_traces,
+            share,
+        )  # fmt: skip
+        for tr, c, mask, half_traces in zip(traces, components, masks, halves, strict=True)
     ]
 
 

@@ -33,6 +33,9 @@ class ChainSettings:
             forward pass per draw; batch-to-batch noise cancels), else L(w*).
         train_mode: run the sampling copy in train mode (dropout, batch statistics), not eval.
         mala: measure the MALA acceptance rate of the steps too (a diagnostic).
+        step_check: run the chains again at half the step size, same seeds (common random
+            numbers), to measure the step-size bias and extrapolate to lr -> 0 (a diagnostic
+            that doubles the sampling; read by the estimators, not by the chain runner).
 
     Example:
         >>> chains = ChainSettings(num_chains=2, num_draws=50)
@@ -49,6 +52,7 @@ class ChainSettings:
     paired: bool = True
     train_mode: bool = False
     mala: bool = False
+    step_check: bool = False
 
     def __post_init__(self) -> None:
         """Raise a ``ValueError`` naming the first count that is not a valid integer."""

@@ -404,6 +404,7 @@ def test_calibrate_defaults_are_the_options_defaults():
         "max_steps",
         "full_sweep",
         "batched",
+        "sampler",
     ]
     for name in CALIBRATE_OPTIONS:
         assert getattr(options, name) == defaults[name], name

@@ -44,7 +44,8 @@ class Recorder:
     """A loss function that records what the engine asks of it.
 
     The first ``init_calls`` calls compute L(w*) (``init_loss_batches`` of them, before any
-    chain); after that a call with gradients on is an SGLD step and one without is the paired
+    chain), without autograd; with more than one, the next ``init_calls`` take the gradient
+    at w* on the same batches (the minibatch noise); after that a call with gradients on is an SGLD step and one without is the paired
     reference at w*. For each step it records the weights it saw, the batch, and the chain: a
     chain starts exactly at w*, so a step whose weights equal w* bit for bit opens a chain.
     ``phase`` tells the wrapped loss function which kind of call it is serving.
@@ -68,6 +69,8 @@ class Recorder:
         if self.calls <= self.init_calls:
             self.phase = "init"
             self.init_grad_modes.append(torch.is_grad_enabled())
+        elif self.init_calls > 1 and self.calls <= 2 * self.init_calls:
+            self.phase = "noise"
         elif not torch.is_grad_enabled():
             self.phase = "reference"
             self.reference_calls += 1
