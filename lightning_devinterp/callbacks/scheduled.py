@@ -56,7 +56,9 @@ class ScheduledAnalysis(Callback):
             published small-transformer settings (``lr=1e-3``, ``localization=200``,
             ``nbeta=m/log m``), not calibrated for your model.
         num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches,
-            paired, train_mode, mala: the chains of each estimate (:class:`ChainSettings`).
+            paired, train_mode, mala, step_check: the chains of each estimate
+            (:class:`ChainSettings`; ``step_check`` also runs them at half the step size and
+            records the step bias and the estimate extrapolated to lr -> 0, at twice the cost).
         every_n_steps, num_estimates, at_steps: the schedule (:class:`Schedule`; default 30
             log-spaced estimates).
         at_train_end: also estimate at the last step, if not already scheduled.
@@ -86,6 +88,7 @@ class ScheduledAnalysis(Callback):
         paired: bool = True,
         train_mode: bool = False,
         mala: bool = False,
+        step_check: bool = False,
         every_n_steps: int | None = None,
         num_estimates: int | None = None,
         at_steps: Sequence[int] | None = None,
@@ -105,7 +108,7 @@ class ScheduledAnalysis(Callback):
         self.plan = SamplerPlan(sampler, calibration, calibrate_at_step)
         self.chains = ChainSettings(
             num_chains, num_draws, num_burnin, steps_between_draws, seed, init_loss_batches,
-            paired, train_mode, mala,
+            paired, train_mode, mala, step_check,
         )  # fmt: skip
         _check_callback_args(on_error, name)
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)

@@ -425,3 +425,12 @@ def test_a_persistent_workers_loader_keeps_its_training_iterator(tmp_path):
     monitor = LLCMonitor(every_n_steps=2, **FAST)
     _, watched = fit(tmp_path / "watched", monitor, module=module, max_steps=6)
     assert plain.losses == watched.losses and len(monitor.history) == 3
+
+
+def test_step_check_and_minibatch_noise_reach_every_record(tmp_path):
+    monitor = LLCMonitor(every_n_steps=3, step_check=True, loss_fn=mse_loss, **FAST)
+    fit(tmp_path, monitor)
+    for record in monitor.history:
+        assert math.isfinite(record["llc/health/step_bias"])
+        assert math.isfinite(record["llc/extrapolated"])
+        assert record["llc/health/minibatch_noise"] >= 0
