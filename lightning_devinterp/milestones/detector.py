@@ -114,20 +114,9 @@ class MilestoneDetector:
         min_noise_points: int = 12,
     ) -> None:
         settings = DetectorSettings(
-            series=series,
-            confirm=confirm,
-            min_separation=min_separation,
-            noise=noise,
-            threshold=threshold,
-            trend_threshold=trend_threshold,
-            flat_threshold=flat_threshold,
-            flat=flat,
-            resolution=resolution,
-            window=window,
-            drop=drop,
-            std_floor=std_floor,
-            min_noise_points=min_noise_points,
-        )
+            series, confirm, min_separation, noise, threshold, trend_threshold, flat_threshold,
+            flat, resolution, window, drop, std_floor, min_noise_points,
+        )  # fmt: skip
         vars(self).update(asdict(check_settings(settings)))
         self._state = DetectorState()
         self._range_cache = (-1, 0.0)  # (closed bins, their sustained range)
