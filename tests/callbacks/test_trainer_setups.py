@@ -1,0 +1,126 @@
+"""The Trainer and model setups users train with: each trains bit for bit as without the
+monitor, and the monitor estimates at every scheduled step."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_devinterp import SGLD, LLCMonitor
+from tests.helpers import RegressionModule, mse_loss, regression_data, trainer
+
+FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=8)
+
+
+class Tied(RegressionModule):
+    """An autoencoder-like net whose output layer reuses the input layer's weight."""
+
+    def __init__(self) -> None:
+        super().__init__(noisy=False)
+        self.encode = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        hidden = torch.tanh(self.encode(x))
+        return self.head(hidden @ self.encode.weight)
+
+
+class Frozen(RegressionModule):
+    """The first layer frozen (requires_grad=False), the rest trained."""
+
+    def __init__(self) -> None:
+        super().__init__(noisy=False)
+        self.net[0].requires_grad_(False)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+
+
+class Validated(RegressionModule):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", mse_loss(self, batch))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", mse_loss(self, batch))
+
+    def val_dataloader(self):
+        return DataLoader(regression_data(64, seed=1), batch_size=32)
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+
+class Stream(IterableDataset):
+    """Regression samples as a stream (no length, no sampler)."""
+
+    def __iter__(self):
+        data = regression_data()
+        return iter(data[i] for i in range(len(data)))
+
+
+class Streamed(RegressionModule):
+    def train_dataloader(self):
+        return DataLoader(Stream(), batch_size=32)
+
+
+def per_sample_loss(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean(dim=1)
+
+
+SETUPS = {
+    "bf16-mixed": (RegressionModule, dict(precision="bf16-mixed"), {}),
+    "gradient accumulation": (RegressionModule, dict(accumulate_grad_batches=2), {}),
+    "gradient clipping": (RegressionModule, dict(gradient_clip_val=0.1), {}),
+    "tied parameters": (Tied, {}, {}),
+    "frozen parameters": (Frozen, {}, {}),
+    "an IterableDataset": (Streamed, {}, {}),
+    "validation every 2 steps": (Validated, dict(val_check_interval=2, limit_val_batches=1), {}),
+    "per-sample losses": (RegressionModule, {}, dict(loss_fn=per_sample_loss)),
+    "torch.compile aot_eager": ("aot_eager", {}, {}),
+    "torch.compile inductor": ("inductor", {}, {}),
+}
+
+
+def run(tmp_path, setup: str, monitor: LLCMonitor | None):
+    module_class, trainer_kwargs, _ = SETUPS[setup]
+    L.seed_everything(0, verbose=False)
+    if isinstance(module_class, str):  # a compiled network inside the module
+        module = RegressionModule(noisy=False)
+        module.net = torch.compile(module.net, backend=module_class)
+    else:
+        module = module_class()
+    callbacks = [monitor] if monitor is not None else []
+    t = trainer(tmp_path, callbacks=callbacks, max_steps=6, **trainer_kwargs)
+    t.fit(module)
+    return module
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_the_setup_trains_as_without_the_monitor_and_is_estimated(tmp_path, setup):
+    plain = run(tmp_path / "plain", setup, None)
+    monitor = LLCMonitor(every_n_steps=3, on_error="raise", **FAST, **SETUPS[setup][2])
+    watched = run(tmp_path / "watched", setup, monitor)
+    assert plain.losses == watched.losses
+    for (k0, v0), (k1, v1) in zip(
+        plain.state_dict().items(), watched.state_dict().items(), strict=True
+    ):
+        assert k0 == k1 and torch.equal(v0, v1), k0
+    assert [r["step"] for r in monitor.history] == [3, 6]
+    assert all(r["llc/mean"] == r["llc/mean"] for r in monitor.history)  # not NaN
+
+
+def test_fit_twice_validate_and_test_around_it(tmp_path):
+    monitor = LLCMonitor(every_n_steps=3, **FAST)
+    module = Validated()
+    t = trainer(tmp_path, callbacks=[monitor], max_steps=3, limit_val_batches=1)
+    t.validate(module)
+    t.fit(module)
+    t.test(module)
+    t.fit_loop.epoch_loop.max_steps = 6
+    t.fit(module)
+    assert [r["step"] for r in monitor.history] == [3, 6]
+    assert not monitor.errors
