@@ -83,7 +83,9 @@ def deep_linear(widths, singular_values, batch: int = 1000, seed: int = 0) -> Ca
     layers = [nn.Linear(a, b, bias=False) for a, b in itertools.pairwise(widths)]
     model = nn.Sequential(*layers).double()
     with torch.no_grad():
-        for layer, weight in zip(layers, critical_point(data, widths, len(singular_values))):
+        for layer, weight in zip(
+            layers, critical_point(data, widths, len(singular_values)), strict=True
+        ):
             layer.weight.copy_(weight)
     rank = len(singular_values)
     name = "rrr" if len(widths) == 3 else "dln"
