@@ -12,7 +12,7 @@ from lightning_devinterp.estimators import (
     estimate_susceptibilities,
 )
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
-from lightning_devinterp.sampling import SGLD, ChainSettings, TypedDataLoader
+from lightning_devinterp.sampling import SGLD, ChainSettings, RMSpropSGLD, TypedDataLoader
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "LLCMonitor",
     "Milestone",
     "MilestoneDetector",
+    "RMSpropSGLD",
     "Stage",
     "Susceptibilities",
     "SusceptibilityMonitor",

@@ -17,6 +17,7 @@ from lightning_devinterp.sampling.losses import (
     per_sample,
     reduce_loss,
 )
+from lightning_devinterp.sampling.rmsprop import PreconditionerState, RMSpropSGLD
 from lightning_devinterp.sampling.rng import kept_rng_states, seeded_global_rng
 from lightning_devinterp.sampling.runner import run_sampling
 from lightning_devinterp.sampling.settings import ChainSettings
@@ -26,6 +27,8 @@ __all__ = [
     "TypedDataLoader",
     "SGLD",
     "BatchStream",
+    "PreconditionerState",
+    "RMSpropSGLD",
     "ChainSettings",
     "ChainTraces",
     "Draw",

@@ -62,7 +62,7 @@ def run_chains_batched(
     paired = chains.paired
     draw_ref = torch.empty(len(ids), chains.num_draws, device=flat.device) if paired else None
     noise = torch.zeros_like(theta)
-    scale = sampler.noise_level * sampler.lr**0.5
+    state = sampler.chain_state(theta, chains.num_burnin)  # every job's, stacked
     for t in range(chains.steps_per_chain):
         per_chain = [next(stream) for stream in streams]
         batch = _stacked([per_chain[c] for _, c in jobs])
@@ -78,8 +78,8 @@ def run_chains_batched(
                 noise[row, index[j]] = torch.randn(
                     index[j].numel(), generator=generator, device=flat.device, dtype=theta.dtype
                 )
-            # the same arithmetic as SGLD.step, entry by entry, on every job at once
-            moved = sampler.drift(theta.clone(), grads, anchor).add_(noise, alpha=scale)
+            # the same arithmetic as the sampler's step, entry by entry, on every job at once
+            moved = sampler.move(theta.clone(), grads, anchor, noise, state)
             theta = torch.where(keep, moved, theta)
     return _split(jobs, len(masks), ids, step_loss, draw_loss, draw_ref, chains)
 

@@ -166,6 +166,7 @@ class _ChainRun:
         flat, chains = self.flat, self.chains
         tracker = MalaAcceptance(self.sampler) if chains.mala else None
         total = chains.steps_per_chain
+        state = flat.chain_state(self.sampler, chains.num_burnin)
         step_loss = torch.full((total,), float("nan"), device=flat.device)
         draws = _ChainResult(
             loss=torch.full((chains.num_draws,), float("nan"), device=flat.device),
@@ -183,7 +184,7 @@ class _ChainRun:
                 self._draw(draws, chain, k, batch, loss, terms)
             if tracker is not None:
                 tracker.observe(*flat.sampled(), loss)
-            flat.step(self.sampler, generator)
+            flat.step(self.sampler, generator, state)
             if (t + 1) % self.check_every == 0 or t + 1 == total:
                 if not bool(torch.isfinite(step_loss[: t + 1]).all()):
                     draws.diverged = True

@@ -163,13 +163,14 @@ class FlatModel:
         held (an estimate's extra memory falls from two copies of the weights towards one),
         and :meth:`step` applies the rest of the update. Yields whether that is done: only
         when whole parameters are sampled and ``sampler.shrink >= 0.5`` (else the early
-        gradient's scale ``1 / shrink`` would amplify rounding); the plain way otherwise.
+        gradient's scale ``1 / shrink`` would amplify rounding) and the sampler is not
+        preconditioned; the plain way otherwise.
 
         Safe because autograd accumulates a parameter's gradient only after every node that
         uses the parameter has run, and the update writes through ``views`` (the flat
         vector), not the parameters whose versions those nodes saved.
         """
-        if self.index is not None or sampler.shrink < 0.5:
+        if self.index is not None or sampler.preconditioned or sampler.shrink < 0.5:
             yield False
             return
         scale = sampler.early_gradient_scale
@@ -194,19 +195,27 @@ class FlatModel:
             for handle in handles:
                 handle.remove()
 
+    def chain_state(self, sampler: SGLD, num_burnin: int = 0) -> Any:
+        """A new chain's sampler state (:meth:`SGLD.chain_state`) for the sampled entries."""
+        return sampler.chain_state(
+            self.anchor_sub if self.index is not None else self.params, num_burnin
+        )
+
     @torch.no_grad()
-    def step(self, sampler: SGLD, generator: torch.Generator) -> None:
+    def step(self, sampler: SGLD, generator: torch.Generator, state: Any = None) -> None:
         """One SGLD update of the sampled entries from the gradients in their ``.grad`` (or
-        already added, inside :meth:`gradient_steps_in_backward`)."""
+        already added, inside :meth:`gradient_steps_in_backward`); ``state``: the chain's
+        :meth:`chain_state`."""
         if self.early_gradient:
             sampler.step(self.params, None, self.anchor_parts, generator, self.noise, self.views)
             return
         if self.index is None:
-            grads = self.grads()
-            sampler.step(self.params, grads, self.anchor_parts, generator, self.noise, self.views)
+            grads, anchor = self.grads(), self.anchor_parts
+            sampler.step(self.params, grads, anchor, generator, self.noise, self.views, state)
         else:
             sub = self.params[self.index]
-            sampler.step(sub, self.grad[self.index], self.anchor_sub, generator, self.noise)
+            grad = self.grad[self.index]
+            sampler.step(sub, grad, self.anchor_sub, generator, self.noise, state=state)
             self.params.index_copy_(0, self.index, sub)
         for _, p in self.active:
             p.grad = None  # autograd allocates the next gradient afresh: no stale memory

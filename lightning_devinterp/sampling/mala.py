@@ -18,6 +18,11 @@ class MalaAcceptance:
     """
 
     def __init__(self, sampler: SGLD) -> None:
+        if sampler.preconditioned:
+            raise ValueError(
+                f"The MALA diagnostic measures plain SGLD proposals, not {type(sampler).__name__}'s"
+                " preconditioned ones; use mala=False with this sampler."
+            )
         self.sampler = sampler
         self.previous: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.total: torch.Tensor | None = None

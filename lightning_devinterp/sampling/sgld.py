@@ -10,9 +10,11 @@ where ``L_B`` is the minibatch mean loss and ``w*`` the weights the chain starte
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,6 +36,9 @@ class SGLD:
         >>> SGLD(lr=1e-3, nbeta=30, localization=200)
         SGLD(lr=0.001, nbeta=30, localization=200, weight_decay=0.0, noise_level=1.0)
     """
+
+    #: Whether the step rescales each entry by a preconditioner (a subclass's state).
+    preconditioned: ClassVar[bool] = False
 
     lr: float
     nbeta: float | None = None
@@ -63,7 +68,12 @@ class SGLD:
         """These settings with ``nbeta`` filled in from the batch size when it is ``None``."""
         if self.nbeta is not None:
             return self
-        return SGLD(**{**asdict(self), "nbeta": default_nbeta(batch_size)})
+        return dataclasses.replace(self, nbeta=default_nbeta(batch_size))
+
+    def chain_state(self, like: torch.Tensor, num_burnin: int = 0) -> Any:
+        """The state one chain carries from step to step, for entries shaped like ``like``
+        (``num_burnin``: the chain's burn-in steps); None, SGLD has none."""
+        return None
 
     @property
     def shrink(self) -> float:
@@ -118,6 +128,7 @@ class SGLD:
         generator: torch.Generator,
         noise: torch.Tensor | None = None,
         views: Sequence[torch.Tensor] | None = None,
+        state: Any = None,
     ) -> None:
         """Apply one SGLD update in place to the flat vector ``params``.
 
@@ -126,7 +137,8 @@ class SGLD:
         ``noise`` is an optional work buffer for the Gaussian draws: they are generated chunk
         by chunk into it (see :func:`noise_chunks`), so the noise needs no memory the size of
         ``params``; with the default buffer (all of ``params``, or ``NOISE_CHUNK`` entries)
-        they equal one ``torch.randn(params.numel(), generator=generator)``.
+        they equal one ``torch.randn(params.numel(), generator=generator)``. ``state``: the
+        chain's :meth:`chain_state` (unused here).
         """
         if self.nbeta is None:
             raise ValueError("SGLD.nbeta is None: call .resolve(batch_size) before sampling.")
@@ -139,6 +151,19 @@ class SGLD:
         for start, stop in noise_chunks(params.numel(), noise.numel()):
             draws = noise[: stop - start].normal_(generator=generator)
             params[start:stop].add_(draws, alpha=scale)
+
+    def move(
+        self,
+        params: torch.Tensor,
+        grad: torch.Tensor,
+        anchor: torch.Tensor,
+        draws: torch.Tensor,
+        state: Any = None,
+    ) -> torch.Tensor:
+        """One update of ``params`` in place with the standard normal ``draws`` given whole
+        (batched chains: ``params``, ``grad`` and ``draws`` may carry a leading job dimension);
+        returns ``params``."""
+        return self.drift(params, grad, anchor).add_(draws, alpha=self.noise_level * self.lr**0.5)
 
 
 #: Gaussian draws are generated in chunks of at most this many entries (256 KiB in float32).
@@ -187,8 +212,8 @@ def default_nbeta(batch_size: int) -> float:
     return batch_size / math.log(batch_size)
 
 
-def _check(value: float, name: str, fix: str, ok) -> None:
+def _check(value: float, name: str, fix: str, ok, owner: str = "SGLD") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"SGLD {name} must be a finite number, got {value!r}; use {fix}.")
+        raise TypeError(f"{owner} {name} must be a finite number, got {value!r}; use {fix}.")
     if not ok(value):
-        raise ValueError(f"SGLD {name}={value!r} is invalid; use {fix}.")
+        raise ValueError(f"{owner} {name}={value!r} is invalid; use {fix}.")
