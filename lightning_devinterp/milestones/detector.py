@@ -134,6 +134,7 @@ class MilestoneDetector:
 
     # ------------------------------------------------------------------ state
     def _settings(self) -> DetectorSettings:
+        """The settings as they are now (the attributes of the same names)."""
         return DetectorSettings(**{f.name: getattr(self, f.name) for f in fields(DetectorSettings)})
 
     def state_dict(self) -> dict[str, Any]:
