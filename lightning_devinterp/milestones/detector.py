@@ -43,7 +43,7 @@ from lightning_devinterp.milestones.rules import (
     trend_verdict,
 )
 from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
-from lightning_devinterp.milestones.state import DetectorState, keep_last
+from lightning_devinterp.milestones.state import Bins, DetectorState, keep_last
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class MilestoneDetector:
 
     # ------------------------------------------------------------------ state
     def _settings(self) -> DetectorSettings:
+        """The settings as they are now (the attributes of the same names)."""
         return DetectorSettings(**{f.name: getattr(self, f.name) for f in fields(DetectorSettings)})
 
     def state_dict(self) -> dict[str, Any]:
@@ -312,7 +313,7 @@ class MilestoneDetector:
             return None
         return self._settle(trend, slope, now, sigma)
 
-    def _segment_line(self, a: int, n: int) -> tuple[int, LineFit, float]:
+    def _segment_line(self, a: int, n: int) -> tuple[int, Bins, LineFit, float]:
         """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
 
         When a previous segment exists, the knot is first re-placed at the best position
@@ -323,7 +324,8 @@ class MilestoneDetector:
         that error optimistic and a misplaced knot biases it.
 
         Returns:
-            (knot bin, line fit from it, fitted value at the knot).
+            (knot bin, the bins from it (at most ``window``), their line fit, fitted
+            value at the knot).
         """
         value = None
         prev = self._state.prev_knot
@@ -336,10 +338,11 @@ class MilestoneDetector:
             best = best_knot(*self._state.bins(lo, n), first - lo, last - lo)
             if best is not None:
                 a, value = lo + best[0], best[1]
-        line = line_fit(*self._state.bins(max(a, n - self.window + 1), n))
+        bins = self._state.bins(max(a, n - self.window + 1), n)
+        line = line_fit(*bins)
         if value is None:
             value = line.at(self._state.bin_log_steps[a])
-        return a, line, value
+        return a, bins, line, value
 
     def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, float, int, float]:
         """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
@@ -347,9 +350,8 @@ class MilestoneDetector:
         Returns:
             (trend or None, slope, re-placed knot, fitted value at the knot).
         """
-        knot, line, value = self._segment_line(a, n)
+        knot, bins, line, value = self._segment_line(a, n)
         band = self.flat * self._mean_slope(sigma)
-        bins = self._state.bins(max(knot, n - self.window + 1), n)
         trend = trend_verdict(line, sigma, band, bins, self._settings())
         return (None if trend == ROUND else trend), line.slope, knot, value
 

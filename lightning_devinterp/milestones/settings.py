@@ -61,40 +61,35 @@ def check_settings(s: DetectorSettings) -> DetectorSettings:
     if not isinstance(s.series, str) or not s.series:
         raise ValueError(f"series={s.series!r} must be a non-empty string such as 'llc'.")
     confirm = _check_int("confirm", s.confirm, low=1, hint="use e.g. confirm=3")
-    hint = "give a distance in decades of step (log10 units), e.g. 0.1"
-    min_separation = _non_negative("min_separation", s.min_separation, hint)
-    hint = "pass the noise level of one estimate, or None to measure it"
-    noise = None if s.noise is None else _positive("noise", s.noise, hint)
-    threshold = _positive("threshold", s.threshold, "use e.g. threshold=4.0")
-    trend_threshold = _positive(
-        "trend_threshold", s.trend_threshold, "use e.g. trend_threshold=2.5"
-    )
-    flat_threshold = _non_negative(
-        "flat_threshold", s.flat_threshold, "use e.g. flat_threshold=1.5"
-    )
-    flat = _non_negative("flat", s.flat, "use e.g. flat=0.1")
-    hint = "give a bin width in decades of step, e.g. 0.01"
-    resolution = _positive("resolution", s.resolution, hint)
-    window = _check_int("window", s.window, low=4 * confirm + 4, hint="use e.g. window=64")
-    drop = None if s.drop is None else _positive("drop", s.drop, "use e.g. drop=2.0, or None")
-    std_floor = _non_negative("std_floor", s.std_floor, "use 0.0 to disable")
-    hint = "use e.g. min_noise_points=8"
-    min_noise_points = _check_int("min_noise_points", s.min_noise_points, low=3, hint=hint)
-    return DetectorSettings(
-        series=s.series,
-        confirm=confirm,
-        min_separation=min_separation,
-        noise=noise,
-        threshold=threshold,
-        trend_threshold=trend_threshold,
-        flat_threshold=flat_threshold,
-        flat=flat,
-        resolution=resolution,
-        window=window,
-        drop=drop,
-        std_floor=std_floor,
-        min_noise_points=min_noise_points,
-    )
+    noise_hint = "pass the noise level of one estimate, or None to measure it"
+    checked = {  # a dict literal is evaluated in order: the first bad setting is named
+        "series": s.series,
+        "confirm": confirm,
+        "min_separation": _non_negative(
+            "min_separation",
+            s.min_separation,
+            "give a distance in decades of step (log10 units), e.g. 0.1",
+        ),
+        "noise": None if s.noise is None else _positive("noise", s.noise, noise_hint),
+        "threshold": _positive("threshold", s.threshold, "use e.g. threshold=4.0"),
+        "trend_threshold": _positive(
+            "trend_threshold", s.trend_threshold, "use e.g. trend_threshold=2.5"
+        ),
+        "flat_threshold": _non_negative(
+            "flat_threshold", s.flat_threshold, "use e.g. flat_threshold=1.5"
+        ),
+        "flat": _non_negative("flat", s.flat, "use e.g. flat=0.1"),
+        "resolution": _positive(
+            "resolution", s.resolution, "give a bin width in decades of step, e.g. 0.01"
+        ),
+        "window": _check_int("window", s.window, low=4 * confirm + 4, hint="use e.g. window=64"),
+        "drop": None if s.drop is None else _positive("drop", s.drop, "use e.g. drop=2.0, or None"),
+        "std_floor": _non_negative("std_floor", s.std_floor, "use 0.0 to disable"),
+        "min_noise_points": _check_int(
+            "min_noise_points", s.min_noise_points, low=3, hint="use e.g. min_noise_points=8"
+        ),
+    }
+    return DetectorSettings(**checked)
 
 
 def check_point(

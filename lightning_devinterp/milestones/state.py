@@ -14,6 +14,8 @@ from lightning_devinterp.milestones.records import Milestone
 
 STATE_VERSION = 2
 
+Bins = tuple[np.ndarray, np.ndarray, np.ndarray]  # log10(step), value and count of bins
+
 # version 1 (before the state was a dataclass): where each field was saved, if elsewhere
 _V1_PATHS = {
     "bin_log_steps": ("bins", "x"),
@@ -111,7 +113,7 @@ class DetectorState:
             return math.inf
         return max(abs(self.value_min), abs(self.value_max))
 
-    def bins(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def bins(self, lo: int, hi: int) -> Bins:
         """(log10 step, value, count) of the closed bins lo..hi, as arrays."""
         return (
             np.asarray(self.bin_log_steps[lo : hi + 1]),
