@@ -174,7 +174,14 @@ def run_demo(
                 **sampling,
             )
         )
-    trainer = L.Trainer(
+    trainer = _trainer(max_steps, output_dir, logger, callbacks)
+    trainer.fit(InductionLM(), datamodule=data)
+    return _result(output_dir, [monitor, on_copies], copy_log, callbacks)
+
+
+def _trainer(max_steps: int, output_dir: Path, logger: str, callbacks: list[Callback]) -> L.Trainer:
+    """The demo's CPU trainer: validation (the copy loss) 60 times over the run."""
+    return L.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
         default_root_dir=output_dir,
@@ -186,8 +193,6 @@ def run_demo(
         enable_checkpointing=False,
         enable_model_summary=False,
     )
-    trainer.fit(InductionLM(), datamodule=data)
-    return _result(output_dir, [monitor, on_copies], copy_log, callbacks)
 
 
 def detectors(name: str) -> list[MilestoneDetector]:
