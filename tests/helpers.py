@@ -102,3 +102,17 @@ class AnnouncesAt(MilestoneDetector):
     @property
     def milestones(self):
         return [*super().milestones, *self.announced]
+
+
+class Batches:
+    """Minibatches of a fixed data set, reshuffled each pass with the global torch generator
+    (which the engine seeds per chain), without the per-sample collation of a DataLoader."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x))
+        for start in range(0, len(self.x) - self.batch_size + 1, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.x[index], self.y[index]

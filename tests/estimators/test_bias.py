@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_devinterp import SGLD, calibrate, estimate_llc
 from lightning_devinterp.estimators.bias import GradientNoise, noise_bias
-from tests.estimators.test_llc_analytic import Batches
+from tests.helpers import Batches
 
 N = 20000
 NBETA = N / math.log(N)

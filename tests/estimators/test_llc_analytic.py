@@ -21,6 +21,7 @@ from scipy import integrate
 from torch import nn
 
 from lightning_devinterp import SGLD, estimate_llc
+from tests.helpers import Batches
 
 
 @pytest.fixture(autouse=True)
@@ -29,20 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class Batches:
-    """Minibatches of a fixed data set, reshuffled each pass with the global torch generator
-    (which the engine seeds per chain), without the per-sample collation of a DataLoader."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x))
-        for start in range(0, len(self.x) - self.batch_size + 1, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self.x[index], self.y[index]
 
 
 def half_mse(model: nn.Module, batch) -> torch.Tensor:

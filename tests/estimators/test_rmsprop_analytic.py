@@ -13,6 +13,7 @@ from torch import nn
 
 from lightning_devinterp import RMSpropSGLD, estimate_llc
 from lightning_devinterp.demos.deep_linear import half_mse
+from tests.helpers import Batches
 
 N = 20_000
 NBETA = N / math.log(N)
@@ -24,19 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class Batches:
-    """Minibatches of tensors, reshuffled each pass by the global generator (seeded per chain)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x))
-        for start in range(0, len(self.x) - self.batch_size + 1, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self.x[index], self.y[index]
 
 
 def regular(batch: int, d: int = 8):
