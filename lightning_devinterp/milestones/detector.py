@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -36,9 +37,12 @@ from lightning_devinterp.milestones.refine import refine_milestones
 from lightning_devinterp.milestones.rules import (
     PERSIST,
     ROUND,
+    chain_step_variance,
     mean_slope,
     milestone_kind,
     noise_level,
+    pooled_chain_noise,
+    slope_change_z,
     too_close,
     trend_verdict,
 )
@@ -152,6 +156,11 @@ class MilestoneDetector:
         return list(self._state.milestones)
 
     @property
+    def held_back(self) -> list[Milestone]:
+        """Milestones found among transient estimates (see :meth:`update`), not announced."""
+        return list(self._state.held_back)
+
+    @property
     def refined(self) -> list[Milestone]:
         """Milestones of the last :meth:`refine` call (empty before one)."""
         return list(self._state.refined)
@@ -181,7 +190,14 @@ class MilestoneDetector:
         return self._noise()
 
     # ------------------------------------------------------------------ online
-    def update(self, step: int, value: float, std: float | None = None) -> list[Milestone]:
+    def update(
+        self,
+        step: int,
+        value: float,
+        std: float | None = None,
+        chains: Sequence[float] | None = None,
+        transient: bool = False,
+    ) -> list[Milestone]:
         """Adds one estimate and returns the milestones it confirmed.
 
         A non-finite ``value`` (a failed estimate) is skipped: the step is recorded as
@@ -193,6 +209,13 @@ class MilestoneDetector:
             value: The estimate (e.g. the LLC mean).
             std: Optional spread of the estimate (e.g. std across chains), used only as
                 a fallback noise level early on and for ``std_floor``.
+            chains: Optional per-chain estimates, drawn with the same seeds at every
+                point (common random numbers): from the second point on, the spread of
+                each chain's change measures the noise (the rules' step 2).
+            transient: The estimate is not yet trustworthy (negative, chains that
+                disagree): the weights are far from any minimum. A milestone at or before
+                the last such point is held back (:attr:`held_back`) instead of
+                announced; the stage takes the newer trend.
 
         Returns:
             Milestones confirmed by this point (their ``detected_at`` is ``step``).
@@ -204,10 +227,13 @@ class MilestoneDetector:
         st = self._state
         step, value, std = check_point(step, value, std, st.last_step)
         st.last_step = step
+        if transient:
+            st.transient_until = step
         if not math.isfinite(value):
             return []
         if std is not None and math.isfinite(std):
             keep_last(st.stds, std, self.window)
+        self._add_chains(chains)
         x = math.log10(max(step, 1))
         index = math.floor(x / self.resolution + 1e-9)
         out: list[Milestone] = []
@@ -220,9 +246,27 @@ class MilestoneDetector:
         st.add_point(index, step, x, value)
         return out
 
+    def _add_chains(self, chains: Sequence[float] | None) -> None:
+        """Keeps the noise the chains measure between the previous point and this one."""
+        st = self._state
+        now = [float(v) for v in chains] if chains is not None else []
+        variance = chain_step_variance(st.last_chains, now)
+        if variance is not None:
+            keep_last(st.chain_variances, variance, self.window)
+            keep_last(st.chain_dofs, len(now) - 1, self.window)
+        st.last_chains = now
+
     def _noise(self) -> float | None:
         st = self._state
-        return noise_level(st.residuals, st.stds, st.value_scale(), self._settings(), online=True)
+        chain_noise = pooled_chain_noise(st.chain_variances, st.chain_dofs)
+        return noise_level(
+            st.residuals,
+            st.stds,
+            st.value_scale(),
+            self._settings(),
+            online=True,
+            chain_noise=chain_noise,
+        )
 
     def _mean_slope(self, sigma: float) -> float:
         """The series' mean absolute slope per decade so far (see the rules' step 4)."""
@@ -286,11 +330,11 @@ class MilestoneDetector:
         if st.pending:
             # the segment is closed: decide its trend with all its points; if still
             # undecided, it does not change the trend
-            trend, slope, _, _ = self._classify(st.knot, k, sigma)
+            trend, line, _, _ = self._classify(st.knot, k, sigma)
             if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
                 trend = "flat"  # the series has not moved significantly yet
             if trend is not None:
-                found = self._settle(trend, slope, now, sigma)
+                found = self._settle(trend, line, now, sigma)
             elif st.undecided_from is None:
                 st.undecided_from = st.knot
         st.prev_knot, st.knot, st.knot_value = st.knot, k, value
@@ -302,7 +346,7 @@ class MilestoneDetector:
         st = self._state
         if not st.pending or end - st.knot < self.confirm:
             return None
-        trend, slope, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
+        trend, line, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
         if trend is None:
             return None
         if trend == st.candidate:
@@ -311,7 +355,7 @@ class MilestoneDetector:
             st.candidate, st.candidate_count = trend, 1
         if st.candidate_count < PERSIST:
             return None
-        return self._settle(trend, slope, now, sigma)
+        return self._settle(trend, line, now, sigma)
 
     def _segment_line(self, a: int, n: int) -> tuple[int, Bins, LineFit, float]:
         """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
@@ -344,46 +388,58 @@ class MilestoneDetector:
             value = line.at(self._state.bin_log_steps[a])
         return a, bins, line, value
 
-    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, float, int, float]:
+    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, LineFit, int, float]:
         """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
 
         Returns:
-            (trend or None, slope, re-placed knot, fitted value at the knot).
+            (trend or None, the segment's line fit, re-placed knot, fitted value at the knot).
         """
         knot, bins, line, value = self._segment_line(a, n)
         band = self.flat * self._mean_slope(sigma)
         trend = trend_verdict(line, sigma, band, bins, self._settings())
-        return (None if trend == ROUND else trend), line.slope, knot, value
+        return (None if trend == ROUND else trend), line, knot, value
 
-    def _settle(self, trend: str, slope: float, now: int, sigma: float) -> Milestone | None:
+    def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> Milestone | None:
         """The current segment's trend is known: announce a milestone if it changed."""
         st = self._state
         st.pending = False
         prev, st.trend = st.trend, trend
+        previous_line = (st.trend_slope, st.trend_root_sxx)
+        st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
         found = None
         if prev is None:
             st.stage_trends[-1] = trend
         elif trend != prev:
-            found = self._announce(prev, trend, slope, now, sigma)
-            if found is None:  # too close to the last milestone: the stage changes trend
+            evidence = slope_change_z(previous_line, line, sigma)
+            found = self._announce(prev, trend, line, now, sigma, evidence)
+            if found is None:  # too close to the last one, or held back: the stage changes trend
                 st.stage_trends[-1] = trend
         st.undecided_from = None
         return found
 
     def _announce(
-        self, before: str, after: str, slope: float, now: int, sigma: float
+        self,
+        before: str,
+        after: str,
+        line: LineFit,
+        now: int,
+        sigma: float,
+        evidence: float | None,
     ) -> Milestone | None:
         """Records the milestone at the current knot, unless it is too close to the last."""
         st = self._state
         at, value = st.knot, st.knot_value
         if too_close(st.bin_log_steps[at], st.last_milestone_log_step, self.min_separation):
             return None
-        kind = milestone_kind(before, after, slope, self.drop, self._mean_slope(sigma))
+        kind = milestone_kind(before, after, line.slope, self.drop, self._mean_slope(sigma))
         if kind in ("peak", "trough") and st.undecided_from is not None:
             at, value = self._extremum(kind)
             if too_close(st.bin_log_steps[at], st.last_milestone_log_step, self.min_separation):
                 return None
-        milestone = Milestone(st.bin_steps[at], now, kind, float(value), self.series)
+        milestone = Milestone(st.bin_steps[at], now, kind, float(value), self.series, evidence)
+        if st.transient_until is not None and milestone.step <= st.transient_until:
+            st.held_back.append(milestone)
+            return None
         st.milestones.append(milestone)
         st.stage_starts.append(milestone.step)
         st.stage_trends.append(after)
