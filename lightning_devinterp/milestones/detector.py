@@ -38,6 +38,7 @@ from lightning_devinterp.milestones.rules import (
     PERSIST,
     ROUND,
     chain_step_variance,
+    flat_next_to,
     mean_slope,
     milestone_kind,
     noise_level,
@@ -233,7 +234,7 @@ class MilestoneDetector:
             return []
         if std is not None and math.isfinite(std):
             keep_last(st.stds, std, self.window)
-        self._add_chains(chains)
+        self._add_chains(chains, transient)
         x = math.log10(max(step, 1))
         index = math.floor(x / self.resolution + 1e-9)
         out: list[Milestone] = []
@@ -246,15 +247,16 @@ class MilestoneDetector:
         st.add_point(index, step, x, value)
         return out
 
-    def _add_chains(self, chains: Sequence[float] | None) -> None:
-        """Keeps the noise the chains measure between the previous point and this one."""
+    def _add_chains(self, chains: Sequence[float] | None, transient: bool) -> None:
+        """Keeps the noise the chains measure between the previous point and this one
+        (not from a transient point: chains that part there say nothing of the noise)."""
         st = self._state
         now = [float(v) for v in chains] if chains is not None else []
         variance = chain_step_variance(st.last_chains, now)
         if variance is not None:
             keep_last(st.chain_variances, variance, self.window)
             keep_last(st.chain_dofs, len(now) - 1, self.window)
-        st.last_chains = now
+        st.last_chains = now if not transient else []
 
     def _noise(self) -> float | None:
         st = self._state
@@ -284,14 +286,13 @@ class MilestoneDetector:
         sigma = self._noise()
         if sigma is None:
             return []
-        found: list[Milestone | None] = []
+        found: list[Milestone] = []
         while True:
             knot, value, end = self._find_break(sigma)
             if knot is None:
                 break
-            found.append(self._break(knot, value, now, sigma))
-        found.append(self._judge(end, now, sigma))
-        return [m for m in found if m is not None]
+            found += self._break(knot, value, now, sigma)
+        return found + self._judge(end, now, sigma)
 
     def _find_break(self, sigma: float) -> tuple[int | None, float, int]:
         """Best new knot in the current segment, if it passes the break test.
@@ -323,10 +324,10 @@ class MilestoneDetector:
             return None, 0.0, k  # a bend is building up: judge the bins before it
         return None, 0.0, n
 
-    def _break(self, k: int, value: float, now: int, sigma: float) -> Milestone | None:
+    def _break(self, k: int, value: float, now: int, sigma: float) -> list[Milestone]:
         """Closes the current segment at a new knot ``k`` and starts the next."""
         st = self._state
-        found = None
+        found: list[Milestone] = []
         if st.pending:
             # the segment is closed: decide its trend with all its points; if still
             # undecided, it does not change the trend
@@ -341,20 +342,20 @@ class MilestoneDetector:
         st.pending, st.candidate, st.candidate_count = True, None, 0
         return found
 
-    def _judge(self, end: int, now: int, sigma: float) -> Milestone | None:
+    def _judge(self, end: int, now: int, sigma: float) -> list[Milestone]:
         """Judges the open segment on bins up to ``end``; settles it on a repeated verdict."""
         st = self._state
         if not st.pending or end - st.knot < self.confirm:
-            return None
+            return []
         trend, line, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
         if trend is None:
-            return None
+            return []
         if trend == st.candidate:
             st.candidate_count += 1
         else:
             st.candidate, st.candidate_count = trend, 1
         if st.candidate_count < PERSIST:
-            return None
+            return []
         return self._settle(trend, line, now, sigma)
 
     def _segment_line(self, a: int, n: int) -> tuple[int, Bins, LineFit, float]:
@@ -399,23 +400,49 @@ class MilestoneDetector:
         trend = trend_verdict(line, sigma, band, bins, self._settings())
         return (None if trend == ROUND else trend), line, knot, value
 
-    def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> Milestone | None:
-        """The current segment's trend is known: announce a milestone if it changed."""
+    def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> list[Milestone]:
+        """The current segment's trend is known: announce the milestones it makes."""
         st = self._state
         st.pending = False
+        found = self._flat_before(line, now, sigma) if trend == st.trend else []
         prev, st.trend = st.trend, trend
         previous_line = (st.trend_slope, st.trend_root_sxx)
         st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
-        found = None
         if prev is None:
             st.stage_trends[-1] = trend
         elif trend != prev:
             evidence = slope_change_z(previous_line, line, sigma)
-            found = self._announce(prev, trend, line, now, sigma, evidence)
-            if found is None:  # too close to the last one, or held back: the stage changes trend
-                st.stage_trends[-1] = trend
+            milestone = self._announce(prev, trend, line, now, sigma, evidence)
+            if milestone is None:  # too close to the last one, or held back
+                st.stage_trends[-1] = trend  # the stage changes trend
+            else:
+                found.append(milestone)
         st.undecided_from = None
         return found
+
+    def _flat_before(self, after: LineFit, now: int, sigma: float) -> list[Milestone]:
+        """Judges again the stretch left undecided between the last trend and the current
+        knot, once the segment ``after`` it is settled with the same trend (a pause between
+        two moves in one direction; a round top between a rise and a fall is a peak): if it
+        is flat next to that segment (see :func:`~.rules.flat_next_to`), the last trend
+        ended at its start (a ``plateau_start``), and the plateau at the knot."""
+        st = self._state
+        start = st.undecided_from
+        if start is None or st.trend in (None, "flat") or st.knot - start < self.confirm:
+            return []
+        bins = st.bins(start, st.knot)
+        line = line_fit(*bins)
+        band = self.flat * self._mean_slope(sigma)
+        if not flat_next_to(line, after, sigma, band, bins, self._settings()):
+            return []
+        evidence = slope_change_z((st.trend_slope, st.trend_root_sxx), line, sigma)
+        at = (start, line.at(st.bin_log_steps[start]))
+        milestone = self._announce(st.trend, "flat", line, now, sigma, evidence, at)
+        st.trend, st.trend_slope, st.trend_root_sxx = "flat", line.slope, line.root_sxx
+        if milestone is None:
+            st.stage_trends[-1] = "flat"
+            return []
+        return [milestone]
 
     def _announce(
         self,
@@ -425,25 +452,28 @@ class MilestoneDetector:
         now: int,
         sigma: float,
         evidence: float | None,
+        at: tuple[int, float] | None = None,
     ) -> Milestone | None:
-        """Records the milestone at the current knot, unless it is too close to the last."""
+        """Records the milestone at the current knot (or at ``at``: bin and value), unless it
+        is too close to the last or held back."""
         st = self._state
-        at, value = st.knot, st.knot_value
-        if too_close(st.bin_log_steps[at], st.last_milestone_log_step, self.min_separation):
+        where, value = at if at is not None else (st.knot, st.knot_value)
+        if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
             return None
         kind = milestone_kind(before, after, line.slope, self.drop, self._mean_slope(sigma))
         if kind in ("peak", "trough") and st.undecided_from is not None:
-            at, value = self._extremum(kind)
-            if too_close(st.bin_log_steps[at], st.last_milestone_log_step, self.min_separation):
+            where, value = self._extremum(kind)
+            if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
                 return None
-        milestone = Milestone(st.bin_steps[at], now, kind, float(value), self.series, evidence)
-        if st.transient_until is not None and milestone.step <= st.transient_until:
+        step = st.bin_steps[where]
+        milestone = Milestone(step, now, kind, float(value), self.series, evidence)
+        if st.transient_until is not None and step <= st.transient_until:
             st.held_back.append(milestone)
             return None
         st.milestones.append(milestone)
-        st.stage_starts.append(milestone.step)
+        st.stage_starts.append(step)
         st.stage_trends.append(after)
-        st.last_milestone_log_step = st.bin_log_steps[at]
+        st.last_milestone_log_step = st.bin_log_steps[where]
         return milestone
 
     def _extremum(self, kind: str) -> tuple[int, float]:

@@ -76,6 +76,7 @@ MAD_SCALE = 1.4826  # median absolute deviation to standard deviation, Gaussian 
 PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
 HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
 CHI2_Z10 = 1.2816  # the standard normal's 90% quantile
+VARIANCE_CAP = 10.0  # chain step variances are capped at this many times their median
 ROUND = "round"  # verdict: inside the flat band, but the round top of a peak (no trend)
 
 
@@ -185,20 +186,47 @@ def chain_step_variance(before: Sequence[float], after: Sequence[float]) -> floa
 
 def pooled_chain_noise(variances: Sequence[float], dofs: Sequence[int]) -> float | None:
     """Noise level from the chains' step variances (:func:`chain_step_variance`), pooled by
-    their degrees of freedom: its upper 90% confidence bound (a short history must not
-    under-estimate it, or noise passes for a bend); None before any."""
+    their degrees of freedom, each capped at :data:`VARIANCE_CAP` times their median (a step
+    where the chains part, as at a transition, says little of the noise), at its upper 90%
+    confidence bound (a short history must not under-estimate it, or noise passes for a
+    bend); None before any."""
     total = float(sum(dofs))
     if total <= 0:
         return None
-    pooled = sum(v * d for v, d in zip(variances, dofs, strict=True)) / total
-    return math.sqrt(pooled / chi2_low_quantile(total))
+    cap = VARIANCE_CAP * float(np.median(variances)) if len(variances) >= 3 else math.inf
+    pooled = sum(min(v, cap) * d for v, d in zip(variances, dofs, strict=True)) / total
+    return math.sqrt(pooled / chi2_quantile(total, -CHI2_Z10))
 
 
-def chi2_low_quantile(dof: float) -> float:
-    """The 10% quantile of a chi-squared variable over its degrees of freedom (the
-    Wilson-Hilferty approximation: within 7% at 2 degrees of freedom, 1% from 4 on)."""
+def chi2_quantile(dof: float, z: float) -> float:
+    """The quantile of a chi-squared variable over its degrees of freedom where a standard
+    normal has ``z`` (Wilson-Hilferty: the median at ``z = 0``, the 10% quantile at
+    ``z = -1.2816``, within 7% at 2 degrees of freedom and 1% from 4 on)."""
     a = 2.0 / (9.0 * dof)
-    return max(1.0 - a - CHI2_Z10 * math.sqrt(a), 1e-3) ** 3
+    return max(1.0 - a + z * math.sqrt(a), 1e-3) ** 3
+
+
+def flat_next_to(
+    line: LineFit,
+    after: LineFit,
+    sigma: float,
+    band: float,
+    bins: tuple[np.ndarray, np.ndarray, np.ndarray],
+    settings: DetectorSettings,
+) -> bool:
+    """Whether a stretch left undecided is flat, judged once the segment ``after`` it is
+    settled: flat by :func:`trend_verdict`, or without a significant slope (within
+    ``trend_threshold`` standard errors of 0), not a round top or bottom, and flat next to
+    ``after`` (``|slope| + flat_threshold * se`` below ``flat`` times its slope). Early in a series
+    the flat band is narrow (its mean slope is small until the first large change), so a
+    plateau before the first large change is only seen as one once that change is."""
+    verdict = trend_verdict(line, sigma, band, bins, settings)
+    if verdict in ("flat", ROUND) or is_hump(*bins, sigma, HUMP_Z):
+        return verdict == "flat"  # a round top or bottom is no plateau
+    se = line.slope_se(sigma)
+    relative = settings.flat * abs(after.slope)
+    slope = abs(line.slope)
+    return slope < settings.trend_threshold * se and slope + settings.flat_threshold * se < relative
 
 
 def noise_level(

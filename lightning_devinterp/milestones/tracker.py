@@ -84,7 +84,7 @@ class MilestoneTracker:
             std = record.get(std_key) if std_key else None
             chains = record.get(f"{detector.series}/per_chain") if std_key else None
             held = transient(record, detector.series) if std_key else False
-            new.extend(detector.update(step, value, std, chains, held))
+            new.extend(detector.update(step, value, std, chains=chains, transient=held))
         return new
 
     def _watch(self, series: Sequence[str]) -> None:

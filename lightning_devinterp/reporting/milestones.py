@@ -41,7 +41,9 @@ def report_milestones(
                 columns=COLUMNS, data=[[getattr(m, c) for c in COLUMNS] for m in milestones]
             )
             view = wandb.Table(columns=["stage", "stretch"], data=list(enumerate(stages)))
-            run.log({f"{tag}/milestones": table, f"{tag}/stages": view, "trainer/global_step": step})
+            run.log(
+                {f"{tag}/milestones": table, f"{tag}/stages": view, "trainer/global_step": step}
+            )
             for i, m in enumerate(milestones):
                 run.summary[f"{tag}/milestone/{i}"] = {c: getattr(m, c) for c in COLUMNS}
             if stages:

@@ -13,7 +13,7 @@ from lightning_devinterp.callbacks.schedule import log_spaced_steps
 from lightning_devinterp.milestones import MilestoneDetector, MilestoneTracker, Stage, stage_view
 from lightning_devinterp.milestones.rules import (
     chain_step_variance,
-    chi2_low_quantile,
+    chi2_quantile,
     pooled_chain_noise,
 )
 from lightning_devinterp.milestones.series import estimate_prefixes, transient
@@ -47,13 +47,17 @@ def test_the_chain_step_variance_is_that_of_one_observation():
     assert chain_step_variance([1.0, 2.0], [1.0, 2.0, 3.0]) is None  # chains changed
     assert chain_step_variance([1.0, 2.0], [1.0, math.nan]) is None
     assert pooled_chain_noise([], []) is None
-    # pooled by degrees of freedom, at its upper 90% bound (chi2 10% quantiles / dof:
-    # 0.1054 at 2, 0.266 at 4, 0.487 at 10)
+    # pooled by degrees of freedom, at the upper 90% bound (chi2 10% quantile / dof: 0.1054
+    # at 2, 0.266 at 4, 0.487 at 10)
     assert pooled_chain_noise([1.0, 4.0], [1, 3]) == pytest.approx(
         math.sqrt(3.25 / 0.266), rel=0.01
     )
     assert pooled_chain_noise([2.0], [10]) == pytest.approx(math.sqrt(2.0 / 0.487), rel=0.01)
-    assert pooled_chain_noise([2.0], [2]) == pytest.approx(math.sqrt(2.0 / 0.1054), rel=0.05)
+    assert pooled_chain_noise([2.0], [2]) == pytest.approx(math.sqrt(2.0 / 0.1054), rel=0.08)
+    # a step where the chains part (a transition) counts at most 10 times the median
+    calm = [1.0, 1.2, 0.8, 1.1]
+    capped = pooled_chain_noise([*calm, 400.0], [1] * 5)
+    assert capped == pytest.approx(pooled_chain_noise([*calm, 11.0], [1] * 5))
     # over many points the measured level converges to the noise of one mean of 2 chains
     rng = np.random.default_rng(0)
     before = rng.standard_normal((4000, 2))
@@ -61,7 +65,8 @@ def test_the_chain_step_variance_is_that_of_one_observation():
     variances = [chain_step_variance(b, a) for b, a in zip(before, after, strict=True)]
     level = pooled_chain_noise(variances, [1] * len(variances))
     assert level == pytest.approx(OWN / math.sqrt(2) / math.sqrt(2), rel=0.06)
-    assert chi2_low_quantile(4000) == pytest.approx(1.0, abs=0.05)
+    assert chi2_quantile(4000, -1.2816) == pytest.approx(1.0, abs=0.05)
+    assert chi2_quantile(1, 0.0) == pytest.approx(0.455, rel=0.05)  # the median
 
 
 def test_the_chains_measure_the_noise_from_the_second_point():
@@ -90,7 +95,7 @@ def test_the_chains_measure_the_noise_from_the_second_point():
 def test_milestones_carry_their_evidence_and_the_chains_confirm_them_sooner(bends):
     """The demo LLC curve's shape (or the same bends earlier, from the 9th estimate) at 40
     log-spaced estimates over 20 seeds: both bends found within 0.15 decades on 20 and 19
-    seeds, with or without the chains; with them confirmed sooner (median 0.25-0.26
+    seeds, with or without the chains; with them confirmed sooner (median 0.26 and 0.29
     decades after the bend, against 0.32 without); nothing else found but once in 80 runs.
     Every milestone carries its change of slope in noise units (3.0 to 27 measured)."""
     latency = {}
@@ -111,7 +116,7 @@ def test_milestones_carry_their_evidence_and_the_chains_confirm_them_sooner(bend
             assert len(det.milestones) <= sum(len(n) for n in near) + 1, seed
             assert all(m.evidence is not None and m.evidence > 2.5 for m in det.milestones), seed
         assert (found >= 18).all(), (chains, found)
-    assert np.median(latency[True]) <= 0.28 < np.median(latency[False])
+    assert np.median(latency[True]) <= min(0.3, np.median(latency[False]) - 0.03)
 
 
 def test_milestones_among_transient_estimates_are_held_back():
@@ -161,9 +166,10 @@ def test_the_tracker_watches_every_estimate_and_resumes_them():
             first = MilestoneTracker("llc")
             first.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
     assert tracker.series == ["llc", "loss", "rllc/l0h0", "rllc/l0h1"]
-    kinds = {s: [m.kind for m in tracker.milestones if m.series == s] for s in tracker.series}
-    assert kinds["llc"] == ["plateau_end"] and kinds["rllc/l0h0"] == ["plateau_end"]
-    assert kinds["rllc/l0h1"] == []
+    found = {s: [m.step for m in tracker.milestones if m.series == s] for s in tracker.series}
+    for series in ("llc", "rllc/l0h0"):  # where the series starts rising, and nowhere else
+        assert len(found[series]) == 1 and abs(math.log10(found[series][0] / 300)) < 0.15
+    assert found["rllc/l0h1"] == []
     assert first is not None and first.series == tracker.series
     only = MilestoneTracker("llc", MilestoneDetector("llc"))
     only.update(10, record(10, rng, rising))
