@@ -29,7 +29,7 @@ def select(
     module's docstring for the rule.
     """
     order = {group: i for i, group in enumerate(groups)}
-    confirmed = [i for i, r in enumerate(rows) if r["agrees_with_larger"]]
+    confirmed = [i for i, r in enumerate(rows) if is_confirmed(r)]
     if confirmed:
         return min(confirmed, key=lambda i: (order[rows[i]["group"]], -rows[i]["lr"])), True
     pairs = [i for i, r in enumerate(rows) if r["difference"] is not None]
@@ -48,13 +48,18 @@ def table_row(
     accepted: bool,
     min_acceptance: float,
     burnin: int,
+    extended: bool = False,
 ) -> dict[str, Any]:
     """One table row: the setting and every health figure. ``est`` covers all draws (its
     trace's last two quarters decide stationarity), ``plateau`` the draws after ``burnin``
     steps (the value, its sign and the chains' agreement); ``accepted``: the MALA acceptance
-    is high enough."""
+    is high enough. ``extended``: the burn-in was lengthened to the relaxation time, so the
+    chains are on their plateau by construction and only a significant drift counts (a large
+    one that is not significant is the noise of a plateau half short next to the chains'
+    autocorrelation time)."""
     positive = math.isfinite(plateau.mean) and plateau.mean > 0
-    stationary = est.stationary and not abs(est.drift) > LARGE_DRIFT
+    large = abs(est.drift) > LARGE_DRIFT and not extended
+    stationary = est.stationary and not large
     relaxation = relaxation_steps(est.sampler)
     relaxed = relaxation <= burnin
     healthy = (
@@ -137,6 +142,15 @@ def second_half(traces: ChainTraces) -> ChainTraces:
     )
 
 
+def relaxation_burnin(sampler: SGLD, burnin: int, cap: int) -> int:
+    """The extra burn-in (SGLD steps per chain) that brings a setting's ``burnin`` (before its
+    plateau half) up to the localization's relaxation time; 0 when ``burnin`` covers it or
+    when more than ``cap`` steps would be needed (the setting then runs as it is, and its
+    row says it has not relaxed)."""
+    extra = relaxation_steps(sampler) - burnin
+    return extra if 0 < extra <= cap else 0
+
+
 def walk_ends(row: dict[str, Any], above: Sequence[dict[str, Any]]) -> bool:
     """Below a healthy setting, chains that do not diverge yet are unhealthy will not mix
     better at a smaller step: the walk down this (nβ, γ) ends."""
@@ -144,7 +158,30 @@ def walk_ends(row: dict[str, Any], above: Sequence[dict[str, Any]]) -> bool:
 
 
 def any_confirmed(rows: Sequence[dict[str, Any]]) -> bool:
-    return any(r["agrees_with_larger"] for r in rows)
+    return any(is_confirmed(r) for r in rows)
+
+
+def is_confirmed(row: dict[str, Any]) -> bool:
+    """The row's estimate is reproduced by the next larger ε, or its predicted biases are
+    within the tolerance (``bounded``)."""
+    return bool(row["agrees_with_larger"] or row.get("bounded", False))
+
+
+def step_bias_bound(lr: float, stiffness: float) -> float:
+    """Euler's relative variance inflation ``1/(1 - εa/4) - 1`` of the stiffest direction
+    (``a = nβ h + γ``): an upper bound on the step's relative bias of the estimate of a
+    quadratic loss (every other direction is inflated less). ``inf`` from ``εa >= 4``."""
+    x = lr * stiffness / 4
+    return x / (1 - x) if x < 1 else math.inf
+
+
+def bounded(row: dict[str, Any], tolerance: float) -> bool:
+    """A healthy row whose predicted step bias and minibatch-noise bias add up to at most
+    ``tolerance`` (both measured: None means unknown, and the row is not bounded)."""
+    step, noise = row.get("step_bias"), row.get("minibatch_bias")
+    if not row["healthy"] or step is None or noise is None:
+        return False
+    return step + noise <= tolerance
 
 
 def _badness(row: dict[str, Any]) -> tuple[float, ...]:
@@ -208,3 +245,13 @@ def advice(
             "max_steps to walk further, or a finer grid (lrs)."
         )
     return messages
+
+
+def predicted_noise_bias(above: Sequence[dict[str, Any]], lr: float) -> float:
+    """The noise bias predicted at ``lr`` (it is linear in lr) from the last row of ``above``
+    (rows of the same nβ, any γ) whose chains did not diverge (0 when there is none)."""
+    for row in reversed(above):
+        bias = row.get("minibatch_bias")
+        if bias is not None and math.isfinite(bias) and not row["diverged_chains"]:
+            return bias * lr / row["lr"]
+    return 0.0
