@@ -28,7 +28,8 @@ goes down the grid from the largest ε (skipping steps whose minibatch-noise bia
   larger setting shows that the step-size bias has fallen to about ``tolerance``; at the
   recommended ε, one grid ratio r below, it is about ``tolerance / (r - 1)`` (the bias grows
   about linearly with ε);
-- or (``bounded``, default grid only, where the top curvature h is measured) its predicted
+- or (``bounded``: default grid, where the top curvature h is measured, and not for
+  :class:`RMSpropSGLD`, whose step ``lr G`` is not known in advance) its predicted
   biases add up to at most ``tolerance``: Euler's variance inflation of the stiffest
   direction, ``1/(1 - εa/4) - 1`` with ``a = nβ h + γ`` (an upper bound for a quadratic
   loss), plus the minibatch-noise bias. With the noise condition the largest sound ε often
@@ -90,7 +91,7 @@ from lightning_devinterp.estimators.calibration_rule import (
 )
 from lightning_devinterp.estimators.llc import LLCEstimate, llc_from_traces
 from lightning_devinterp.estimators.llc_sampling import SamplingCopy, sampling_copy
-from lightning_devinterp.sampling import SGLD, ChainSettings, LossFn, run_sampling
+from lightning_devinterp.sampling import SGLD, ChainSettings, LossFn, RMSpropSGLD, run_sampling
 
 #: A setting's burn-in is extended to its relaxation time up to this many times its draws.
 RELAXATION_CAP_DRAWS = 8
@@ -417,7 +418,9 @@ class _Sweep:
         row["burnin"] = burnin
         self._check_noise(row, sampler)
         row.update(agreement(row, above[-1] if above else None, settings.tolerance))
-        stiffness = None if curvature is None else float(sampler.nbeta) * curvature
+        stiffness = None  # unknown for a preconditioned step (lr G, G known only by running)
+        if curvature is not None and not isinstance(sampler, RMSpropSGLD):
+            stiffness = float(sampler.nbeta) * curvature
         row["step_bias"] = (
             None if stiffness is None else step_bias_bound(sampler.lr, stiffness + group[1])
         )

@@ -228,7 +228,15 @@ def advice(
             f"Calibration stopped at its budget after {len(rows)} settings; raise max_steps "
             "or narrow the grid (lrs, localizations, nbetas)."
         )
-    if not row["healthy"]:
+    if not row["healthy"] and only_unrelaxed(row, tolerance):
+        messages.append(
+            f"No setting was found healthy within the budget; {setting} is returned: its "
+            "chains are sound but its relaxation time 1/(lr*localization) = "
+            f"{row['relaxation']} steps per chain was more than the budget left could run "
+            f"(they ran {row['burnin']} before their plateau half). The recommended num_burnin "
+            "covers it; raise max_steps to check the setting."
+        )
+    elif not row["healthy"]:
         messages.append(
             f"No setting gave healthy chains; the least unhealthy ({setting}) is returned. "
             + " ".join(row["warnings"])
@@ -241,10 +249,26 @@ def advice(
         )
         messages.append(
             f"No two neighbouring step sizes gave estimates within {tolerance:.0%} of each "
-            f"other; {setting} ({reason}) is unconfirmed. Use more draws (num_draws), a larger "
+            f"other, nor had predicted step and minibatch-noise biases within it; {setting} "
+            f"({reason}) is unconfirmed. Use more draws (num_draws), a larger "
             "max_steps to walk further, or a finer grid (lrs)."
         )
     return messages
+
+
+def only_unrelaxed(row: dict[str, Any], tolerance: float) -> bool:
+    """The row's one fault is a burn-in shorter than its relaxation time."""
+    noise = row.get("minibatch_bias")
+    return (
+        row["relaxation"] > row["burnin"]
+        and not row["diverged_chains"]
+        and row["chains_agree"]
+        and row["stationary"]
+        and math.isfinite(row["llc"])
+        and row["llc"] > 0
+        and (noise is None or noise <= tolerance)
+        and not row["warnings"][1:]
+    )
 
 
 def predicted_noise_bias(above: Sequence[dict[str, Any]], lr: float) -> float:
