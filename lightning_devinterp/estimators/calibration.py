@@ -4,12 +4,16 @@
 when none is given) at the model's current weights, with a few short chains per setting, all
 on one copy of the model with one L(w*) computation, and scores each setting by chain health.
 
-Per setting, the chains run ``num_draws`` draws from w*. The first half is burn-in (the trace
-rises from 0 to its plateau); the second half gives the setting's estimate. Where that half is
-shorter than the localization's relaxation time ``1/(ε γ)`` (the slowest a direction held
-only by the localization can fill: at a sound small step it is hundreds of steps), the
-setting's burn-in is extended to it when the budget left affords it (and it is at most
-``RELAXATION_CAP_DRAWS`` times the draws); else the setting runs as it is and is not healthy.
+Per setting, the chains run ``num_draws`` draws from w*: the first half is burn-in, the
+second gives the setting's estimate. Where that half is shorter than the localization's
+relaxation time ``1/(ε γ)`` (the slowest a direction held only by the localization can fill:
+hundreds of steps at a sound small step), the burn-in is extended to it (by at most
+``RELAXATION_CAP_DRAWS`` times the draws), unless the step bias bound alone exceeds
+``tolerance`` (such a setting can neither be confirmed nor confirm; it runs as it is, for its
+noise and divergence figures). When the budget left cannot afford the extension, the setting
+runs as it is (not healthy: not relaxed) and the calibration stops (smaller steps relax more
+slowly still; a larger localization changes the posterior); the advice says so.
+
 The setting is healthy when no chain diverges, that estimate is positive, the trace is flat
 over the second half (no significant drift above 10%, and, unless the burn-in was extended to
 the relaxation time, no drift above 30% at all), the chains agree (R-hat <= 1.1), the burn-in
@@ -80,18 +84,18 @@ from lightning_devinterp.estimators.calibration_rule import (
     bounded,
     is_confirmed,
     predicted_noise_bias,
+    predicted_step_bias,
     relaxation_burnin,
     relaxation_steps,
     second_half,
     select,
-    step_bias_bound,
     steps_run,
     table_row,
     walk_ends,
 )
 from lightning_devinterp.estimators.llc import LLCEstimate, llc_from_traces
 from lightning_devinterp.estimators.llc_sampling import SamplingCopy, sampling_copy
-from lightning_devinterp.sampling import SGLD, ChainSettings, LossFn, RMSpropSGLD, run_sampling
+from lightning_devinterp.sampling import SGLD, ChainSettings, LossFn, run_sampling
 
 #: A setting's burn-in is extended to its relaxation time up to this many times its draws.
 RELAXATION_CAP_DRAWS = 8
@@ -354,16 +358,20 @@ class _Sweep:
         for group in groups:
             for lr in step_grid(settings.lrs, curvature, *group):
                 candidate = replace(self.template, lr=lr, nbeta=group[0], localization=group[1])
-                extra = self._extra_burnin(candidate)
+                step_bias = predicted_step_bias(candidate, curvature)
+                extra = self._extra_burnin(candidate, step_bias)
                 if not full and settings.max_steps is not None:
-                    if self.spent + self._cost(extra) > settings.max_steps:
+                    if self.spent + self._cost(extra or 0) > settings.max_steps:
                         self.out_of_budget = True
                         break
                 same_nbeta = [r for r in self.rows if r["group"][0] == group[0]]
                 if predicted_noise_bias(same_nbeta, lr) > settings.tolerance:
                     continue  # the noise bias is linear in lr: skip to a sound step
                 above = [r for r in self.rows if r["group"] == group]
-                row = self._try(candidate, group, above, extra, curvature)
+                row = self._try(candidate, group, above, extra or 0, step_bias)
+                if extra is None:  # smaller steps relax slower still: the budget is spent
+                    self.out_of_budget = True
+                    break
                 if not full and (is_confirmed(row) or walk_ends(row, above)):
                     break
             if self.out_of_budget or (not full and any_confirmed(self.rows)):
@@ -373,15 +381,17 @@ class _Sweep:
         """SGLD steps of one setting whose burn-in is ``extra`` steps longer."""
         return self.per_setting + self.chains.num_chains * extra
 
-    def _extra_burnin(self, sampler: SGLD) -> int:
-        """The burn-in a setting adds to cover its relaxation time (see
-        :func:`relaxation_burnin`), when the budget left affords it (else 0)."""
+    def _extra_burnin(self, sampler: SGLD, step_bias: float | None) -> int | None:
+        """The burn-in a setting adds to cover its relaxation time (:func:`relaxation_burnin`;
+        0 past the step bound, see the module); None when the budget left cannot afford it."""
+        if step_bias is not None and step_bias > self.settings.tolerance:
+            return 0
         cap = RELAXATION_CAP_DRAWS * self.chains.num_draws * self.chains.steps_between_draws
         extra = relaxation_burnin(sampler, self.burnin, cap)
         steps = self.settings.max_steps
         if extra and not self.settings.full_sweep and steps is not None:
             if self.spent + self._cost(extra) > steps:
-                return 0
+                return None
         return extra
 
     def _try(
@@ -390,7 +400,7 @@ class _Sweep:
         group: tuple[float, float],
         above: Sequence[dict[str, Any]],
         extra: int,
-        curvature: float | None,
+        step_bias: float | None,
     ) -> dict[str, Any]:
         """Run one setting's chains, ``extra`` burn-in steps longer, and add its row
         (``above``: the rows of its (nβ, γ) so far, larger ε first)."""
@@ -418,12 +428,7 @@ class _Sweep:
         row["burnin"] = burnin
         self._check_noise(row, sampler)
         row.update(agreement(row, above[-1] if above else None, settings.tolerance))
-        stiffness = None  # unknown for a preconditioned step (lr G, G known only by running)
-        if curvature is not None and not isinstance(sampler, RMSpropSGLD):
-            stiffness = float(sampler.nbeta) * curvature
-        row["step_bias"] = (
-            None if stiffness is None else step_bias_bound(sampler.lr, stiffness + group[1])
-        )
+        row["step_bias"] = step_bias
         row["bounded"] = bounded(row, settings.tolerance)
         row["steps"] = steps_run(traces.loss, chains)
         self.spent += row["steps"]

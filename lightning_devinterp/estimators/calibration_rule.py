@@ -12,7 +12,7 @@ import torch
 from lightning_devinterp.estimators.bias import NOISE_BIAS_MAX
 from lightning_devinterp.estimators.diagnostics import DRIFT_TOLERANCE, health_warnings
 from lightning_devinterp.estimators.llc import LLCEstimate
-from lightning_devinterp.sampling import SGLD, ChainSettings, ChainTraces
+from lightning_devinterp.sampling import SGLD, ChainSettings, ChainTraces, RMSpropSGLD
 
 #: A drift of the trace's second half beyond this fraction of the estimate means the chains
 #: are still moving, significant or not.
@@ -173,6 +173,15 @@ def step_bias_bound(lr: float, stiffness: float) -> float:
     quadratic loss (every other direction is inflated less). ``inf`` from ``εa >= 4``."""
     x = lr * stiffness / 4
     return x / (1 - x) if x < 1 else math.inf
+
+
+def predicted_step_bias(sampler: SGLD, curvature: float | None) -> float | None:
+    """:func:`step_bias_bound` for ``sampler`` at the measured top curvature ``h``
+    (``a = nβ h + γ``); None without one, or for a preconditioned step (``lr G``, with G
+    known only by running)."""
+    if curvature is None or isinstance(sampler, RMSpropSGLD):
+        return None
+    return step_bias_bound(sampler.lr, float(sampler.nbeta) * curvature + sampler.localization)
 
 
 def bounded(row: dict[str, Any], tolerance: float) -> bool:
