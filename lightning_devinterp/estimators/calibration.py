@@ -32,13 +32,14 @@ goes down the grid from the largest ε (skipping steps whose minibatch-noise bia
   larger setting shows that the step-size bias has fallen to about ``tolerance``; at the
   recommended ε, one grid ratio r below, it is about ``tolerance / (r - 1)`` (the bias grows
   about linearly with ε);
-- or (``bounded``: default grid, where the top curvature h is measured, and not for
-  :class:`RMSpropSGLD`, whose step ``lr G`` is not known in advance) its predicted
-  biases add up to at most ``tolerance``: Euler's variance inflation of the stiffest
-  direction, ``1/(1 - εa/4) - 1`` with ``a = nβ h + γ`` (an upper bound for a quadratic
-  loss), plus the minibatch-noise bias. With the noise condition the largest sound ε often
-  has no healthy larger neighbour, and confirming it by a smaller one would cost a
-  relaxation time ``r`` times longer.
+- or (``bounded``: default grid, where the top curvature h is measured; not for
+  :class:`RMSpropSGLD`, whose step ``lr G`` is not known in advance) its predicted biases add
+  up to at most ``tolerance``: Euler's variance inflation of the stiffest direction,
+  ``1/(1 - εa/4) - 1`` with ``a = nβ h + γ`` (an upper bound for a quadratic loss), plus the
+  minibatch-noise bias; and the larger step tried before it reads no further above it than
+  both settings' predicted biases allow (with twice ``tolerance`` as slack), else the loss
+  is not the quadratic the bound assumes. With the noise condition the largest sound ε often
+  has no healthy larger neighbour, and a smaller one would cost a relaxation r times longer.
 
 The setting's own chains are healthy, so they mix. Walking down one (nβ, γ) also ends at the
 first unhealthy setting (not diverged) below a healthy one: smaller steps mix more slowly
@@ -133,8 +134,8 @@ class Calibration:
             ``difference`` (relative to the estimate at the next larger ε when both are healthy,
             else None) and ``agrees_with_larger`` (it is within ``tolerance``);
             ``minibatch_noise``, ``minibatch_bias``, ``step_bias`` (the Euler bound, None
-            without a measured curvature) and ``bounded`` (their sum is within
-            ``tolerance``); ``relaxation`` and ``burnin`` (1/(εγ) and the steps before the
+            without a measured curvature) and ``bounded`` (confirmed by them: see the
+            module's rule); ``relaxation`` and ``burnin`` (1/(εγ) and the steps before the
             plateau half); ``steps`` (SGLD steps spent), ``chosen`` and ``warnings``.
         estimates: the :class:`LLCEstimate` over all draws of each row (with its traces).
         chosen: the index of the recommended row in ``table``.
@@ -429,7 +430,7 @@ class _Sweep:
         self._check_noise(row, sampler)
         row.update(agreement(row, above[-1] if above else None, settings.tolerance))
         row["step_bias"] = step_bias
-        row["bounded"] = bounded(row, settings.tolerance)
+        row["bounded"] = bounded(row, above[-1] if above else None, settings.tolerance)
         row["steps"] = steps_run(traces.loss, chains)
         self.spent += row["steps"]
         self.rows.append(row)

@@ -184,13 +184,28 @@ def predicted_step_bias(sampler: SGLD, curvature: float | None) -> float | None:
     return step_bias_bound(sampler.lr, float(sampler.nbeta) * curvature + sampler.localization)
 
 
-def bounded(row: dict[str, Any], tolerance: float) -> bool:
+def bounded(row: dict[str, Any], larger: dict[str, Any] | None, tolerance: float) -> bool:
     """A healthy row whose predicted step bias and minibatch-noise bias add up to at most
-    ``tolerance`` (both measured: None means unknown, and the row is not bounded)."""
+    ``tolerance`` (both measured), and whose next larger step (``larger``, same (nβ, γ))
+    agrees with the picture the predictions rest on (:func:`predicted_ratio`)."""
     step, noise = row.get("step_bias"), row.get("minibatch_bias")
-    if not row["healthy"] or step is None or noise is None:
+    if not row["healthy"] or step is None or noise is None or not step + noise <= tolerance:
         return False
-    return step + noise <= tolerance
+    ratio = predicted_ratio(row, larger) if larger is not None else None
+    if ratio is None or not math.isfinite(larger["llc"]):
+        return False
+    return larger["llc"] / row["llc"] <= ratio * (1 + 2 * tolerance)
+
+
+def predicted_ratio(row: dict[str, Any], larger: dict[str, Any]) -> float | None:
+    """The estimate at the larger step over the row's, as the two settings' predicted biases
+    give it, ``(1 + b_step)(1 + b_noise)`` each: a larger step reading far above that (by
+    more than twice the tolerance) means the loss is not the quadratic the step bound
+    assumes (weights away from a minimum, for example). None when not predicted."""
+    step, noise = larger.get("step_bias"), larger.get("minibatch_bias")
+    if larger["diverged_chains"] or step is None or noise is None or not math.isfinite(noise):
+        return None
+    return (1 + step) * (1 + noise) / ((1 + row["step_bias"]) * (1 + row["minibatch_bias"]))
 
 
 def _badness(row: dict[str, Any]) -> tuple[float, ...]:
