@@ -19,6 +19,7 @@ from lightning_devinterp.estimators.calibration import (
     CalibrationOptions,
     select,
 )
+from lightning_devinterp.estimators.calibration_rule import bounded, predicted_ratio
 from lightning_devinterp.reporting.calibration_figures import (
     plot_calibration_llc,
     plot_calibration_traces,
@@ -440,11 +441,12 @@ def test_burnin_is_extended_to_the_relaxation_time_when_the_budget_affords_it():
     assert short.sampler == extended.sampler and short.num_burnin == 500
 
 
-def test_a_step_whose_predicted_biases_are_small_is_confirmed_without_a_neighbour():
+def test_a_step_whose_predicted_biases_are_small_is_confirmed_by_them():
     """Default grid (the curvature h measured): the first setting, lr = 1/(nbeta h + gamma),
     has an Euler bound of 33% (lr a / 4 = 1/4); the next, sqrt(10) smaller, 8.6% plus a
-    minibatch-noise bias under 1%: within the 10% tolerance, so the walk stops there,
-    confirmed, although the two estimates differ by more than 10%."""
+    minibatch-noise bias under 1%: within the 10% tolerance, and the first reads 30% above
+    it, as the bounds predict (23%, with 20% slack); so the walk stops there, confirmed,
+    although the two estimates differ by more than 10%."""
     model, loader, _ = regular(d=8, n=800)
     result = calibrate(model, loader, half_mse, nbeta=10.0, localizations=[100.0], num_draws=50)
     first, second = result.table
@@ -457,3 +459,17 @@ def test_a_step_whose_predicted_biases_are_small_is_confirmed_without_a_neighbou
         lrs=[first["lr"], second["lr"]],
     )  # fmt: skip
     assert explicit.table[1]["step_bias"] is None and not explicit.confirmed  # no curvature
+
+
+def test_bias_bounds_confirm_only_when_the_larger_step_bears_them_out():
+    """The larger step's estimate over the row's is predicted as (1 + step)(1 + noise) of each;
+    reading more than twice the tolerance above that, it says the bounds do not hold."""
+    row = {"healthy": True, "step_bias": 0.05, "minibatch_bias": 0.02, "llc": 1.0}
+    larger = {"diverged_chains": 0, "step_bias": 0.2, "minibatch_bias": 0.1, "llc": 1.3}
+    assert predicted_ratio(row, larger) == pytest.approx(1.2 * 1.1 / (1.05 * 1.02))
+    assert bounded(row, larger, 0.1)  # 1.3 <= 1.23 x 1.2
+    assert not bounded(row, {**larger, "llc": 1.6}, 0.1)
+    assert not bounded(row, None, 0.1)  # nothing to bear them out
+    assert not bounded(row, {**larger, "diverged_chains": 4}, 0.1)
+    assert not bounded({**row, "step_bias": 0.09}, larger, 0.1)  # 0.09 + 0.02 > 0.1
+    assert not bounded({**row, "healthy": False}, larger, 0.1)
