@@ -4,24 +4,46 @@
 when none is given) at the model's current weights, with a few short chains per setting, all
 on one copy of the model with one L(w*) computation, and scores each setting by chain health.
 
-Per setting, the chains run ``num_draws`` draws from w*. The first half is burn-in (the trace
-rises from 0 to its plateau); the second half gives the setting's estimate. The setting is
-healthy when no chain diverges, that estimate is positive, the trace is flat over the second
-half (no significant drift above 10%, and no drift above 30% at all), the chains agree
-(R-hat <= 1.1), the burn-in covers the localization's relaxation time ``1/(ε γ)`` (the
-slowest a direction held only by the localization can fill), and, when measured, the MALA
-acceptance is at least ``min_acceptance``. The recommended burn-in is the larger of that first
-half and ``1/(ε γ)``.
+Per setting, the chains run ``num_draws`` draws from w*: the first half is burn-in, the
+second gives the setting's estimate. Where that half is shorter than the localization's
+relaxation time ``1/(ε γ)`` (the slowest a direction held only by the localization can fill:
+hundreds of steps at a sound small step), the burn-in is extended to it (by at most
+``RELAXATION_CAP_DRAWS`` times the draws), unless the step bias bound alone exceeds
+``tolerance`` (such a setting can neither be confirmed nor confirm; it runs as it is, for its
+noise and divergence figures). When the budget left cannot afford the extension, the setting
+runs as it is (not healthy: not relaxed) and the calibration stops (smaller steps relax more
+slowly still; a larger localization changes the posterior); the advice says so.
+
+The setting is healthy when no chain diverges, that estimate is positive, the trace is flat
+over the second half (no significant drift above 10%, and, unless the burn-in was extended to
+the relaxation time, no drift above 30% at all), the chains agree (R-hat <= 1.1), the burn-in
+covers the relaxation time, the drift's minibatch noise biases the estimate by at most
+``tolerance``, and, when measured, the MALA acceptance is at least ``min_acceptance``. The
+recommended burn-in is the larger of that first half and ``1/(ε γ)``.
 
 Selection rule. Along one (nβ, γ) the estimate as a function of ε has three regimes: too large
-(the chains diverge, or the discretisation inflates the estimate), a plateau, and too small
-(the chains do not fill the posterior in the draws given). The walk goes down the grid from
-the largest ε, and recommends the **largest healthy ε whose estimate the next larger grid ε
-(also healthy) reproduces within** ``tolerance``. The larger setting shows that the
-step-size bias has fallen to about ``tolerance``; at the recommended ε, one grid ratio r below,
-it is about ``tolerance / (r - 1)`` (the bias grows about linearly with ε), and the setting's
-own chains are healthy, so they mix. Walking down one (nβ, γ) also ends at the first
-unhealthy setting (not diverged) below a healthy one: smaller steps mix more slowly still.
+(the chains diverge, or the discretisation and the minibatch noise inflate the estimate), a
+plateau, and too small (the chains do not fill the posterior in the draws given). The walk
+goes down the grid from the largest ε (skipping steps whose minibatch-noise bias, linear in
+ε, is predicted above ``tolerance`` from a larger step at the same nβ), and recommends the
+**largest healthy ε that is confirmed**, in either of two ways:
+
+- its estimate the next larger grid ε (also healthy) reproduces within ``tolerance``: the
+  larger setting shows that the step-size bias has fallen to about ``tolerance``; at the
+  recommended ε, one grid ratio r below, it is about ``tolerance / (r - 1)`` (the bias grows
+  about linearly with ε);
+- or (``bounded``: default grid, where the top curvature h is measured; not for
+  :class:`RMSpropSGLD`, whose step ``lr G`` is not known in advance) its predicted biases add
+  up to at most ``tolerance``: Euler's variance inflation of the stiffest direction,
+  ``1/(1 - εa/4) - 1`` with ``a = nβ h + γ`` (an upper bound for a quadratic loss), plus the
+  minibatch-noise bias; and the larger step tried before it reads no further above it than
+  both settings' predicted biases allow (with twice ``tolerance`` as slack), else the loss
+  is not the quadratic the bound assumes. With the noise condition the largest sound ε often
+  has no healthy larger neighbour, and a smaller one would cost a relaxation r times longer.
+
+The setting's own chains are healthy, so they mix. Walking down one (nβ, γ) also ends at the
+first unhealthy setting (not diverged) below a healthy one: smaller steps mix more slowly
+still.
 
 The (nβ, γ) pairs are tried in order of preference, the least regularised posterior first
 (largest nβ, then smallest γ: both bring the estimate nearer the learning coefficient); the
@@ -33,7 +55,6 @@ smallest ε of the most preferred pair, else to the least unhealthy setting.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -61,6 +82,11 @@ from lightning_devinterp.estimators.calibration_rule import (
     advice,
     agreement,
     any_confirmed,
+    bounded,
+    is_confirmed,
+    predicted_noise_bias,
+    predicted_step_bias,
+    relaxation_burnin,
     relaxation_steps,
     second_half,
     select,
@@ -71,6 +97,9 @@ from lightning_devinterp.estimators.calibration_rule import (
 from lightning_devinterp.estimators.llc import LLCEstimate, llc_from_traces
 from lightning_devinterp.estimators.llc_sampling import SamplingCopy, sampling_copy
 from lightning_devinterp.sampling import SGLD, ChainSettings, LossFn, run_sampling
+
+#: A setting's burn-in is extended to its relaxation time up to this many times its draws.
+RELAXATION_CAP_DRAWS = 8
 
 __all__ = [
     "CALIBRATE_OPTIONS",
@@ -103,8 +132,11 @@ class Calibration:
             would give); ``diverged_chains``, ``negative``, ``drift``, ``drift_z``,
             ``stationary``, ``rhat``, ``chains_agree``, ``mala_acceptance``, ``healthy``;
             ``difference`` (relative to the estimate at the next larger ε when both are healthy,
-            else None) and ``agrees_with_larger`` (it is within ``tolerance``); ``steps`` (SGLD
-            steps spent), ``chosen`` and ``warnings``.
+            else None) and ``agrees_with_larger`` (it is within ``tolerance``);
+            ``minibatch_noise``, ``minibatch_bias``, ``step_bias`` (the Euler bound, None
+            without a measured curvature) and ``bounded`` (confirmed by them: see the
+            module's rule); ``relaxation`` and ``burnin`` (1/(εγ) and the steps before the
+            plateau half); ``steps`` (SGLD steps spent), ``chosen`` and ``warnings``.
         estimates: the :class:`LLCEstimate` over all draws of each row (with its traces).
         chosen: the index of the recommended row in ``table``.
         confirmed: the recommendation was confirmed by the next larger ε (see the module's
@@ -326,33 +358,62 @@ class _Sweep:
         full = settings.full_sweep
         for group in groups:
             for lr in step_grid(settings.lrs, curvature, *group):
+                candidate = replace(self.template, lr=lr, nbeta=group[0], localization=group[1])
+                step_bias = predicted_step_bias(candidate, curvature)
+                extra = self._extra_burnin(candidate, step_bias)
                 if not full and settings.max_steps is not None:
-                    if self.spent + self.per_setting > settings.max_steps:
+                    if self.spent + self._cost(extra or 0) > settings.max_steps:
                         self.out_of_budget = True
                         break
-                above = [r for r in self.rows if r["group"] == group]
-                if _predicted_noise_bias(above, lr) > settings.tolerance:
+                same_nbeta = [r for r in self.rows if r["group"][0] == group[0]]
+                if predicted_noise_bias(same_nbeta, lr) > settings.tolerance:
                     continue  # the noise bias is linear in lr: skip to a sound step
-                candidate = replace(self.template, lr=lr, nbeta=group[0], localization=group[1])
-                row = self._try(candidate, group, above)
-                if not full and (row["agrees_with_larger"] or walk_ends(row, above)):
+                above = [r for r in self.rows if r["group"] == group]
+                row = self._try(candidate, group, above, extra or 0, step_bias)
+                if extra is None:  # smaller steps relax slower still: the budget is spent
+                    self.out_of_budget = True
+                    break
+                if not full and (is_confirmed(row) or walk_ends(row, above)):
                     break
             if self.out_of_budget or (not full and any_confirmed(self.rows)):
                 break
 
+    def _cost(self, extra: int) -> int:
+        """SGLD steps of one setting whose burn-in is ``extra`` steps longer."""
+        return self.per_setting + self.chains.num_chains * extra
+
+    def _extra_burnin(self, sampler: SGLD, step_bias: float | None) -> int | None:
+        """The burn-in a setting adds to cover its relaxation time (:func:`relaxation_burnin`;
+        0 past the step bound, see the module); None when the budget left cannot afford it."""
+        if step_bias is not None and step_bias > self.settings.tolerance:
+            return 0
+        cap = RELAXATION_CAP_DRAWS * self.chains.num_draws * self.chains.steps_between_draws
+        extra = relaxation_burnin(sampler, self.burnin, cap)
+        steps = self.settings.max_steps
+        if extra and not self.settings.full_sweep and steps is not None:
+            if self.spent + self._cost(extra) > steps:
+                return None
+        return extra
+
     def _try(
-        self, sampler: SGLD, group: tuple[float, float], above: Sequence[dict[str, Any]]
+        self,
+        sampler: SGLD,
+        group: tuple[float, float],
+        above: Sequence[dict[str, Any]],
+        extra: int,
+        step_bias: float | None,
     ) -> dict[str, Any]:
-        """Run one setting's chains and add its row (``above``: the rows of its (nβ, γ) so
-        far, larger ε first)."""
+        """Run one setting's chains, ``extra`` burn-in steps longer, and add its row
+        (``above``: the rows of its (nβ, γ) so far, larger ε first)."""
         copy, settings = self.copy, self.settings
+        chains = self.chains.replace(num_burnin=self.chains.num_burnin + extra)
         [traces], self.batched = run_sampling(
             copy.flat,
             copy.loss_fn,
             self.dataloader,
             sampler,
             masks=[None],
-            chains=self.chains,
+            chains=chains,
             transfer=copy.transfer,
             batched=self.batched,
         )
@@ -361,10 +422,16 @@ class _Sweep:
         accepted = (
             not self.chains.mala or (estimate.mala_acceptance or 0.0) >= settings.min_acceptance
         )
-        row = table_row(estimate, plateau, group, accepted, settings.min_acceptance, self.burnin)
+        burnin = self.burnin + extra
+        row = table_row(
+            estimate, plateau, group, accepted, settings.min_acceptance, burnin, extra > 0
+        )
+        row["burnin"] = burnin
         self._check_noise(row, sampler)
         row.update(agreement(row, above[-1] if above else None, settings.tolerance))
-        row["steps"] = steps_run(traces.loss, self.chains)
+        row["step_bias"] = step_bias
+        row["bounded"] = bounded(row, above[-1] if above else None, settings.tolerance)
+        row["steps"] = steps_run(traces.loss, chains)
         self.spent += row["steps"]
         self.rows.append(row)
         self.estimates.append(estimate)
@@ -381,13 +448,3 @@ class _Sweep:
             row["healthy"] = False
             message = noise_warning(noise, sampler, row["llc"])
             row["warnings"].extend([message] if message else [])
-
-
-def _predicted_noise_bias(above: Sequence[dict[str, Any]], lr: float) -> float:
-    """The noise bias predicted at ``lr`` from the nearest larger step of the same (nβ, γ)
-    whose chains were otherwise healthy (0 when there is none)."""
-    for row in reversed(above):
-        bias = row.get("minibatch_bias")
-        if bias is not None and math.isfinite(bias) and not row["diverged_chains"]:
-            return bias * lr / row["lr"]
-    return 0.0

@@ -19,6 +19,7 @@ from lightning_devinterp.estimators.calibration import (
     CalibrationOptions,
     select,
 )
+from lightning_devinterp.estimators.calibration_rule import bounded, predicted_ratio
 from lightning_devinterp.reporting.calibration_figures import (
     plot_calibration_llc,
     plot_calibration_traces,
@@ -258,9 +259,18 @@ def test_nbeta_is_swept_only_when_not_given():
 
 
 def test_budget_stops_the_walk_and_is_reported():
+    """A tolerance of 2% that no setting meets (the second setting's predicted step bias is
+    8.6%, which a 10% tolerance accepts and the walk would stop there)."""
     model, loader, _ = regular(d=4, n=400)
     result = calibrate(
-        model, loader, half_mse, nbeta=10.0, localizations=[100.0], num_draws=50, max_steps=450
+        model,
+        loader,
+        half_mse,
+        nbeta=10.0,
+        localizations=[100.0],
+        num_draws=50,
+        max_steps=450,
+        tolerance=0.02,
     )
     assert len(result.table) == 2 and result.steps <= 450
     assert any("max_steps" in w for w in result.warnings)
@@ -408,3 +418,58 @@ def test_calibrate_defaults_are_the_options_defaults():
     ]
     for name in CALIBRATE_OPTIONS:
         assert getattr(options, name) == defaults[name], name
+
+
+def test_burnin_is_extended_to_the_relaxation_time_when_the_budget_affords_it():
+    """lr = 2e-4, localization 10: the relaxation time 1/(lr gamma) = 500 steps is longer
+    than the plateau's 50-step lead (half of 100 draws; at nbeta = 500 the loss's own
+    directions relax within 25 steps); the setting's chains run 450 more burn-in steps when
+    the budget affords it, else they run as they are, flagged, and the advice says the
+    budget, not the chains, is at fault."""
+    model, loader, _ = regular(d=8, n=800)
+    kwargs = dict(nbeta=500.0, localizations=[10.0], lrs=[2e-4], num_draws=100)
+    extended = calibrate(model, loader, half_mse, max_steps=3000, **kwargs)
+    [row] = extended.table
+    assert row["relaxation"] == 500 and row["burnin"] == 500
+    assert row["steps"] == 4 * (450 + 100) and row["healthy"], row["warnings"]
+    assert extended.num_burnin == 500
+    short = calibrate(model, loader, half_mse, **kwargs)  # the default budget, 1800 steps
+    [row] = short.table
+    assert row["burnin"] == 50 and row["steps"] == 4 * 100 and not row["healthy"]
+    assert any("relaxation" in w for w in row["warnings"])
+    assert any("raise max_steps to check" in w for w in short.warnings), short.warnings
+    assert short.sampler == extended.sampler and short.num_burnin == 500
+
+
+def test_a_step_whose_predicted_biases_are_small_is_confirmed_by_them():
+    """Default grid (the curvature h measured): the first setting, lr = 1/(nbeta h + gamma),
+    has an Euler bound of 33% (lr a / 4 = 1/4); the next, sqrt(10) smaller, 8.6% plus a
+    minibatch-noise bias under 1%: within the 10% tolerance, and the first reads 30% above
+    it, as the bounds predict (23%, with 20% slack); so the walk stops there, confirmed,
+    although the two estimates differ by more than 10%."""
+    model, loader, _ = regular(d=8, n=800)
+    result = calibrate(model, loader, half_mse, nbeta=10.0, localizations=[100.0], num_draws=50)
+    first, second = result.table
+    assert first["step_bias"] == pytest.approx(1 / 3)
+    assert second["step_bias"] == pytest.approx(0.25 / math.sqrt(10) / (1 - 0.25 / math.sqrt(10)))
+    assert second["bounded"] and not second["agrees_with_larger"]
+    assert result.confirmed and result.chosen == 1 and not result.warnings
+    explicit = calibrate(
+        model, loader, half_mse, nbeta=10.0, localizations=[100.0], num_draws=50,
+        lrs=[first["lr"], second["lr"]],
+    )  # fmt: skip
+    assert explicit.table[1]["step_bias"] is None and not explicit.confirmed  # no curvature
+
+
+def test_bias_bounds_confirm_only_when_the_larger_step_bears_them_out():
+    """The larger step's estimate over the row's is predicted as (1 + step)(1 + noise) of each;
+    reading more than twice the tolerance above that, it says the bounds do not hold."""
+    row = {"healthy": True, "step_bias": 0.05, "minibatch_bias": 0.02, "llc": 1.0}
+    larger = {"diverged_chains": 0, "step_bias": 0.2, "minibatch_bias": 0.1, "llc": 1.3}
+    assert predicted_ratio(row, larger) == pytest.approx(1.2 * 1.1 / (1.05 * 1.02))
+    assert bounded(row, larger, 0.1)  # 1.3 <= 1.23 x 1.2
+    assert not bounded(row, {**larger, "llc": 1.6}, 0.1)
+    assert not bounded(row, None, 0.1)  # nothing to bear them out
+    assert not bounded(row, {**larger, "diverged_chains": 4}, 0.1)
+    assert not bounded({**row, "step_bias": 0.09}, larger, 0.1)  # 0.09 + 0.02 > 0.1
+    assert not bounded({**row, "healthy": False}, larger, 0.1)
