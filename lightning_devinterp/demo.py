@@ -320,13 +320,11 @@ def _nearest(
 
 def _top_heads(callbacks: Sequence[Callback]) -> dict[str, float]:
     """Each head's susceptibility to copied sequences at the last estimate, if measured."""
-    top: dict[str, float] = {}
-    for callback in callbacks:
-        if isinstance(callback, SusceptibilityMonitor) and callback.last_result is not None:
-            result = callback.last_result
-            row = result.probes.index("copies")
-            top = dict(zip(result.components, result.response[row].tolist(), strict=True))
-    return top
+    for c in callbacks:
+        if isinstance(c, SusceptibilityMonitor) and (result := c.last_result) is not None:
+            row = result.response[result.probes.index("copies")].tolist()
+            return dict(zip(result.components, row, strict=True))
+    return {}
 
 
 def plot_formation(
@@ -378,9 +376,8 @@ def summary(result: DemoResult) -> str:
         for stage in stages:
             end = stage.end if stage.end is not None else "end"
             lines.append(f"  stage {stage.index}: steps {stage.start}-{end}, LLC {stage.trend}")
-    if result.stage_view:
-        lines.append("Stage view (each stage of the llc curve, what every series does in it):")
-        lines += [f"  {line}" for line in result.stage_view]
+    lines.append("Stage view (each stage of the llc curve, what every series does in it):")
+    lines += [f"  {line}" for line in result.stage_view]
     lines.append("Milestones (series, kind, step, confirmed at, evidence in noise units):")
     for m in result.milestones:
         evidence = f"{m.evidence:6.1f}" if m.evidence is not None else "     -"

@@ -26,8 +26,6 @@ import numpy as np
 
 from lightning_devinterp.milestones.fit import (
     LineFit,
-    best_knot,
-    hinge_scan,
     line_fit,
     smoothed_extreme,
     sustained_range,
@@ -47,8 +45,9 @@ from lightning_devinterp.milestones.rules import (
     too_close,
     trend_verdict,
 )
+from lightning_devinterp.milestones.segments import find_break, segment_line
 from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
-from lightning_devinterp.milestones.state import Bins, DetectorState, keep_last
+from lightning_devinterp.milestones.state import DetectorState, keep_last
 
 log = logging.getLogger(__name__)
 
@@ -288,41 +287,11 @@ class MilestoneDetector:
             return []
         found: list[Milestone] = []
         while True:
-            knot, value, end = self._find_break(sigma)
+            knot, value, end = find_break(self._state, sigma, self._settings())
             if knot is None:
                 break
             found += self._break(knot, value, now, sigma)
         return found + self._judge(end, now, sigma)
-
-    def _find_break(self, sigma: float) -> tuple[int | None, float, int]:
-        """Best new knot in the current segment, if it passes the break test.
-
-        Returns:
-            (knot bin or None, fitted value at it, last bin to judge the segment on:
-            before a bend that is building up, else the last bin).
-        """
-        st = self._state
-        n = len(st.bin_values) - 1
-        oldest = n - self.window + 1
-        start, base = max(st.knot, oldest), None
-        # back to the previous knot when possible, so that the current segment's start
-        # is pinned by the previous segment (continuity)
-        if st.prev_knot is not None and st.knot - max(st.prev_knot, oldest) >= 2:
-            start = max(st.prev_knot, oldest)
-            base = st.knot - start
-        first = 2 if base is None else base + 2
-        if n - self.confirm - start < first:
-            return None, 0.0, n
-        knots = np.arange(first, n - self.confirm - start + 1)
-        gain, value = hinge_scan(*self._state.bins(start, n), knots, base)
-        best = int(np.argmax(gain))
-        k = start + int(knots[best])
-        thr2 = self.threshold**2 * sigma * sigma
-        if gain[best] > thr2:
-            return k, float(value[best]), n
-        if gain[best] > 0.25 * thr2 and k >= st.knot + self.confirm:
-            return None, 0.0, k  # a bend is building up: judge the bins before it
-        return None, 0.0, n
 
     def _break(self, k: int, value: float, now: int, sigma: float) -> list[Milestone]:
         """Closes the current segment at a new knot ``k`` and starts the next."""
@@ -358,44 +327,13 @@ class MilestoneDetector:
             return []
         return self._settle(trend, line, now, sigma)
 
-    def _segment_line(self, a: int, n: int) -> tuple[int, Bins, LineFit, float]:
-        """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
-
-        When a previous segment exists, the knot is first re-placed at the best position
-        between bins ``a - 2`` and ``a + 2`` (quarter-bin grid) of a fit continuous with
-        the previous segment, since data after it have arrived since the break was
-        found. The slope itself comes from a free line on the bins from the knot on: a
-        continuous fit would have a smaller nominal error, but the knot search makes
-        that error optimistic and a misplaced knot biases it.
-
-        Returns:
-            (knot bin, the bins from it (at most ``window``), their line fit, fitted
-            value at the knot).
-        """
-        value = None
-        prev = self._state.prev_knot
-        lo = max(n - self.window + 1, 0)
-        if prev is not None:
-            lo = max(lo, prev)
-        if prev is not None and a - lo >= 2:
-            first = max(a - 2, lo + 2)
-            last = max(min(a + 2, n - self.confirm), first)
-            best = best_knot(*self._state.bins(lo, n), first - lo, last - lo)
-            if best is not None:
-                a, value = lo + best[0], best[1]
-        bins = self._state.bins(max(a, n - self.window + 1), n)
-        line = line_fit(*bins)
-        if value is None:
-            value = line.at(self._state.bin_log_steps[a])
-        return a, bins, line, value
-
     def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, LineFit, int, float]:
         """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
 
         Returns:
             (trend or None, the segment's line fit, re-placed knot, fitted value at the knot).
         """
-        knot, bins, line, value = self._segment_line(a, n)
+        knot, bins, line, value = segment_line(self._state, a, n, self._settings())
         band = self.flat * self._mean_slope(sigma)
         trend = trend_verdict(line, sigma, band, bins, self._settings())
         return (None if trend == ROUND else trend), line, knot, value
