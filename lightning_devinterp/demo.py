@@ -62,6 +62,8 @@ class DemoResult:
         top_heads: head -> susceptibility to copied sequences at the last estimate.
         induction_stage: the stage of L(w*) on copied sequences, between its online
             milestones, falling faster than its average and nearest ``formation_step``.
+        stage_view: each stage of the main LLC curve with what every other series (L(w*),
+            each head's refined LLC) does in it, one line per stage.
     """
 
     output_dir: Path
@@ -73,6 +75,7 @@ class DemoResult:
     figures: list[Path] = field(default_factory=list)
     top_heads: dict[str, float] = field(default_factory=dict)
     induction_stage: Stage | None = None
+    stage_view: list[str] = field(default_factory=list)
 
     @property
     def detected(self) -> bool:
@@ -170,8 +173,7 @@ def run_demo(
         LLCMonitor(
             SAMPLER,
             at_steps=_grid(max_steps, num_estimates),
-            components="heads" if heads else None,
-            milestones=detectors("llc"),
+            components="heads" if heads else None,  # milestones on every series by default
             **sampling,
         ),
         # the LLC and the loss at w* on copied sequences only: where induction shows first
@@ -229,7 +231,7 @@ def _susceptibilities(
 
 
 def detectors(name: str) -> list[MilestoneDetector]:
-    """The monitor's detectors on its LLC and its L(w*), trusting the measured noise after 6
+    """The copies monitor's detectors on its LLC and L(w*), trusting the measured noise after 6
     points (the default 12 suits longer curves than the demo's).
 
     A stretch is flat when it changes slower than the curve's mean slope (``flat=1.0``; the
@@ -280,6 +282,7 @@ def _result(
     callbacks: list[Callback],
 ) -> DemoResult:
     formation = steepest_drop(copy_log.points)
+    last = monitors[0].history[-1]["step"] if monitors[0].history else 0
     found = [m for monitor in monitors for m in monitor.milestones]
     found += [m for c in callbacks if isinstance(c, EssentialDynamics) for m in c.milestones]
     nearest, distance = _nearest(found, formation)
@@ -300,6 +303,7 @@ def _result(
         figures=sorted(output_dir.rglob("*.png")),
         top_heads=_top_heads(callbacks),
         induction_stage=induction_stage(loss_stages[0], formation) if loss_stages else None,
+        stage_view=[s.describe() for s in monitors[0].tracker.stage_view(last)],
     )
 
 
@@ -316,13 +320,11 @@ def _nearest(
 
 def _top_heads(callbacks: Sequence[Callback]) -> dict[str, float]:
     """Each head's susceptibility to copied sequences at the last estimate, if measured."""
-    top: dict[str, float] = {}
-    for callback in callbacks:
-        if isinstance(callback, SusceptibilityMonitor) and callback.last_result is not None:
-            result = callback.last_result
-            row = result.probes.index("copies")
-            top = dict(zip(result.components, result.response[row].tolist(), strict=True))
-    return top
+    for c in callbacks:
+        if isinstance(c, SusceptibilityMonitor) and (result := c.last_result) is not None:
+            row = result.response[result.probes.index("copies")].tolist()
+            return dict(zip(result.components, row, strict=True))
+    return {}
 
 
 def plot_formation(
@@ -374,9 +376,12 @@ def summary(result: DemoResult) -> str:
         for stage in stages:
             end = stage.end if stage.end is not None else "end"
             lines.append(f"  stage {stage.index}: steps {stage.start}-{end}, LLC {stage.trend}")
-    lines.append("Milestones (series, kind, step, confirmed at):")
+    lines.append("Stage view (each stage of the llc curve, what every series does in it):")
+    lines += [f"  {line}" for line in result.stage_view]
+    lines.append("Milestones (series, kind, step, confirmed at, evidence in noise units):")
     for m in result.milestones:
-        lines.append(f"  {m.series:<20} {m.kind:<14} {m.step:>6} {m.detected_at:>6}")
+        evidence = f"{m.evidence:6.1f}" if m.evidence is not None else "     -"
+        lines.append(f"  {m.series:<20} {m.kind:<14} {m.step:>6} {m.detected_at:>6} {evidence}")
     if result.formation_step is not None:
         lines.append(
             f"Loss on copied halves fell fastest at step {result.formation_step} "

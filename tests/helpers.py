@@ -92,8 +92,8 @@ class AnnouncesAt(MilestoneDetector):
         self.planted = step
         self.announced: list[Milestone] = []
 
-    def update(self, step, value, std=None):
-        found = super().update(step, value, std)
+    def update(self, step, value, std=None, chains=None, transient=False):
+        found = super().update(step, value, std, chains, transient)
         if step == self.planted:
             self.announced.append(Milestone(step - 1, step, "plateau_end", value, "llc"))
             found = [*found, self.announced[-1]]

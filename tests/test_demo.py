@@ -94,6 +94,7 @@ def test_the_summary_names_the_stages_the_milestones_and_the_outputs(short_run):
     text = summary(short_run)
     assert "Stages of the copies LLC curve" in text and "detected within 0.3" in text
     assert "Induction stage (L(w*) on copied sequences" in text
+    assert "Stage view (each stage of the llc curve" in text and short_run.stage_view
     assert (short_run.output_dir / "logs").is_dir() and short_run.figures
 
 

@@ -62,13 +62,18 @@ class LLCMonitor(ScheduledAnalysis):
         data: named extra data sets, e.g. ``{"code": code_loader}``: each gives a data-refined
             LLC (``llc_code/mean``), and with ``components`` a refined one per component
             (``rllc_code/l0h3/mean``). ``loss_fn`` must accept their batches.
-        milestones: ``True`` (default) detects milestones online on the LLC (series ``name``)
-            and on L(w*) (series ``"loss"``, or ``"<name>/loss"`` for another ``name``, where
-            sharp drops show); or one or more configured :class:`MilestoneDetector` (series
-            ``name``, ``"loss"`` or ``"<name>/loss"``, a refined-LLC prefix such as
-            ``"rllc/l0h1"``, ...); ``False`` for none. Confirmed milestones go to
-            :attr:`milestones`, ``milestones.json`` beside the JSON-lines file, a ``<name>/stage``
-            scalar, a W&B table and summary, and TensorBoard text.
+        milestones: ``True`` (default) detects milestones online on every series the monitor
+            estimates: the LLC (series ``name``), L(w*) (series ``"loss"``, or
+            ``"<name>/loss"`` for another ``name``, where sharp drops show), each
+            component's refined LLC (``"rllc/l0h1"``) and each data-refined LLC; or one or
+            more configured :class:`MilestoneDetector` (those series only); ``False`` for
+            none. Each detector measures its noise from the chains' common random numbers
+            and holds back milestones among transient estimates (negative, chains that
+            disagree). Confirmed milestones go to :attr:`milestones`, ``milestones.json``
+            beside the JSON-lines file, a ``<name>/stage`` scalar, a W&B table and summary,
+            and TensorBoard text; the stage view across series (each stage of the LLC with
+            what every other series does in it) to ``<name>/stage_view`` in each record, a
+            W&B table and TensorBoard text.
         on_milestone: called as ``on_milestone(trainer, pl_module, milestone)`` for each
             confirmed milestone.
         checkpoint_on_milestone: save a checkpoint at each milestone (``milestone-*.ckpt``
@@ -128,6 +133,7 @@ class LLCMonitor(ScheduledAnalysis):
         self.checkpoint_on_milestone = checkpoint_on_milestone
         self.last_estimates: dict[str, LLCEstimate] = {}
         self._figures_for = 0  # the history length the figures were last drawn for
+        self._view: list[str] = []  # the stage view last published
 
     @property
     def detectors(self) -> list[MilestoneDetector]:
@@ -237,16 +243,20 @@ class LLCMonitor(ScheduledAnalysis):
         record, metrics = self._record_of(trainer, step, estimates)
         new = self.tracker.update(step, record)
         stage = self.tracker.current_stage
+        view = [summary.describe() for summary in self.tracker.stage_view(step)]
         if stage is not None:
             metrics[f"{self.name}/stage"] = float(stage)
             record[f"{self.name}/stage"] = stage
+        if view:
+            record[f"{self.name}/stage_view"] = view[-1]
         self._add_run_fields(record, metrics, estimates[self.name], step, seconds)
         self.last_estimates = estimates
         self.publish(trainer, record, metrics, {p: e.warnings for p, e in estimates.items()})
         self.show_in_progress_bar(trainer, estimates[self.name].mean)
-        if new:
+        if new or view != self._view:
             self._write_milestones()
-            self.recorder.publish_milestones(self.milestones, step, self.name)
+            self.recorder.publish_milestones(self.milestones, step, self.name, view)
+        self._view = view
         if self.figures.due(len(self.history), milestone=bool(new)):
             self._draw_figures(trainer, step)
         for milestone in new:

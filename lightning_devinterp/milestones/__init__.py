@@ -14,6 +14,7 @@ from lightning_devinterp.milestones.series import (
     series_keys,
     write_milestones_json,
 )
+from lightning_devinterp.milestones.stage_view import StageSummary, stage_view
 from lightning_devinterp.milestones.tracker import MilestoneTracker
 
 __all__ = [
@@ -21,12 +22,14 @@ __all__ = [
     "MilestoneDetector",
     "MilestoneTracker",
     "Stage",
+    "StageSummary",
     "find_trajectory_milestones",
     "loss_series",
     "milestones_filename",
     "pca_trajectory",
     "series_keys",
     "smooth_trajectory",
+    "stage_view",
     "trajectory_curvature",
     "write_milestones_json",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -25,8 +26,6 @@ import numpy as np
 
 from lightning_devinterp.milestones.fit import (
     LineFit,
-    best_knot,
-    hinge_scan,
     line_fit,
     smoothed_extreme,
     sustained_range,
@@ -36,14 +35,19 @@ from lightning_devinterp.milestones.refine import refine_milestones
 from lightning_devinterp.milestones.rules import (
     PERSIST,
     ROUND,
+    chain_step_variance,
+    flat_next_to,
     mean_slope,
     milestone_kind,
     noise_level,
+    pooled_chain_noise,
+    slope_change_z,
     too_close,
     trend_verdict,
 )
+from lightning_devinterp.milestones.segments import find_break, segment_line
 from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
-from lightning_devinterp.milestones.state import Bins, DetectorState, keep_last
+from lightning_devinterp.milestones.state import DetectorState, keep_last
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,11 @@ class MilestoneDetector:
         return list(self._state.milestones)
 
     @property
+    def held_back(self) -> list[Milestone]:
+        """Milestones found among transient estimates (see :meth:`update`), not announced."""
+        return list(self._state.held_back)
+
+    @property
     def refined(self) -> list[Milestone]:
         """Milestones of the last :meth:`refine` call (empty before one)."""
         return list(self._state.refined)
@@ -181,7 +190,14 @@ class MilestoneDetector:
         return self._noise()
 
     # ------------------------------------------------------------------ online
-    def update(self, step: int, value: float, std: float | None = None) -> list[Milestone]:
+    def update(
+        self,
+        step: int,
+        value: float,
+        std: float | None = None,
+        chains: Sequence[float] | None = None,
+        transient: bool = False,
+    ) -> list[Milestone]:
         """Adds one estimate and returns the milestones it confirmed.
 
         A non-finite ``value`` (a failed estimate) is skipped: the step is recorded as
@@ -193,6 +209,13 @@ class MilestoneDetector:
             value: The estimate (e.g. the LLC mean).
             std: Optional spread of the estimate (e.g. std across chains), used only as
                 a fallback noise level early on and for ``std_floor``.
+            chains: Optional per-chain estimates, drawn with the same seeds at every
+                point (common random numbers): from the second point on, the spread of
+                each chain's change measures the noise (the rules' step 2).
+            transient: The estimate is not yet trustworthy (negative, chains that
+                disagree): the weights are far from any minimum. A milestone at or before
+                the last such point is held back (:attr:`held_back`) instead of
+                announced; the stage takes the newer trend.
 
         Returns:
             Milestones confirmed by this point (their ``detected_at`` is ``step``).
@@ -204,10 +227,13 @@ class MilestoneDetector:
         st = self._state
         step, value, std = check_point(step, value, std, st.last_step)
         st.last_step = step
+        if transient:
+            st.transient_until = step
         if not math.isfinite(value):
             return []
         if std is not None and math.isfinite(std):
             keep_last(st.stds, std, self.window)
+        self._add_chains(chains, transient)
         x = math.log10(max(step, 1))
         index = math.floor(x / self.resolution + 1e-9)
         out: list[Milestone] = []
@@ -220,9 +246,28 @@ class MilestoneDetector:
         st.add_point(index, step, x, value)
         return out
 
+    def _add_chains(self, chains: Sequence[float] | None, transient: bool) -> None:
+        """Keeps the noise the chains measure between the previous point and this one
+        (not from a transient point: chains that part there say nothing of the noise)."""
+        st = self._state
+        now = [float(v) for v in chains] if chains is not None else []
+        variance = chain_step_variance(st.last_chains, now)
+        if variance is not None:
+            keep_last(st.chain_variances, variance, self.window)
+            keep_last(st.chain_dofs, len(now) - 1, self.window)
+        st.last_chains = now if not transient else []
+
     def _noise(self) -> float | None:
         st = self._state
-        return noise_level(st.residuals, st.stds, st.value_scale(), self._settings(), online=True)
+        chain_noise = pooled_chain_noise(st.chain_variances, st.chain_dofs)
+        return noise_level(
+            st.residuals,
+            st.stds,
+            st.value_scale(),
+            self._settings(),
+            online=True,
+            chain_noise=chain_noise,
+        )
 
     def _mean_slope(self, sigma: float) -> float:
         """The series' mean absolute slope per decade so far (see the rules' step 4)."""
@@ -240,154 +285,133 @@ class MilestoneDetector:
         sigma = self._noise()
         if sigma is None:
             return []
-        found: list[Milestone | None] = []
+        found: list[Milestone] = []
         while True:
-            knot, value, end = self._find_break(sigma)
+            knot, value, end = find_break(self._state, sigma, self._settings())
             if knot is None:
                 break
-            found.append(self._break(knot, value, now, sigma))
-        found.append(self._judge(end, now, sigma))
-        return [m for m in found if m is not None]
+            found += self._break(knot, value, now, sigma)
+        return found + self._judge(end, now, sigma)
 
-    def _find_break(self, sigma: float) -> tuple[int | None, float, int]:
-        """Best new knot in the current segment, if it passes the break test.
-
-        Returns:
-            (knot bin or None, fitted value at it, last bin to judge the segment on:
-            before a bend that is building up, else the last bin).
-        """
-        st = self._state
-        n = len(st.bin_values) - 1
-        oldest = n - self.window + 1
-        start, base = max(st.knot, oldest), None
-        # back to the previous knot when possible, so that the current segment's start
-        # is pinned by the previous segment (continuity)
-        if st.prev_knot is not None and st.knot - max(st.prev_knot, oldest) >= 2:
-            start = max(st.prev_knot, oldest)
-            base = st.knot - start
-        first = 2 if base is None else base + 2
-        if n - self.confirm - start < first:
-            return None, 0.0, n
-        knots = np.arange(first, n - self.confirm - start + 1)
-        gain, value = hinge_scan(*self._state.bins(start, n), knots, base)
-        best = int(np.argmax(gain))
-        k = start + int(knots[best])
-        thr2 = self.threshold**2 * sigma * sigma
-        if gain[best] > thr2:
-            return k, float(value[best]), n
-        if gain[best] > 0.25 * thr2 and k >= st.knot + self.confirm:
-            return None, 0.0, k  # a bend is building up: judge the bins before it
-        return None, 0.0, n
-
-    def _break(self, k: int, value: float, now: int, sigma: float) -> Milestone | None:
+    def _break(self, k: int, value: float, now: int, sigma: float) -> list[Milestone]:
         """Closes the current segment at a new knot ``k`` and starts the next."""
         st = self._state
-        found = None
+        found: list[Milestone] = []
         if st.pending:
             # the segment is closed: decide its trend with all its points; if still
             # undecided, it does not change the trend
-            trend, slope, _, _ = self._classify(st.knot, k, sigma)
+            trend, line, _, _ = self._classify(st.knot, k, sigma)
             if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
                 trend = "flat"  # the series has not moved significantly yet
             if trend is not None:
-                found = self._settle(trend, slope, now, sigma)
+                found = self._settle(trend, line, now, sigma)
             elif st.undecided_from is None:
                 st.undecided_from = st.knot
         st.prev_knot, st.knot, st.knot_value = st.knot, k, value
         st.pending, st.candidate, st.candidate_count = True, None, 0
         return found
 
-    def _judge(self, end: int, now: int, sigma: float) -> Milestone | None:
+    def _judge(self, end: int, now: int, sigma: float) -> list[Milestone]:
         """Judges the open segment on bins up to ``end``; settles it on a repeated verdict."""
         st = self._state
         if not st.pending or end - st.knot < self.confirm:
-            return None
-        trend, slope, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
+            return []
+        trend, line, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
         if trend is None:
-            return None
+            return []
         if trend == st.candidate:
             st.candidate_count += 1
         else:
             st.candidate, st.candidate_count = trend, 1
         if st.candidate_count < PERSIST:
-            return None
-        return self._settle(trend, slope, now, sigma)
+            return []
+        return self._settle(trend, line, now, sigma)
 
-    def _segment_line(self, a: int, n: int) -> tuple[int, Bins, LineFit, float]:
-        """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
-
-        When a previous segment exists, the knot is first re-placed at the best position
-        between bins ``a - 2`` and ``a + 2`` (quarter-bin grid) of a fit continuous with
-        the previous segment, since data after it have arrived since the break was
-        found. The slope itself comes from a free line on the bins from the knot on: a
-        continuous fit would have a smaller nominal error, but the knot search makes
-        that error optimistic and a misplaced knot biases it.
-
-        Returns:
-            (knot bin, the bins from it (at most ``window``), their line fit, fitted
-            value at the knot).
-        """
-        value = None
-        prev = self._state.prev_knot
-        lo = max(n - self.window + 1, 0)
-        if prev is not None:
-            lo = max(lo, prev)
-        if prev is not None and a - lo >= 2:
-            first = max(a - 2, lo + 2)
-            last = max(min(a + 2, n - self.confirm), first)
-            best = best_knot(*self._state.bins(lo, n), first - lo, last - lo)
-            if best is not None:
-                a, value = lo + best[0], best[1]
-        bins = self._state.bins(max(a, n - self.window + 1), n)
-        line = line_fit(*bins)
-        if value is None:
-            value = line.at(self._state.bin_log_steps[a])
-        return a, bins, line, value
-
-    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, float, int, float]:
+    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, LineFit, int, float]:
         """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
 
         Returns:
-            (trend or None, slope, re-placed knot, fitted value at the knot).
+            (trend or None, the segment's line fit, re-placed knot, fitted value at the knot).
         """
-        knot, bins, line, value = self._segment_line(a, n)
+        knot, bins, line, value = segment_line(self._state, a, n, self._settings())
         band = self.flat * self._mean_slope(sigma)
         trend = trend_verdict(line, sigma, band, bins, self._settings())
-        return (None if trend == ROUND else trend), line.slope, knot, value
+        return (None if trend == ROUND else trend), line, knot, value
 
-    def _settle(self, trend: str, slope: float, now: int, sigma: float) -> Milestone | None:
-        """The current segment's trend is known: announce a milestone if it changed."""
+    def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> list[Milestone]:
+        """The current segment's trend is known: announce the milestones it makes."""
         st = self._state
         st.pending = False
+        found = self._flat_before(line, now, sigma) if trend == st.trend else []
         prev, st.trend = st.trend, trend
-        found = None
+        previous_line = (st.trend_slope, st.trend_root_sxx)
+        st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
         if prev is None:
             st.stage_trends[-1] = trend
         elif trend != prev:
-            found = self._announce(prev, trend, slope, now, sigma)
-            if found is None:  # too close to the last milestone: the stage changes trend
-                st.stage_trends[-1] = trend
+            evidence = slope_change_z(previous_line, line, sigma)
+            milestone = self._announce(prev, trend, line, now, sigma, evidence)
+            if milestone is None:  # too close to the last one, or held back
+                st.stage_trends[-1] = trend  # the stage changes trend
+            else:
+                found.append(milestone)
         st.undecided_from = None
         return found
 
-    def _announce(
-        self, before: str, after: str, slope: float, now: int, sigma: float
-    ) -> Milestone | None:
-        """Records the milestone at the current knot, unless it is too close to the last."""
+    def _flat_before(self, after: LineFit, now: int, sigma: float) -> list[Milestone]:
+        """Judges again the stretch left undecided between the last trend and the current
+        knot, once the segment ``after`` it is settled with the same trend (a pause between
+        two moves in one direction; a round top between a rise and a fall is a peak): if it
+        is flat next to that segment (see :func:`~.rules.flat_next_to`), the last trend
+        ended at its start (a ``plateau_start``), and the plateau at the knot."""
         st = self._state
-        at, value = st.knot, st.knot_value
-        if too_close(st.bin_log_steps[at], st.last_milestone_log_step, self.min_separation):
+        start = st.undecided_from
+        if start is None or st.trend in (None, "flat") or st.knot - start < self.confirm:
+            return []
+        bins = st.bins(start, st.knot)
+        line = line_fit(*bins)
+        band = self.flat * self._mean_slope(sigma)
+        if not flat_next_to(line, after, sigma, band, bins, self._settings()):
+            return []
+        evidence = slope_change_z((st.trend_slope, st.trend_root_sxx), line, sigma)
+        at = (start, line.at(st.bin_log_steps[start]))
+        milestone = self._announce(st.trend, "flat", line, now, sigma, evidence, at)
+        st.trend, st.trend_slope, st.trend_root_sxx = "flat", line.slope, line.root_sxx
+        if milestone is None:
+            st.stage_trends[-1] = "flat"
+            return []
+        return [milestone]
+
+    def _announce(
+        self,
+        before: str,
+        after: str,
+        line: LineFit,
+        now: int,
+        sigma: float,
+        evidence: float | None,
+        at: tuple[int, float] | None = None,
+    ) -> Milestone | None:
+        """Records the milestone at the current knot (or at ``at``: bin and value), unless it
+        is too close to the last or held back."""
+        st = self._state
+        where, value = at if at is not None else (st.knot, st.knot_value)
+        if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
             return None
-        kind = milestone_kind(before, after, slope, self.drop, self._mean_slope(sigma))
+        kind = milestone_kind(before, after, line.slope, self.drop, self._mean_slope(sigma))
         if kind in ("peak", "trough") and st.undecided_from is not None:
-            at, value = self._extremum(kind)
-            if too_close(st.bin_log_steps[at], st.last_milestone_log_step, self.min_separation):
+            where, value = self._extremum(kind)
+            if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
                 return None
-        milestone = Milestone(st.bin_steps[at], now, kind, float(value), self.series)
+        step = st.bin_steps[where]
+        milestone = Milestone(step, now, kind, float(value), self.series, evidence)
+        if st.transient_until is not None and step <= st.transient_until:
+            st.held_back.append(milestone)
+            return None
         st.milestones.append(milestone)
-        st.stage_starts.append(milestone.step)
+        st.stage_starts.append(step)
         st.stage_trends.append(after)
-        st.last_milestone_log_step = st.bin_log_steps[at]
+        st.last_milestone_log_step = st.bin_log_steps[where]
         return milestone
 
     def _extremum(self, kind: str) -> tuple[int, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MILESTONE_KINDS = ("plateau_start", "plateau_end", "peak", "trough", "drop", "cusp")
@@ -24,6 +24,8 @@ class Milestone:
         value: The series' fitted value at ``step`` (for a cusp: the turning angle in
             radians).
         series: Name of the series the milestone belongs to (``"llc"``, ``"loss"``, ...).
+        evidence: How sure: the change of slope at the milestone in noise units (its
+            z-score; above 3 is clear), or None where not measured.
     """
 
     step: int
@@ -31,6 +33,7 @@ class Milestone:
     kind: str
     value: float
     series: str
+    evidence: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the record as a JSON-serializable dict."""
@@ -40,6 +43,7 @@ class Milestone:
             "kind": str(self.kind),
             "value": float(self.value),
             "series": str(self.series),
+            "evidence": None if self.evidence is None else float(self.evidence),
         }
 
     @classmethod
@@ -51,6 +55,7 @@ class Milestone:
             kind=str(d["kind"]),
             value=float(d["value"]),
             series=str(d["series"]),
+            evidence=None if d.get("evidence") is None else float(d["evidence"]),
         )
 
 

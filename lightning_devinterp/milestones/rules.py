@@ -20,7 +20,11 @@ How it works:
    (robust to the few large residuals at corners), inflated by ``1 + 1.5 / sqrt(m)``
    for ``m`` residuals so that a short history does not under-estimate it. The user's
    ``std`` is only a fallback before ``min_noise_points`` residuals exist, and
-   optionally a floor (``std_floor``). A fixed ``noise`` overrides all this.
+   optionally a floor (``std_floor``). When the per-chain estimates are given, the noise
+   is measured directly from the second point on: chain ``c`` of consecutive estimates
+   shares its seed, so the spread across chains of each chain's change is the noise of
+   the change (:func:`chain_step_variance`, pooled over the last ``window`` points). A
+   fixed ``noise`` overrides all this.
 3. **Breaks.** The series since the last break is a segment. After each bin, one more
    bend of a continuous piecewise-linear fit (continuous with the previous segment) is
    tried at every bin of the current segment that has at least ``confirm`` bins after
@@ -71,6 +75,8 @@ from lightning_devinterp.milestones.settings import DetectorSettings
 MAD_SCALE = 1.4826  # median absolute deviation to standard deviation, Gaussian noise
 PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
 HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
+CHI2_Z10 = 1.2816  # the standard normal's 90% quantile
+VARIANCE_CAP = 10.0  # chain step variances are capped at this many times their median
 ROUND = "round"  # verdict: inside the flat band, but the round top of a peak (no trend)
 
 
@@ -107,6 +113,18 @@ def milestone_kind(
 def too_close(x: float, last_x: float | None, min_separation: float) -> bool:
     """Whether a milestone at log10-step ``x`` is too close to the last one at ``last_x``."""
     return last_x is not None and x - last_x < min_separation
+
+
+def slope_change_z(
+    before: tuple[float | None, float | None], after: LineFit, sigma: float
+) -> float | None:
+    """The change of slope at a milestone in noise units: ``|s_after - s_before|`` over its
+    standard error. ``before`` is the previous trend's (slope, root_sxx); None if unknown."""
+    slope, root_sxx = before
+    if slope is None or not root_sxx or not after.root_sxx:
+        return None
+    se = sigma * math.hypot(1.0 / root_sxx, 1.0 / after.root_sxx)
+    return abs(after.slope - slope) / se if se > 0 else None
 
 
 def mean_slope(x_first: float, x_last: float, spread: float, sigma: float) -> float:
@@ -150,6 +168,67 @@ def trend_verdict(
     return None
 
 
+def chain_step_variance(before: Sequence[float], after: Sequence[float]) -> float | None:
+    """Variance of one observation measured by chains with common random numbers.
+
+    Chain ``c`` of two consecutive estimates shares its seed, so its change ``after[c] -
+    before[c]`` is free of what the chains share; its spread across chains, over the number
+    of chains, is the variance of the change of the mean, twice that of one observation.
+    None without two finite pairs (or when the chain counts differ).
+    """
+    if len(before) != len(after) or len(after) < 2:
+        return None
+    change = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    if not np.isfinite(change).all():
+        return None
+    return float(change.var(ddof=1)) / (2 * len(change))
+
+
+def pooled_chain_noise(variances: Sequence[float], dofs: Sequence[int]) -> float | None:
+    """Noise level from the chains' step variances (:func:`chain_step_variance`), pooled by
+    their degrees of freedom, each capped at :data:`VARIANCE_CAP` times their median (a step
+    where the chains part, as at a transition, says little of the noise), at its upper 90%
+    confidence bound (a short history must not under-estimate it, or noise passes for a
+    bend); None before any."""
+    total = float(sum(dofs))
+    if total <= 0:
+        return None
+    cap = VARIANCE_CAP * float(np.median(variances)) if len(variances) >= 3 else math.inf
+    pooled = sum(min(v, cap) * d for v, d in zip(variances, dofs, strict=True)) / total
+    return math.sqrt(pooled / chi2_quantile(total, -CHI2_Z10))
+
+
+def chi2_quantile(dof: float, z: float) -> float:
+    """The quantile of a chi-squared variable over its degrees of freedom where a standard
+    normal has ``z`` (Wilson-Hilferty: the median at ``z = 0``, the 10% quantile at
+    ``z = -1.2816``, within 7% at 2 degrees of freedom and 1% from 4 on)."""
+    a = 2.0 / (9.0 * dof)
+    return max(1.0 - a + z * math.sqrt(a), 1e-3) ** 3
+
+
+def flat_next_to(
+    line: LineFit,
+    after: LineFit,
+    sigma: float,
+    band: float,
+    bins: tuple[np.ndarray, np.ndarray, np.ndarray],
+    settings: DetectorSettings,
+) -> bool:
+    """Whether a stretch left undecided is flat, judged once the segment ``after`` it is
+    settled: flat by :func:`trend_verdict`, or without a significant slope (within
+    ``trend_threshold`` standard errors of 0), not a round top or bottom, and flat next to
+    ``after`` (``|slope| + flat_threshold * se`` below ``flat`` times its slope). Early in a series
+    the flat band is narrow (its mean slope is small until the first large change), so a
+    plateau before the first large change is only seen as one once that change is."""
+    verdict = trend_verdict(line, sigma, band, bins, settings)
+    if verdict in ("flat", ROUND) or is_hump(*bins, sigma, HUMP_Z):
+        return verdict == "flat"  # a round top or bottom is no plateau
+    se = line.slope_se(sigma)
+    relative = settings.flat * abs(after.slope)
+    slope = abs(line.slope)
+    return slope < settings.trend_threshold * se and slope + settings.flat_threshold * se < relative
+
+
 def noise_level(
     residuals: Sequence[float] | np.ndarray,
     stds: Sequence[float],
@@ -157,12 +236,16 @@ def noise_level(
     settings: DetectorSettings,
     *,
     online: bool,
+    chain_noise: float | None = None,
 ) -> float | None:
     """Noise level of one observation (see step 2 of the module docstring).
 
     Args:
         residuals: Normalized neighbour residuals (:func:`~.fit.norm_residual`).
         stds: Spreads passed with the estimates (fallback and floor).
+        chain_noise: The level measured by the chains (:func:`pooled_chain_noise`); when
+            given it is used instead of the residuals (it exists from the second point on
+            and is not inflated by the curve's corners).
         value_scale: Largest magnitude of the values; the level is at least 1e-9 of it
             (at least of 1e-30).
         settings: The detector's settings (``noise``, ``std_floor``,
@@ -176,12 +259,12 @@ def noise_level(
     """
     if settings.noise is not None:
         return settings.noise
-    sigma: float | None = None
-    if len(residuals) >= (settings.min_noise_points if online else 0):
+    sigma = chain_noise
+    if sigma is None and len(residuals) >= (settings.min_noise_points if online else 0):
         sigma = MAD_SCALE * float(np.median(np.abs(residuals)))
         if online:
             sigma *= 1.0 + 1.5 / math.sqrt(len(residuals))
-    elif stds:
+    elif sigma is None and stds:
         sigma = float(np.median(stds))
     if sigma is None:
         return None

@@ -12,7 +12,18 @@ import numpy as np
 from lightning_devinterp.milestones.fit import norm_residual
 from lightning_devinterp.milestones.records import Milestone
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+#: fields added by version 3 (the chains' noise, the settled slope): earlier states start
+#: them empty
+_SINCE_3 = {
+    "last_chains",
+    "chain_variances",
+    "chain_dofs",
+    "trend_slope",
+    "trend_root_sxx",
+    "transient_until",
+    "held_back",
+}
 
 Bins = tuple[np.ndarray, np.ndarray, np.ndarray]  # log10(step), value and count of bins
 
@@ -59,6 +70,9 @@ class DetectorState:
     last_step: int | None = None  # last step passed to update, finite value or not
     stds: list[float] = field(default_factory=list)  # the last `window` stds passed
     residuals: list[float] = field(default_factory=list)  # the last `window` residuals
+    last_chains: list[float] = field(default_factory=list)  # per-chain values of the last point
+    chain_variances: list[float] = field(default_factory=list)  # noise variances they measured
+    chain_dofs: list[int] = field(default_factory=list)  # and the degrees of freedom of each
     value_min: float | None = None  # smallest bin value (None before the first bin)
     value_max: float | None = None  # largest bin value (None before the first bin)
     # segmentation
@@ -70,12 +84,16 @@ class DetectorState:
     undecided_from: int | None = None  # first knot of the undecided segments since a trend
     knot_value: float | None = None  # fitted value at the knot (None before the first fit)
     trend: str | None = None  # the last settled trend
+    trend_slope: float | None = None  # slope of the line that settled it
+    trend_root_sxx: float | None = None  # and its sqrt(sum w (x - xbar)^2)
     last_milestone_log_step: float | None = None  # log10(step) of the last milestone
     # results
     milestones: list[Milestone] = field(default_factory=list)  # announced online
     stage_starts: list[int] = field(default_factory=list)  # first step of each stage
     stage_trends: list[str] = field(default_factory=list)  # trend of each stage
     refined: list[Milestone] = field(default_factory=list)  # of the last refine()
+    transient_until: int | None = None  # last step whose estimate was transient
+    held_back: list[Milestone] = field(default_factory=list)  # found among transient points
 
     def add_point(self, index: int, step: int, log_step: float, value: float) -> None:
         """Adds a finite estimate to the open bin (grid index ``index``)."""
@@ -138,20 +156,22 @@ class DetectorState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorState:
-        """Builds the state from :meth:`to_dict`'s output, or from a version-1 state dict.
+        """Builds the state from :meth:`to_dict`'s output, this version's or an earlier one's.
 
         Raises:
-            ValueError: If ``data`` is not a dict of either version.
+            ValueError: If ``data`` is not a dict of a known version.
         """
         version = data.get("version") if isinstance(data, dict) else None
-        if version not in (1, STATE_VERSION):
+        if version not in (1, 2, STATE_VERSION):
             raise ValueError(
                 "load_state_dict expects a dict produced by MilestoneDetector.state_dict() "
-                f"(version 1 or {STATE_VERSION}); got {type(data).__name__} with version "
+                f"(version 1 to {STATE_VERSION}); got {type(data).__name__} with version "
                 f"{version!r}."
             )
         values = {}
         for f in fields(cls):
+            if version < 3 and f.name in _SINCE_3:
+                continue  # the dataclass default
             value: Any = data
             for key in _V1_PATHS.get(f.name, (f.name,)) if version == 1 else (f.name,):
                 value = value[key]

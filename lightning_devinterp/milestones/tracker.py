@@ -8,7 +8,14 @@ from typing import Any
 
 from lightning_devinterp.milestones.detector import MilestoneDetector
 from lightning_devinterp.milestones.records import Milestone, Stage
-from lightning_devinterp.milestones.series import loss_series, series_keys, write_milestones_json
+from lightning_devinterp.milestones.series import (
+    estimate_prefixes,
+    loss_series,
+    series_keys,
+    transient,
+    write_milestones_json,
+)
+from lightning_devinterp.milestones.stage_view import StageSummary, stage_view
 
 #: What a monitor's ``milestones=`` argument may be.
 MilestonesOption = bool | MilestoneDetector | Sequence[MilestoneDetector] | None
@@ -23,10 +30,16 @@ class MilestoneTracker:
     """Feeds each detector its series from a monitor's records (:func:`series_keys`), and keeps
     what they found: milestones in order of confirmation, stages, the milestone file.
 
+    Each detector gets the per-chain estimates of its series (their common random numbers
+    measure its noise from the second point on) and whether the point is transient
+    (:func:`transient`: milestones among transient points are held back).
+
     Args:
         name: the monitor's name (its records' prefix).
-        milestones: ``True`` for :func:`default_detectors`, ``False``/None for none, a
-            :class:`MilestoneDetector` or a list of them.
+        milestones: ``True`` for :func:`default_detectors`, and one more for every other
+            estimate the records carry (each component's refined LLC, each data-refined LLC),
+            added as it first appears; ``False``/None for none; a :class:`MilestoneDetector`
+            or a list of them (those series only).
 
     Raises:
         TypeError: ``milestones`` is none of these.
@@ -48,25 +61,47 @@ class MilestoneTracker:
             )
         self.name = name
         self.detectors = detectors
+        self.every_series = milestones is True
 
     def __bool__(self) -> bool:
         return bool(self.detectors)
 
+    @property
+    def series(self) -> list[str]:
+        """The series watched, in order (the monitor's own curve first by default)."""
+        return [d.series for d in self.detectors]
+
     def update(self, step: int, record: Mapping[str, Any]) -> list[Milestone]:
         """Give each detector its point of ``record``; the milestones this confirmed."""
+        if self.every_series:
+            self._watch(estimate_prefixes(record))
         new = []
         for detector in self.detectors:
             value_key, std_key = series_keys(detector.series, self.name)
-            value, std = record.get(value_key), record.get(std_key) if std_key else None
-            if value is not None:
-                new.extend(detector.update(step, value, std))
+            value = record.get(value_key)
+            if value is None:
+                continue
+            std = record.get(std_key) if std_key else None
+            chains = record.get(f"{detector.series}/per_chain") if std_key else None
+            held = transient(record, detector.series) if std_key else False
+            new.extend(detector.update(step, value, std, chains=chains, transient=held))
         return new
+
+    def _watch(self, series: Sequence[str]) -> None:
+        """Adds a default detector for each of ``series`` not yet watched."""
+        watched = set(self.series)
+        self.detectors += [MilestoneDetector(s) for s in series if s not in watched]
 
     @property
     def milestones(self) -> list[Milestone]:
         """Every milestone confirmed online so far, all series, in order of confirmation."""
         found = [m for d in self.detectors for m in d.milestones]
         return sorted(found, key=lambda m: (m.detected_at, m.step))
+
+    @property
+    def held_back(self) -> list[Milestone]:
+        """Milestones found among transient estimates, not announced (all series)."""
+        return sorted((m for d in self.detectors for m in d.held_back), key=lambda m: m.step)
 
     @property
     def current_stage(self) -> int | None:
@@ -77,23 +112,39 @@ class MilestoneTracker:
         """The stages of ``series`` (empty if no detector watches it)."""
         return next((d.stages for d in self.detectors if d.series == series), [])
 
+    def all_stages(self) -> dict[str, list[Stage]]:
+        """The stages of every series watched, by series."""
+        return {d.series: d.stages for d in self.detectors}
+
+    def stage_view(self, last: int) -> list[StageSummary]:
+        """Each stage of the first series with what every other series does over it
+        (:func:`~.stage_view.stage_view`; ``last``: the last step seen)."""
+        return stage_view(self.all_stages(), self.series[0], last) if self.detectors else []
+
     def refine(self) -> None:
         """Refit every series offline (each detector's ``refine()``)."""
         for detector in self.detectors:
             detector.refine()
 
     def write(self, path: Path) -> None:
-        """Write online and refined milestones and every series' stages to ``path``."""
+        """Write online, held-back and refined milestones and every series' stages to
+        ``path``."""
         write_milestones_json(
             path,
             self.milestones,
             [m for d in self.detectors for m in d.refined],
-            {d.series: d.stages for d in self.detectors},
+            self.all_stages(),
+            self.held_back,
         )
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [d.state_dict() for d in self.detectors]
 
     def load_state_dict(self, states: Sequence[dict[str, Any]]) -> None:
+        """Restores each detector; with every series watched, also those added during the
+        saved run (by the series named in each state)."""
+        if self.every_series:
+            saved = [s.get("config", {}).get("series") for s in states]
+            self._watch([s for s in saved if isinstance(s, str)])
         for detector, state in zip(self.detectors, states, strict=False):
             detector.load_state_dict(state)

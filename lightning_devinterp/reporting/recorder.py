@@ -98,7 +98,10 @@ class Recorder:
                     stacklevel=2,
                 )
 
-    def publish_milestones(self, milestones: Sequence[Milestone], step: int, tag: str) -> None:
-        """The milestones so far as a W&B table and summary, and TensorBoard text."""
+    def publish_milestones(
+        self, milestones: Sequence[Milestone], step: int, tag: str, stages: Sequence[str] = ()
+    ) -> None:
+        """The milestones and the stage view so far as W&B tables and summary, and TensorBoard
+        text."""
         if self.enabled:
-            report_milestones(self.loggers, milestones, step, tag)
+            report_milestones(self.loggers, milestones, step, tag, stages)

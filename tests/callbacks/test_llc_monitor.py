@@ -354,14 +354,34 @@ def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     data = InductionData(size=64, length=16, vocab_size=16)
     loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=InductionData.collate)
-    monitor = LLCMonitor(at_steps=[2], components="heads", **FAST)
+    monitor = LLCMonitor(at_steps=[1, 2], components="heads", **FAST)
     L.seed_everything(0, verbose=False)
-    trainer(tmp_path, callbacks=[monitor], max_steps=2).fit(TinyLM(), loader)
-    record = monitor.history[0]
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer(tmp_path, callbacks=[monitor], max_steps=2, logger=logger).fit(TinyLM(), loader)
+    record = monitor.history[-1]
     heads = sorted(k.split("/")[1] for k in record if k.startswith("rllc/") and k.endswith("/mean"))
     assert heads == ["l0h0", "l0h1", "l1h0", "l1h1"]
+    # a detector on every series, each fed its points and its chains' noise
+    assert monitor.tracker.series == ["llc", "loss", *[f"rllc/{h}" for h in heads]]
+    assert all(d.state_dict()["last_step"] == 2 for d in monitor.detectors)
+    assert all(len(d.state_dict()["chain_variances"]) == 1 for d in monitor.detectors[2:])
+    # the stage view in every record, in TensorBoard text and in the milestone file
+    assert record["llc/stage_view"].startswith("steps 1-now: llc ")
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    text = events.Tensors("llc/stages/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert text == "0. " + record["llc/stage_view"]
+    monitor.tracker.write(tmp_path / "m.json")
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert set(saved["stages"]) == set(monitor.tracker.series) and saved["held_back"] == []
+    restored = LLCMonitor(components="heads", **FAST)
+    restored.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    assert restored.tracker.series == monitor.tracker.series
     assert monitor.recorder.layout() == {
         "rllc": {
             "l0": ["Multiline", ["^rllc/(l0h0|l0h1)/mean$"]],

@@ -400,6 +400,21 @@ def as_version_1(state: dict) -> dict:
     }
 
 
+def without(state: dict, keys: set[str]) -> dict:
+    return {k: v for k, v in state.items() if k not in keys and k != "version"}
+
+
+since_3 = {
+    "last_chains",
+    "chain_variances",
+    "chain_dofs",
+    "trend_slope",
+    "trend_root_sxx",
+    "transient_until",
+    "held_back",
+}
+
+
 def test_a_version_1_state_dict_resumes_the_same_run():
     steps = log_steps(200)
     kx, ky = CURVES["peak-trough"]
@@ -412,7 +427,8 @@ def test_a_version_1_state_dict_resumes_the_same_run():
         first.refine()
         resumed = MilestoneDetector()
         resumed.load_state_dict(json.loads(json.dumps(as_version_1(first.state_dict()))))
-        assert resumed.state_dict() == first.state_dict()
+        # what version 1 did not keep (the chains' noise, the settled slope) starts empty
+        assert without(resumed.state_dict(), since_3) == without(first.state_dict(), since_3)
         for s, v in zip(steps[cut:], values[cut:], strict=True):
             resumed.update(int(s), float(v))
         assert resumed.milestones == full.milestones, cut

@@ -1,0 +1,76 @@
+"""The detector's segmentation: where the current segment breaks, and the line of a segment
+(steps 3 and 4 of the rule in :mod:`~lightning_devinterp.milestones.rules`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lightning_devinterp.milestones.fit import LineFit, best_knot, hinge_scan, line_fit
+from lightning_devinterp.milestones.settings import DetectorSettings
+from lightning_devinterp.milestones.state import Bins, DetectorState
+
+
+def find_break(
+    st: DetectorState, sigma: float, settings: DetectorSettings
+) -> tuple[int | None, float, int]:
+    """Best new knot in the current segment, if it passes the break test.
+
+    Returns:
+        (knot bin or None, fitted value at it, last bin to judge the segment on: before a
+        bend that is building up, else the last bin).
+    """
+    n = len(st.bin_values) - 1
+    oldest = n - settings.window + 1
+    start, base = max(st.knot, oldest), None
+    # back to the previous knot when possible, so that the current segment's start
+    # is pinned by the previous segment (continuity)
+    if st.prev_knot is not None and st.knot - max(st.prev_knot, oldest) >= 2:
+        start = max(st.prev_knot, oldest)
+        base = st.knot - start
+    first = 2 if base is None else base + 2
+    if n - settings.confirm - start < first:
+        return None, 0.0, n
+    knots = np.arange(first, n - settings.confirm - start + 1)
+    gain, value = hinge_scan(*st.bins(start, n), knots, base)
+    best = int(np.argmax(gain))
+    k = start + int(knots[best])
+    thr2 = settings.threshold**2 * sigma * sigma
+    if gain[best] > thr2:
+        return k, float(value[best]), n
+    if gain[best] > 0.25 * thr2 and k >= st.knot + settings.confirm:
+        return None, 0.0, k  # a bend is building up: judge the bins before it
+    return None, 0.0, n
+
+
+def segment_line(
+    st: DetectorState, a: int, n: int, settings: DetectorSettings
+) -> tuple[int, Bins, LineFit, float]:
+    """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
+
+    When a previous segment exists, the knot is first re-placed at the best position
+    between bins ``a - 2`` and ``a + 2`` (quarter-bin grid) of a fit continuous with the
+    previous segment, since data after it have arrived since the break was found. The
+    slope itself comes from a free line on the bins from the knot on: a continuous fit
+    would have a smaller nominal error, but the knot search makes that error optimistic
+    and a misplaced knot biases it.
+
+    Returns:
+        (knot bin, the bins from it (at most ``window``), their line fit, fitted value at
+        the knot).
+    """
+    value = None
+    prev = st.prev_knot
+    lo = max(n - settings.window + 1, 0)
+    if prev is not None:
+        lo = max(lo, prev)
+    if prev is not None and a - lo >= 2:
+        first = max(a - 2, lo + 2)
+        last = max(min(a + 2, n - settings.confirm), first)
+        best = best_knot(*st.bins(lo, n), first - lo, last - lo)
+        if best is not None:
+            a, value = lo + best[0], best[1]
+    bins = st.bins(max(a, n - settings.window + 1), n)
+    line = line_fit(*bins)
+    if value is None:
+        value = line.at(st.bin_log_steps[a])
+    return a, bins, line, value
