@@ -8,12 +8,13 @@ benchmarks/preconditioned_sampler.py (BENCHMARKS.md, "The singular cases, both s
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_devinterp import RMSpropSGLD, estimate_llc
+from lightning_devinterp import LLCHealthWarning, RMSpropSGLD, estimate_llc
 from lightning_devinterp.demos.deep_linear import half_mse
 from tests.estimators.test_calibrated_analytic import deep_linear
 from tests.helpers import Batches
@@ -93,3 +94,25 @@ def test_singular_models_at_eps_1e_2_are_within_40_percent_of_lambda(widths, sin
     )
     assert not est.diverged_chains
     assert abs(est.mean - llc) < 0.4 * llc, (est.mean, llc)
+
+
+@pytest.mark.parametrize(("eps", "warns"), [(1e-8, True), (1e-2, False)])
+def test_zero_gradient_entries_at_the_eps_ceiling_warn(eps, warns):
+    """The deep linear network's unused units (36 of 64 entries) have zero gradient at w*: at
+    eps = 1e-8 their factor 1/eps is ~4e6x the others' (gradients ~0.04), at 1e-2 ~5x."""
+    model, batches, _ = deep_linear((5, 4, 3, 4, 5), (2.0, 1.0))
+    sampler = RMSpropSGLD(lr=3.2e-7, nbeta=NBETA, localization=100.0, eps=eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCHealthWarning)
+        est = estimate_llc(
+            model,
+            batches,
+            half_mse,
+            sampler=sampler,
+            num_chains=1,
+            num_draws=10,
+            init_loss_batches=4,
+        )
+    found = [w for w in est.warnings if "zero gradient at w*" in w]
+    assert bool(found) == warns, est.warnings
+    assert not warns or "36 of 64" in found[0] and "1e-2" in found[0], found
