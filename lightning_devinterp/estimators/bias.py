@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lightning_devinterp.sampling import SGLD
+from lightning_devinterp.sampling import SGLD, RMSpropSGLD
 
 #: Predicted relative bias from minibatch noise above which an estimate warns: the size of
 #: calibration's tolerance, and above the few-percent standard error of a default estimate.
@@ -37,6 +37,10 @@ NOISE_BIAS_MAX = 0.1
 STEP_BIAS_MAX = 0.1
 #: Share of sampling wall time spent fetching batches above which an estimate warns.
 DATA_SHARE_MAX = 0.5
+#: RMSpropSGLD warns when over this share of the entries have zero gradient at w* and its
+#: ceiling 1/eps (their factor) is over :data:`CEILING_RATIO_MAX` times the others' factor.
+ZERO_GRADIENT_SHARE_MAX = 0.01
+CEILING_RATIO_MAX = 100.0
 
 
 @dataclass(frozen=True)
@@ -48,18 +52,27 @@ class GradientNoise:
         largest: its largest entry.
         entries: the number of sampled entries.
         batch_size: the batch size ``m`` it was measured at.
+        still: the entries whose minibatch gradient never varied (zero at w*: unused units).
+        typical: the median standard deviation of the other entries' minibatch gradients.
     """
 
     total: float
     largest: float
     entries: int
     batch_size: int
+    still: int = 0
+    typical: float = math.nan
 
     @classmethod
     def of(cls, variance: torch.Tensor, batch_size: int) -> GradientNoise:
         """The figures of a per-entry variance vector."""
         variance = variance.double()
-        return cls(float(variance.sum()), float(variance.max()), variance.numel(), batch_size)
+        moving = variance[variance > 0].sqrt()
+        typical = float(moving.median()) if moving.numel() else math.nan
+        entries, still = variance.numel(), variance.numel() - moving.numel()
+        return cls(
+            float(variance.sum()), float(variance.max()), entries, batch_size, still, typical
+        )
 
     def ratios(self, sampler: SGLD) -> tuple[float, float]:
         """``r = ε nβ² Var / 4`` averaged over the entries, and its largest value."""
@@ -127,6 +140,28 @@ def noise_warning(noise: GradientNoise, sampler: SGLD, mean: float) -> str | Non
         f"{expected} ({excess:.3g} of {mean:.4g}). Use lr <= {sampler.lr / factor:.2g}, or "
         f"batches of at least {math.ceil(noise.batch_size * factor)} samples (now "
         f"{noise.batch_size})."
+    )
+
+
+def preconditioner_warning(noise: GradientNoise, sampler: SGLD) -> str | None:
+    """The warning for an :class:`RMSpropSGLD` whose ceiling ``1/eps``, the factor of the
+    entries with zero gradient at w*, is over :data:`CEILING_RATIO_MAX` times the others'
+    typical ``1/(|g| + eps)`` (when they are over :data:`ZERO_GRADIENT_SHARE_MAX` of all)."""
+    if (
+        not isinstance(sampler, RMSpropSGLD)
+        or noise.still <= ZERO_GRADIENT_SHARE_MAX * noise.entries
+    ):
+        return None
+    ratio = (noise.typical + sampler.eps) / sampler.eps
+    if not ratio > CEILING_RATIO_MAX:  # False for nan: no other entries to compare with
+        return None
+    return (
+        f"{noise.still} of {noise.entries} sampled entries have zero gradient at w* (unused "
+        f"units): RMSpropSGLD's preconditioner gives them its ceiling 1/eps = "
+        f"{1 / sampler.eps:.3g}, {ratio:.2g}x the other entries' factor: their steps are that much "
+        "larger, and the chains can run far from w* without a non-finite loss (estimates "
+        "orders of magnitude too high). Use a larger eps near the gradients' scale (such as "
+        f"1e-2; their typical size here is {noise.typical:.2g}), or plain SGLD."
     )
 
 

@@ -17,6 +17,7 @@ from lightning_devinterp.estimators.bias import (
     data_warning,
     noise_bias,
     noise_warning,
+    preconditioner_warning,
     step_sensitivity,
     step_warning,
 )
@@ -256,6 +257,7 @@ def llc_from_samples(samples: LLCSamples) -> LLCEstimate:
         estimate.minibatch_noise, estimate.minibatch_noise_max = samples.noise.ratios(sampler)
         estimate.minibatch_bias = noise_bias(samples.noise, sampler, estimate.mean)
         found.append(noise_warning(samples.noise, sampler, estimate.mean))
+        found.append(preconditioner_warning(samples.noise, sampler))
     if samples.half_step is not None:
         half = llc_from_traces(samples.half_step, sampler, samples.init_losses)
         bias, estimate.extrapolated, z = step_sensitivity(estimate.per_chain, half.per_chain)
