@@ -38,15 +38,8 @@ NBETA = N / math.log(N)
 ESTIMATE_STEPS = 800
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def regular(d: int = 8):
+def regular(batch: int = 1000, d: int = 8):
+    """The regular linear model at its true weights, with its data in batches of ``batch``."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, d, generator=g, dtype=torch.float64)
     w = torch.randn(1, d, generator=g, dtype=torch.float64)
@@ -54,7 +47,7 @@ def regular(d: int = 8):
     model = nn.Linear(d, 1, bias=False).double()
     with torch.no_grad():
         model.weight.copy_(w)
-    return model, Batches(x, y, 1000)
+    return model, Batches(x, y, batch)
 
 
 def exact_regular(model: nn.Linear, batches: Batches, nbeta: float, gamma: float) -> float:

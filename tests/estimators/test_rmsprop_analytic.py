@@ -11,35 +11,13 @@ import math
 import warnings
 
 import pytest
-import torch
-from torch import nn
 
 from lightning_devinterp import LLCHealthWarning, RMSpropSGLD, estimate_llc
 from lightning_devinterp.demos.deep_linear import half_mse
-from tests.estimators.test_calibrated_analytic import deep_linear
-from tests.helpers import Batches
+from tests.estimators.test_calibrated_analytic import deep_linear, regular
 
 N = 20_000
 NBETA = N / math.log(N)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def regular(batch: int, d: int = 8):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, d, generator=g, dtype=torch.float64)
-    w = torch.randn(1, d, generator=g, dtype=torch.float64)
-    y = x @ w.T + torch.randn(N, 1, generator=g, dtype=torch.float64)
-    model = nn.Linear(d, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(w)
-    return model, Batches(x, y, batch)
 
 
 def estimate(model, batches, lr, localization, draws, burnin):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
+from lightning_devinterp.milestones.state import _SINCE_3
 
 TOL = 0.15  # decades of step
 SEEDS = range(8)
@@ -404,15 +405,7 @@ def without(state: dict, keys: set[str]) -> dict:
     return {k: v for k, v in state.items() if k not in keys and k != "version"}
 
 
-since_3 = {
-    "last_chains",
-    "chain_variances",
-    "chain_dofs",
-    "trend_slope",
-    "trend_root_sxx",
-    "transient_until",
-    "held_back",
-}
+since_3 = _SINCE_3
 
 
 def test_a_version_1_state_dict_resumes_the_same_run():
