@@ -1,0 +1,62 @@
+"""The demo's wall time as a multiple of its plain training, measured in one run.
+
+Trains the demo's model on the demo's data with the demo's Trainer settings (validation every
+``steps / 60`` steps for the copy-loss curve, no checkpointing) and no analysis callback, then
+runs the demo itself (``run_demo``: LLC with per-head refined LLCs, the copies monitor,
+essential dynamics, susceptibilities), and prints both times and their ratio. Absolute times
+vary several-fold between machines here; the ratio is the figure to quote.
+
+    python benchmarks/demo_overhead.py [--steps 3000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+
+import lightning as L
+
+from lightning_devinterp.demo import REPEAT_PROB, run_demo
+from lightning_devinterp.demos import InductionDataModule, InductionLM
+from lightning_devinterp.estimators import LLCHealthWarning
+
+
+def plain_training(steps: int, seed: int, folder: str) -> float:
+    """Seconds of the demo's training alone."""
+    L.seed_everything(seed, verbose=False)
+    data = InductionDataModule(repeat_prob=REPEAT_PROB, seed=seed)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        default_root_dir=folder,
+        logger=False,
+        val_check_interval=max(1, steps // 60),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(InductionLM(), datamodule=data)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=LLCHealthWarning)
+    with tempfile.TemporaryDirectory() as folder:
+        plain = plain_training(args.steps, args.seed, folder)
+        start = time.perf_counter()
+        run_demo(folder, max_steps=args.steps, seed=args.seed)
+        demo = time.perf_counter() - start
+    print(f"plain training {plain:.1f} s, demo {demo:.1f} s: {demo / plain:.1f}x plain training")
+
+
+if __name__ == "__main__":
+    main()
