@@ -18,7 +18,7 @@ import warnings
 
 import lightning as L
 
-from lightning_devinterp.demo import REPEAT_PROB, run_demo
+from lightning_devinterp.demo import REPEAT_PROB, run_demo, trainer_settings
 from lightning_devinterp.demos import InductionDataModule, InductionLM
 from lightning_devinterp.estimators import LLCHealthWarning
 
@@ -27,18 +27,7 @@ def plain_training(steps: int, seed: int, folder: str) -> float:
     """Seconds of the demo's training alone."""
     L.seed_everything(seed, verbose=False)
     data = InductionDataModule(repeat_prob=REPEAT_PROB, seed=seed)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        default_root_dir=folder,
-        logger=False,
-        val_check_interval=max(1, steps // 60),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
+    trainer = L.Trainer(default_root_dir=folder, logger=False, **trainer_settings(steps))
     start = time.perf_counter()
     trainer.fit(InductionLM(), datamodule=data)
     return time.perf_counter() - start

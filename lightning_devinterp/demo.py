@@ -195,19 +195,26 @@ def run_demo(
     if susceptibilities:
         callbacks.append(_susceptibilities(data, max_steps, sampling))
     trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
         default_root_dir=output_dir,
         logger=_logger(logger, output_dir),
         callbacks=callbacks,
+        **trainer_settings(max_steps),
+    )
+    trainer.fit(InductionLM(), datamodule=data)
+    return _result(output_dir, monitors, copy_log, callbacks)
+
+
+def trainer_settings(max_steps: int) -> dict[str, Any]:
+    """The demo's Trainer settings: CPU, validation (the copy loss) 60 times a run."""
+    return dict(
+        max_steps=max_steps,
+        accelerator="cpu",
         val_check_interval=max(1, max_steps // 60),
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
         enable_model_summary=False,
     )
-    trainer.fit(InductionLM(), datamodule=data)
-    return _result(output_dir, monitors, copy_log, callbacks)
 
 
 def _grid(max_steps: int, count: int, first: int = 10) -> list[int]:

@@ -23,8 +23,9 @@ How it works:
    optionally a floor (``std_floor``). When the per-chain estimates are given, the noise
    is measured directly from the second point on: chain ``c`` of consecutive estimates
    shares its seed, so the spread across chains of each chain's change is the noise of
-   the change (:func:`chain_step_variance`, pooled over the last ``window`` points). A
-   fixed ``noise`` overrides all this.
+   the change (:func:`chain_step_variance`, pooled over the last ``window`` points, each
+   capped at ten times their median, at the pool's upper 90% confidence bound:
+   :func:`pooled_chain_noise`). A fixed ``noise`` overrides all this.
 3. **Breaks.** The series since the last break is a segment. After each bin, one more
    bend of a continuous piecewise-linear fit (continuous with the previous segment) is
    tried at every bin of the current segment that has at least ``confirm`` bins after
