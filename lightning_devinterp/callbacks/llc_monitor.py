@@ -184,6 +184,7 @@ class LLCMonitor(ScheduledAnalysis):
     @override
     def finish(self, trainer: Trainer) -> None:
         if self.tracker:
+            self._settle_last(trainer)
             self.tracker.refine()
             self._write_milestones()
         if self.history and len(self.history) != self._figures_for:
@@ -259,6 +260,18 @@ class LLCMonitor(ScheduledAnalysis):
         self._view = view
         if self.figures.due(len(self.history), milestone=bool(new)):
             self._draw_figures(trainer, step)
+        for milestone in new:
+            self._announce(trainer, milestone, step)
+
+    def _settle_last(self, trainer: Trainer) -> None:
+        """Announce what the detectors settle now that no estimate follows the last."""
+        new = self.tracker.finish()
+        if not new or not self.history:
+            return
+        step = self.history[-1]["step"]
+        view = [summary.describe() for summary in self.tracker.stage_view(step)]
+        self.recorder.publish_milestones(self.milestones, step, self.name, view)
+        self._view = view
         for milestone in new:
             self._announce(trainer, milestone, step)
 

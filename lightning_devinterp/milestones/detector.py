@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from lightning_devinterp.milestones.refine import refine_milestones
 from lightning_devinterp.milestones.rules import (
     PERSIST,
     ROUND,
+    STRONG,
     chain_step_variance,
     flat_next_to,
     mean_slope,
@@ -42,6 +43,7 @@ from lightning_devinterp.milestones.rules import (
     noise_level,
     pooled_chain_noise,
     slope_change_z,
+    steepened,
     too_close,
     trend_verdict,
 )
@@ -244,6 +246,11 @@ class MilestoneDetector:
             st.stage_starts.append(step)
             st.stage_trends.append("flat")
         st.add_point(index, step, x, value)
+        if st.bin_log_steps and x - st.bin_log_steps[-1] > self.resolution:
+            # a sparse schedule (one point per bin): the bin is complete now, not when
+            # the next point arrives a whole schedule step later
+            st.close_bin(self.window)
+            out += self._process(step)
         return out
 
     def _add_chains(self, chains: Sequence[float] | None, transient: bool) -> None:
@@ -307,6 +314,10 @@ class MilestoneDetector:
                 found = self._settle(trend, line, now, sigma)
             elif st.undecided_from is None:
                 st.undecided_from = st.knot
+        elif st.trend in ("rising", "falling"):
+            # the settled segment is closed: its slope from all its bins
+            line = line_fit(*st.bins(max(st.knot, k - self.window + 1), k))
+            st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
         st.prev_knot, st.knot, st.knot_value = st.knot, k, value
         st.pending, st.candidate, st.candidate_count = True, None, 0
         return found
@@ -314,28 +325,48 @@ class MilestoneDetector:
     def _judge(self, end: int, now: int, sigma: float) -> list[Milestone]:
         """Judges the open segment on bins up to ``end``; settles it on a repeated verdict."""
         st = self._state
-        if not st.pending or end - st.knot < self.confirm:
+        if not st.pending or end - st.knot < self.confirm - 1:
             return []
-        trend, line, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
+        early = end - st.knot < self.confirm
+        trend, line, knot, value = self._classify(st.knot, end, sigma)
         if trend is None:
             return []
+        # strong: twice the thresholds, and the same verdict without the last bin
+        strong = (
+            self._classify(st.knot, end, sigma, STRONG)[0] == trend
+            and self._classify(st.knot, end - 1, sigma)[0] == trend
+        )
+        if early and not strong:
+            return []
+        st.knot, st.knot_value = knot, value
         if trend == st.candidate:
             st.candidate_count += 1
         else:
             st.candidate, st.candidate_count = trend, 1
-        if st.candidate_count < PERSIST:
+        if st.candidate_count < PERSIST and not strong:
             return []
         return self._settle(trend, line, now, sigma)
 
-    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, LineFit, int, float]:
-        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
+    def _classify(
+        self, a: int, n: int, sigma: float, margin: float = 1.0
+    ) -> tuple[str | None, LineFit, int, float]:
+        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided), with
+        the trend and flat thresholds times ``margin``.
 
         Returns:
             (trend or None, the segment's line fit, re-placed knot, fitted value at the knot).
         """
         knot, bins, line, value = segment_line(self._state, a, n, self._settings())
         band = self.flat * self._mean_slope(sigma)
-        trend = trend_verdict(line, sigma, band, bins, self._settings())
+        previous = (self._state.trend, self._state.trend_slope)
+        settings = self._settings()
+        if margin != 1.0:
+            settings = replace(
+                settings,
+                trend_threshold=margin * settings.trend_threshold,
+                flat_threshold=margin * max(settings.flat_threshold, 0.5),
+            )
+        trend = trend_verdict(line, sigma, band, bins, settings, previous)
         return (None if trend == ROUND else trend), line, knot, value
 
     def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> list[Milestone]:
@@ -348,6 +379,13 @@ class MilestoneDetector:
         st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
         if prev is None:
             st.stage_trends[-1] = trend
+        elif self._steepened(prev, trend, previous_line[0], line.slope):
+            # the slower stretch before was a plateau next to this one
+            evidence = slope_change_z(previous_line, line, sigma)
+            milestone = self._announce("flat", trend, line, now, sigma, evidence)
+            if milestone is not None:
+                st.stage_trends[-2] = "flat"
+                found.append(milestone)
         elif trend != prev:
             evidence = slope_change_z(previous_line, line, sigma)
             milestone = self._announce(prev, trend, line, now, sigma, evidence)
@@ -357,6 +395,18 @@ class MilestoneDetector:
                 found.append(milestone)
         st.undecided_from = None
         return found
+
+    def _steepened(self, prev: str, trend: str, before: float | None, after: float) -> bool:
+        """Whether the trend ``prev`` continues as ``trend`` so much steeper (see
+        :func:`~.rules.steepened`) that the stretch before was a plateau; not when that
+        stretch follows a plateau (it is the start of this trend, found early)."""
+        st = self._state
+        if trend != prev or prev == "flat" or st.prev_knot is None:
+            return False
+        if len(st.stage_trends) > 1 and st.stage_trends[-2] == "flat":
+            return False
+        span = st.bin_log_steps[st.knot] - st.bin_log_steps[st.prev_knot]
+        return steepened(before, after, span, self.min_separation)
 
     def _flat_before(self, after: LineFit, now: int, sigma: float) -> list[Milestone]:
         """Judges again the stretch left undecided between the last trend and the current
@@ -427,6 +477,29 @@ class MilestoneDetector:
         _, y, w = st.bins(x0, hi + 1)
         j, value = smoothed_extreme(y, w, lo - x0, hi - x0, peak=kind == "peak")
         return x0 + j, value
+
+    def finish(self) -> list[Milestone]:
+        """Ends the series (training is over): the open bin is closed, and the open
+        segment is settled on its last verdict, which no later point can repeat now.
+
+        Returns:
+            Milestones this confirmed (their ``detected_at`` is the last step).
+        """
+        st = self._state
+        if st.last_step is None:
+            return []
+        found: list[Milestone] = []
+        if st.open_count:
+            st.close_bin(self.window)
+            found = self._process(st.last_step)
+        sigma = self._noise()
+        end = len(st.bin_values) - 1
+        if sigma is None or not st.pending or st.candidate is None:
+            return found
+        trend, line, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
+        if trend != st.candidate:
+            return found
+        return found + self._settle(trend, line, st.last_step, sigma)
 
     # ----------------------------------------------------------------- offline
     def refine(self) -> list[Milestone]:

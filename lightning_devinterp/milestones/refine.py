@@ -113,17 +113,20 @@ def _segments(
     n = len(x)
     bounds = [0, *knots, n - 1]
     out = []
+    previous: tuple[str | None, float | None] = (None, None)  # the last settled segment's
     for j in range(len(bounds) - 1):
         lo, hi = bounds[j], bounds[j + 1]
         bins = x[lo : hi + 1], y[lo : hi + 1], w[lo : hi + 1]
         line = line_fit(*bins)
         trend: str | None = None
         if lo <= n - 1 - settings.confirm:  # else too few bins after the knot to confirm
-            trend = trend_verdict(line, sigma, band, bins, settings)
+            trend = trend_verdict(line, sigma, band, bins, settings, previous)
             if trend == ROUND:
                 trend = None
             elif trend is None and j == 0:
                 trend = "flat"  # the series has not moved significantly yet
+        if trend is not None:
+            previous = (trend, line.slope)
         out.append(_Segment(lo, trend, line.slope))
     return out
 

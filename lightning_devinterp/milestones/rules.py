@@ -75,6 +75,8 @@ from lightning_devinterp.milestones.settings import DetectorSettings
 
 MAD_SCALE = 1.4826  # median absolute deviation to standard deviation, Gaussian noise
 PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
+RELATIVE = 0.25  # a plateau's slope is below this fraction of its neighbours' (same sign)
+STRONG = 2.0  # evidence this many times the thresholds settles with one bin fewer, at once
 HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
 CHI2_Z10 = 1.2816  # the standard normal's 90% quantile
 VARIANCE_CAP = 10.0  # chain step variances are capped at this many times their median
@@ -142,8 +144,16 @@ def trend_verdict(
     band: float,
     bins: tuple[np.ndarray, np.ndarray, np.ndarray],
     settings: DetectorSettings,
+    previous: tuple[str | None, float | None] = (None, None),
 ) -> str | None:
-    """The trend a line fitted to a segment's bins shows.
+    """The trend a line fitted to a segment's bins shows, next to the trend before it.
+
+    A plateau is flat next to its neighbours: after a rise (fall) the band widens to
+    :data:`RELATIVE` times that rise's slope for a slope of the same sign (a rise that slows
+    to under a quarter of its rate has reached a plateau, even if it still creeps up), and
+    after a plateau a trend needs a slope beyond ``1 / RELATIVE`` times the plateau's (a
+    creeping plateau is not left by creeping on). Both only for a segment spanning
+    ``min_separation`` decades or more (a stage; a shorter one is the round top of a peak).
 
     Args:
         line: The line fitted to the segment's bins.
@@ -151,6 +161,7 @@ def trend_verdict(
         band: Half-width of the flat band (``flat`` times the mean slope).
         bins: The segment's (x, y, w), for the round-top check.
         settings: The detector's settings (``trend_threshold``, ``flat_threshold``).
+        previous: The trend settled before the segment and its slope (None: none yet).
 
     Returns:
         ``"rising"`` or ``"falling"`` (slope beyond the band and ``trend_threshold``
@@ -159,7 +170,11 @@ def trend_verdict(
         bottom of a trough: no trend), or None (undecided).
     """
     se = line.slope_se(sigma)
-    bar = max(band, settings.trend_threshold * se)
+    if bins[0][-1] - bins[0][0] >= settings.min_separation:  # long enough to be a stage
+        band, floor = neighbour_band(band, line.slope, previous)
+    else:
+        floor = 0.0
+    bar = max(band, floor, settings.trend_threshold * se)
     if line.slope > bar:
         return "rising"
     if line.slope < -bar:
@@ -167,6 +182,30 @@ def trend_verdict(
     if abs(line.slope) + settings.flat_threshold * se < band:
         return ROUND if is_hump(*bins, sigma, HUMP_Z) else "flat"
     return None
+
+
+def neighbour_band(
+    band: float, slope: float, previous: tuple[str | None, float | None]
+) -> tuple[float, float]:
+    """The flat band of a segment of ``slope`` after the ``previous`` (trend, slope), and
+    the slope a trend needs at least (see :func:`trend_verdict`)."""
+    trend, before = previous
+    if before is None:
+        return band, 0.0
+    if trend in ("rising", "falling") and slope * before > 0:
+        return max(band, RELATIVE * abs(before)), 0.0
+    if trend == "flat":
+        return band, abs(before) / RELATIVE
+    return band, 0.0
+
+
+def steepened(before: float | None, after: float, span: float, min_separation: float) -> bool:
+    """Whether a trend that continues with a slope ``after`` more than ``1 / RELATIVE`` times
+    its slope ``before`` (same sign) makes the stretch before, spanning ``span`` decades (a
+    stage: at least ``min_separation``), a plateau next to it."""
+    if before is None or span < min_separation or before * after < 0:
+        return False
+    return abs(before) < RELATIVE * abs(after)
 
 
 def chain_step_variance(before: Sequence[float], after: Sequence[float]) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from lightning_devinterp.milestones.fit import LineFit, best_knot, hinge_scan, line_fit
+from lightning_devinterp.milestones.rules import STRONG
 from lightning_devinterp.milestones.settings import DetectorSettings
 from lightning_devinterp.milestones.state import Bins, DetectorState
 
@@ -27,15 +28,16 @@ def find_break(
     if st.prev_knot is not None and st.knot - max(st.prev_knot, oldest) >= 2:
         start = max(st.prev_knot, oldest)
         base = st.knot - start
-    first = 2 if base is None else base + 2
-    if n - settings.confirm - start < first:
+    first = 2 if base is None else base + 1
+    early = settings.confirm - 1  # bins after a knot whose bend is strong (STRONG x z)
+    if n - early - start < first:
         return None, 0.0, n
-    knots = np.arange(first, n - settings.confirm - start + 1)
+    knots = np.arange(first, n - early - start + 1)
     gain, value = hinge_scan(*st.bins(start, n), knots, base)
+    thr2 = settings.threshold**2 * sigma * sigma
     best = int(np.argmax(gain))
     k = start + int(knots[best])
-    thr2 = settings.threshold**2 * sigma * sigma
-    if gain[best] > thr2:
+    if gain[best] > (thr2 if k <= n - settings.confirm else STRONG**2 * thr2):
         return k, float(value[best]), n
     if gain[best] > 0.25 * thr2 and k >= st.knot + settings.confirm:
         return None, 0.0, k  # a bend is building up: judge the bins before it
@@ -47,9 +49,10 @@ def segment_line(
 ) -> tuple[int, Bins, LineFit, float]:
     """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
 
-    When a previous segment exists, the knot is first re-placed at the best position
-    between bins ``a - 2`` and ``a + 2`` (quarter-bin grid) of a fit continuous with the
-    previous segment, since data after it have arrived since the break was found. The
+    The knot is first re-placed at the best position between bins ``a - 2`` and ``a + 2``
+    (quarter-bin grid) of a fit continuous with the previous segment (or with the line
+    before it, for the first knot), since data after it have arrived since the break was
+    found. The
     slope itself comes from a free line on the bins from the knot on: a continuous fit
     would have a smaller nominal error, but the knot search makes that error optimistic
     and a misplaced knot biases it.
@@ -63,9 +66,10 @@ def segment_line(
     lo = max(n - settings.window + 1, 0)
     if prev is not None:
         lo = max(lo, prev)
-    if prev is not None and a - lo >= 2:
-        first = max(a - 2, lo + 2)
-        last = max(min(a + 2, n - settings.confirm), first)
+    gap = 2 if prev is None or prev < lo else 1  # bins a segment needs before the knot
+    if a - lo >= gap:
+        first = max(a - 2, lo + gap)
+        last = max(min(a + 2, n - settings.confirm + 1), first)
         best = best_knot(*st.bins(lo, n), first - lo, last - lo)
         if best is not None:
             a, value = lo + best[0], best[1]

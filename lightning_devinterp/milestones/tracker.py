@@ -92,6 +92,11 @@ class MilestoneTracker:
         watched = set(self.series)
         self.detectors += [MilestoneDetector(s) for s in series if s not in watched]
 
+    def finish(self) -> list[Milestone]:
+        """Training is over: each detector settles what its last point left open
+        (:meth:`MilestoneDetector.finish`); the milestones this confirmed."""
+        return [m for detector in self.detectors for m in detector.finish()]
+
     @property
     def milestones(self) -> list[Milestone]:
         """Every milestone confirmed online so far, all series, in order of confirmation."""

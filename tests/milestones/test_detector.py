@@ -285,16 +285,22 @@ def test_stages_follow_milestones():
 
 
 def test_no_milestone_from_the_last_points():
-    """A corner with fewer than ``confirm`` points after it is never announced."""
+    """A corner with fewer than ``confirm - 1`` points after it is never announced; with
+    ``confirm - 1`` only when its bend is strong (twice the thresholds, as this one), and at
+    the corner."""
     steps = log_steps(100)
     x = np.log10(steps)
     rng = np.random.default_rng(0)
     values = np.where(x < 3.0, 1.0, 1.0 + 3.0 * (x - 3.0)) + 0.01 * rng.standard_normal(len(x))
     corner = int(np.searchsorted(x, 3.0))
-    for extra in range(0, 3):
+    for extra in range(0, 2):
         det = run_detector(steps[: corner + extra], values[: corner + extra], confirm=3)
         assert det.milestones == [], extra
         assert det.refine() == [], extra
+    det = run_detector(steps[: corner + 2], values[: corner + 2], confirm=3)
+    assert [m.kind for m in det.milestones] == ["plateau_end"]
+    assert abs(math.log10(det.milestones[0].step) - 3.0) <= 0.05
+    assert det.milestones[0].evidence > 2 * det.threshold
     det = run_detector(steps, values, confirm=3)
     assert [m.kind for m in det.milestones] == ["plateau_end"]
     assert abs(math.log10(det.milestones[0].step) - 3.0) <= 0.05
