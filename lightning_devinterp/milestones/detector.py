@@ -27,7 +27,6 @@ import numpy as np
 from lightning_devinterp.milestones.fit import (
     LineFit,
     line_fit,
-    smoothed_extreme,
     sustained_range,
 )
 from lightning_devinterp.milestones.records import Milestone, Stage
@@ -47,7 +46,7 @@ from lightning_devinterp.milestones.rules import (
     too_close,
     trend_verdict,
 )
-from lightning_devinterp.milestones.segments import find_break, segment_line
+from lightning_devinterp.milestones.segments import extremum, find_break, segment_line
 from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
 from lightning_devinterp.milestones.state import DetectorState, keep_last
 
@@ -170,16 +169,7 @@ class MilestoneDetector:
     @property
     def stages(self) -> list[Stage]:
         """Stages between consecutive online milestones; the last one is open."""
-        starts, trends = self._state.stage_starts, self._state.stage_trends
-        return [
-            Stage(
-                index=i,
-                start=start,
-                end=starts[i + 1] if i + 1 < len(starts) else None,
-                trend=trend,
-            )
-            for i, (start, trend) in enumerate(zip(starts, trends, strict=True))
-        ]
+        return self._state.stages()
 
     @property
     def current_stage(self) -> int:
@@ -450,33 +440,11 @@ class MilestoneDetector:
             return None
         kind = milestone_kind(before, after, line.slope, self.drop, self._mean_slope(sigma))
         if kind in ("peak", "trough") and st.undecided_from is not None:
-            where, value = self._extremum(kind)
+            where, value = extremum(st, kind, self.window)
             if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
                 return None
-        step = st.bin_steps[where]
-        milestone = Milestone(step, now, kind, float(value), self.series, evidence)
-        if st.transient_until is not None and step <= st.transient_until:
-            st.held_back.append(milestone)
-            return None
-        st.milestones.append(milestone)
-        st.stage_starts.append(step)
-        st.stage_trends.append(after)
-        st.last_milestone_log_step = st.bin_log_steps[where]
-        return milestone
-
-    def _extremum(self, kind: str) -> tuple[int, float]:
-        """Bin and value of the top of a peak (bottom of a trough) before the knot.
-
-        Used when undecided segments (a round top) lie between the last settled trend
-        and the current knot: the extreme of a three-bin weighted moving average there.
-        """
-        st = self._state
-        lo = max(int(st.undecided_from or 0), st.knot - self.window)
-        hi = min(st.knot + 1, len(st.bin_values) - 1)
-        x0 = max(lo - 1, 0)
-        _, y, w = st.bins(x0, hi + 1)
-        j, value = smoothed_extreme(y, w, lo - x0, hi - x0, peak=kind == "peak")
-        return x0 + j, value
+        milestone = Milestone(st.bin_steps[where], now, kind, float(value), self.series, evidence)
+        return milestone if st.record(milestone, after, st.bin_log_steps[where]) else None
 
     def finish(self) -> list[Milestone]:
         """Ends the series (training is over): the open bin is closed, and the open

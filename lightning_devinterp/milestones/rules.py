@@ -10,7 +10,9 @@ How it works:
 1. **Log-step grid.** Points are averaged into bins of width ``resolution`` in
    ``log10(step)``, so the detector behaves the same whether checkpoints are
    log-spaced or every 100 steps (late in training many points share a bin). A bin is
-   processed when the first point of a later bin arrives.
+   processed when the first point of a later bin arrives, or at once when its point lies
+   more than one bin after the previous one (a sparse schedule: waiting for the next
+   point would cost a whole schedule step).
 2. **Noise that separates neighbours.** With common random numbers consecutive
    estimates share batches and SGLD noise, so the spread across chains (``std``) can
    be far larger than the checkpoint-to-checkpoint noise. The noise level is therefore
@@ -29,8 +31,10 @@ How it works:
 3. **Breaks.** The series since the last break is a segment. After each bin, one more
    bend of a continuous piecewise-linear fit (continuous with the previous segment) is
    tried at every bin of the current segment that has at least ``confirm`` bins after
-   it; if the best bend saves more than ``threshold**2`` noise variances of squared
-   residuals, the segment is broken there and a new segment starts at that knot.
+   it (``confirm - 1`` when the bend saves :data:`STRONG` squared times as much; a new
+   knot may sit one bin after the current one, a step between two estimates); if the
+   best bend saves more than ``threshold**2`` noise variances of squared residuals, the
+   segment is broken there and a new segment starts at that knot.
 4. **Trends.** The new segment's trend is judged, once ``confirm`` bins follow its knot,
    from a line fitted to its bins (stopping before any bend that is building up). Its
    knot is first re-placed at the best position within two bins, now that data after
@@ -41,8 +45,13 @@ How it works:
    five noise levels). The range is capped at 1.5 times the range of a running median
    over ``2 * confirm + 1`` bins, so a brief deep excursion (an LLC dip of a few points
    while the weights cross from one saddle to the next, ten times deeper than the
-   steps between plateaus) does not make every later step look flat. The same verdict on two consecutive bins settles the trend;
-   a segment closed by the next break while still undecided leaves the trend unchanged.
+   steps between plateaus) does not make every later step look flat. A plateau is also
+   flat next to its neighbours (:func:`neighbour_band`): after a rise, a segment of the
+   same sign below :data:`RELATIVE` times the rise's slope is flat (a rise slowing to a
+   creep), and a plateau is left only by a slope beyond ``1 / RELATIVE`` times its own.
+   The same verdict on two consecutive bins settles the trend, or one verdict that holds
+   at :data:`STRONG` times the thresholds and without the last bin; a segment closed by
+   the next break while still undecided leaves the trend unchanged.
 5. **Milestones.** A settled trend that differs from the current one is a milestone at
    the segment's knot: rising to falling is a ``peak``, falling to rising a ``trough``,
    into flat a ``plateau_start``, out of flat a ``plateau_end`` (or a ``drop`` when
@@ -50,7 +59,10 @@ How it works:
    its mean slope: the loss-curve signature of a new stage). ``detected_at`` is the
    step of the point whose arrival settled it. A milestone closer than
    ``min_separation`` decades to the previous one is not announced; the current stage
-   takes the newer trend instead.
+   takes the newer trend instead. A trend that goes on over four times steeper
+   (:func:`steepened`) makes the stretch before it a plateau, ended at the knot. When
+   training ends, :meth:`~.detector.MilestoneDetector.finish` settles the open segment
+   on its last verdict (no later point can repeat it).
 
 So nothing is announced from the last ``confirm`` bins alone (no edge effect), a
 straight or gently curving series gives no milestone, and the delay is a few points

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_devinterp.milestones.fit import LineFit, best_knot, hinge_scan, line_fit
+from lightning_devinterp.milestones.fit import (
+    LineFit,
+    best_knot,
+    hinge_scan,
+    line_fit,
+    smoothed_extreme,
+)
 from lightning_devinterp.milestones.rules import STRONG
 from lightning_devinterp.milestones.settings import DetectorSettings
 from lightning_devinterp.milestones.state import Bins, DetectorState
@@ -78,3 +84,17 @@ def segment_line(
     if value is None:
         value = line.at(st.bin_log_steps[a])
     return a, bins, line, value
+
+
+def extremum(st: DetectorState, kind: str, window: int) -> tuple[int, float]:
+    """Bin and value of the top of a peak (bottom of a trough) before the current knot.
+
+    Used when undecided segments (a round top) lie between the last settled trend and the
+    current knot: the extreme of a three-bin weighted moving average there.
+    """
+    lo = max(int(st.undecided_from or 0), st.knot - window)
+    hi = min(st.knot + 1, len(st.bin_values) - 1)
+    x0 = max(lo - 1, 0)
+    _, y, w = st.bins(x0, hi + 1)
+    j, value = smoothed_extreme(y, w, lo - x0, hi - x0, peak=kind == "peak")
+    return x0 + j, value

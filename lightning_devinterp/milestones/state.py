@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 
 from lightning_devinterp.milestones.fit import norm_residual
-from lightning_devinterp.milestones.records import Milestone
+from lightning_devinterp.milestones.records import Milestone, Stage
 
 STATE_VERSION = 3
 #: fields added by version 3 (the chains' noise, the settled slope): earlier states start
@@ -130,6 +130,31 @@ class DetectorState:
         if self.value_min is None or self.value_max is None:
             return math.inf
         return max(abs(self.value_min), abs(self.value_max))
+
+    def record(self, milestone: Milestone, after: str, log_step: float) -> bool:
+        """Keeps a milestone (at ``log_step``) and opens the stage of trend ``after``; one at or
+        before the last transient point is held back instead (returns False)."""
+        if self.transient_until is not None and milestone.step <= self.transient_until:
+            self.held_back.append(milestone)
+            return False
+        self.milestones.append(milestone)
+        self.stage_starts.append(milestone.step)
+        self.stage_trends.append(after)
+        self.last_milestone_log_step = log_step
+        return True
+
+    def stages(self) -> list[Stage]:
+        """Stages between consecutive milestones; the last one is open."""
+        starts, trends = self.stage_starts, self.stage_trends
+        return [
+            Stage(
+                index=i,
+                start=start,
+                end=starts[i + 1] if i + 1 < len(starts) else None,
+                trend=trend,
+            )
+            for i, (start, trend) in enumerate(zip(starts, trends, strict=True))
+        ]
 
     def bins(self, lo: int, hi: int) -> Bins:
         """(log10 step, value, count) of the closed bins lo..hi, as arrays."""

@@ -1,0 +1,109 @@
+"""Milestones on a deep linear network's saddle-to-saddle LLC curve, over seeds and teacher
+spectra (issue 13's acceptance): each run trains 5000 steps through a real LLCMonitor at its
+default schedule (30 log-spaced estimates); a transition (a teacher mode half learned) is
+found when a milestone of the LLC curve lies within a factor 1.5 of it. Latency is log10 of
+the confirmation step over the milestone's step. Prints one line per run and the totals.
+
+    python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp.demos.deep_linear import (
+    DeepLinearNetwork,
+    TeacherData,
+    half_mse,
+    transition_steps,
+)
+
+SPECTRA = {"ratio 3": (3.0, 1.0, 0.33), "ratio 4": (3.0, 0.75, 0.19), "ratio 2.5": (3.0, 1.2, 0.48)}
+TOL = math.log10(1.5)
+MAX_STEPS = 5000
+
+
+def run(seed: int, spectrum: tuple[float, ...]) -> tuple[list[int], LLCMonitor]:
+    data = TeacherData(4096, input_dim=16, output_dim=16, singular_values=spectrum, seed=seed)
+    model = DeepLinearNetwork((16, 4, 4, 16), init_scale=0.03, lr=0.03, seed=seed, data=data)
+    monitor = LLCMonitor(
+        SGLD(lr=8e-4, nbeta=30.0, localization=100.0),
+        num_chains=2,
+        num_draws=100,
+        num_burnin=50,
+        init_loss_batches=4,
+        loss_fn=half_mse,
+        seed=seed,
+    )
+    torch.manual_seed(seed)
+    trainer = L.Trainer(
+        max_steps=MAX_STEPS,
+        callbacks=[monitor],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=f"/tmp/dln_stages_{seed}",
+    )
+    loader = DataLoader(data, batch_size=256, shuffle=True, collate_fn=TeacherData.collate)
+    trainer.fit(model, loader)
+    return [t for t in transition_steps(model.modes) if t is not None], monitor
+
+
+def score(
+    transitions: list[int], monitor: LLCMonitor
+) -> tuple[list[float | None], list[float], int]:
+    """Per transition: distance (decades) to the nearest LLC milestone within TOL; latencies
+    of those milestones; false alarms (LLC milestones near no transition)."""
+    found = [m for m in monitor.milestones if m.series == "llc"]
+    dist, latency = [], []
+    for t in transitions:
+        near = [m for m in found if abs(math.log10(m.step / t)) <= TOL]
+        best = min(near, key=lambda m: abs(math.log10(m.step / t)), default=None)
+        dist.append(None if best is None else math.log10(best.step / t))
+        if best is not None:
+            latency.append(math.log10(best.detected_at / best.step))
+    false = sum(all(abs(math.log10(m.step / t)) > TOL for t in transitions) for m in found)
+    return dist, latency, false
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    hits = too_late = total = false_alarms = 0
+    latencies: list[float] = []
+    for name, spectrum in SPECTRA.items():
+        for seed in range(4):
+            transitions, monitor = run(seed, spectrum)
+            dist, latency, false = score(transitions, monitor)
+            steps = [r["step"] for r in monitor.history]
+            # a transition needs two estimates after it to be confirmed before the run ends
+            late = [sum(s > t for s in steps) < 2 for t in transitions]
+            hits += sum(d is not None for d in dist)
+            too_late += sum(d is None and lt for d, lt in zip(dist, late, strict=True))
+            total += len(transitions)
+            latencies += latency
+            false_alarms += false
+            shown = ["-" if d is None else f"{d:+.2f}" for d in dist]
+            print(
+                f"{name} seed {seed}: transitions {transitions}, distance {shown}, "
+                f"latency {np.round(latency, 2).tolist()}, false alarms {false}",
+                flush=True,
+            )
+    print(
+        f"found {hits} of {total} transitions ({too_late} of the missed ones had fewer than two "
+        f"estimates after them); median latency {np.median(latencies):.2f} decades; false "
+        f"alarms {false_alarms}"
+    )
+
+
+if __name__ == "__main__":
+    main()
