@@ -5,9 +5,10 @@ sequences that copy themselves at a random offset (:class:`InductionData`). It f
 bigrams, then forms induction heads, and the loss on the copied halves falls sharply. Trained
 with :class:`LLCMonitor` (LLC and per-head refined LLCs, milestones),
 :class:`EssentialDynamics` and :class:`SusceptibilityMonitor`; the demo then compares the
-milestones with the step where the copied-half loss fell fastest, and names the induction
-stage: the stretch, between two online milestones, where L(w*) on copied sequences falls
-faster than its average.
+main LLC curve's milestones with the step where the copied-half loss fell fastest, and names
+the induction stage: the stage of the main LLC curve, between two online milestones, where
+the LLC rises (complexity acquired) around that step. A second monitor on copied sequences
+(``copies``) is an extra view, not needed for the story.
 
     python examples/induction_heads.py            # or: lightning-devinterp demo
 """
@@ -33,15 +34,14 @@ from lightning_devinterp.demos import InductionData, InductionDataModule, Induct
 from lightning_devinterp.estimators import LLCHealthWarning
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
 from lightning_devinterp.reporting import loss_series
-from lightning_devinterp.reporting.figures import new_figure, save_png
+from lightning_devinterp.reporting.figures import plot_formation, save_png
 from lightning_devinterp.sampling import SGLD
 
 #: Sampler settings of the demo (healthy chains on this model across training).
 SAMPLER = SGLD(lr=1e-4, nbeta=30.0, localization=300.0)
 #: How far (in log10 of the step) a milestone may be from the copy-loss drop to count.
 TOLERANCE = 0.3
-#: How far (in log10 of the step) the copy-loss drop may lie outside the induction stage: a
-#: stage's ends are placed to within two estimates of the ``copies`` grid (0.05 decades each).
+#: How far (in log10 of the step) the copy-loss drop may lie outside the induction stage.
 STAGE_SLACK = 0.1
 #: Share of the training sequences that copy themselves.
 REPEAT_PROB = 0.8
@@ -56,12 +56,13 @@ class DemoResult:
         formation_step: step where the loss on copied halves fell fastest (per log step).
         milestones: every milestone confirmed online (LLC, loss, per head), in order.
         stages: each monitor's LLC stages (``llc``, ``copies``) between its online milestones.
-        induction_milestone: the milestone nearest ``formation_step``, if any.
+        induction_milestone: the main monitor's milestone (LLC, L(w*), a head's refined
+            LLC) nearest ``formation_step``, if any.
         distance: its distance to ``formation_step`` in log10(step).
         figures: PNG files written.
         top_heads: head -> susceptibility to copied sequences at the last estimate.
-        induction_stage: the stage of L(w*) on copied sequences, between its online
-            milestones, falling faster than its average and nearest ``formation_step``.
+        induction_stage: the rising stage of the main LLC curve, between its online
+            milestones, nearest ``formation_step``.
         stage_view: each stage of the main LLC curve with what every other series (L(w*),
             each head's refined LLC) does in it, one line per stage.
     """
@@ -79,7 +80,7 @@ class DemoResult:
 
     @property
     def detected(self) -> bool:
-        """Whether a milestone lies within :data:`TOLERANCE` of the formation step."""
+        """Whether a main-curve milestone lies within :data:`TOLERANCE` of the formation."""
         return self.distance is not None and self.distance <= TOLERANCE
 
     @property
@@ -132,11 +133,11 @@ def outside(step: int, stage: Stage) -> float:
 
 
 def induction_stage(stages: Sequence[Stage], formation: int | None) -> Stage | None:
-    """The falling stage nearest ``formation`` (in log10 step) among ``stages``, if any."""
-    falling = [s for s in stages if s.trend == "falling"]
-    if formation is None or not falling:
+    """The rising stage nearest ``formation`` (in log10 step) among ``stages``, if any."""
+    rising = [s for s in stages if s.trend == "rising"]
+    if formation is None or not rising:
         return None
-    return min(falling, key=lambda s: outside(formation, s))
+    return min(rising, key=lambda s: outside(formation, s))
 
 
 def run_demo(
@@ -289,14 +290,14 @@ def _result(
     callbacks: list[Callback],
 ) -> DemoResult:
     formation = steepest_drop(copy_log.points)
-    last = monitors[0].history[-1]["step"] if monitors[0].history else 0
+    main = monitors[0]
+    last = main.history[-1]["step"] if main.history else 0
     found = [m for monitor in monitors for m in monitor.milestones]
     found += [m for c in callbacks if isinstance(c, EssentialDynamics) for m in c.milestones]
-    nearest, distance = _nearest(found, formation)
-    on_copies = monitors[-1]
-    loss_stages = [d.stages for d in on_copies.detectors if d.series == loss_series(on_copies.name)]
+    nearest, distance = _nearest(main.milestones, formation)
+    llc = [(r["step"], r["llc/mean"]) for r in main.history if r["step"] > 0]
     try:
-        figure = plot_formation(copy_log.points, on_copies.history, found, formation)
+        figure = plot_formation(copy_log.points, llc, main.milestones, formation, TOLERANCE)
         save_png(figure, output_dir / "induction.png")
     except (ImportError, ValueError) as error:  # no matplotlib, or nothing to draw
         print(f"No induction.png: {error}")
@@ -309,8 +310,8 @@ def _result(
         distance=distance,
         figures=sorted(output_dir.rglob("*.png")),
         top_heads=_top_heads(callbacks),
-        induction_stage=induction_stage(loss_stages[0], formation) if loss_stages else None,
-        stage_view=[s.describe() for s in monitors[0].tracker.stage_view(last)],
+        induction_stage=induction_stage(main.tracker.stages(main.name), formation),
+        stage_view=[s.describe() for s in main.tracker.stage_view(last)],
     )
 
 
@@ -332,47 +333,6 @@ def _top_heads(callbacks: Sequence[Callback]) -> dict[str, float]:
             row = result.response[result.probes.index("copies")].tolist()
             return dict(zip(result.components, row, strict=True))
     return {}
-
-
-def plot_formation(
-    copy_loss: Sequence[tuple[int, float]],
-    history: Sequence[dict[str, Any]],
-    milestones: Sequence[Milestone],
-    formation: int | None,
-) -> Any:
-    """Two panels on one log-step axis: the loss on copied halves, and the LLC on copied
-    sequences (``copies/mean``), with every milestone dashed and the formation step (where
-    that loss fell fastest) in green, its tolerance shaded."""
-    fig = new_figure(figsize=(7, 6), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    top.plot(*zip(*[p for p in copy_loss if p[0] > 0], strict=True), marker="o", ms=2)
-    top.set(ylabel="loss on copied halves", title="Induction heads forming")
-    llc = [(r["step"], r["copies/mean"]) for r in history if r["step"] > 0 and "copies/mean" in r]
-    if not llc:
-        raise ValueError("no LLC on copied sequences was recorded")
-    bottom.plot(*zip(*llc, strict=True), color="tab:purple", marker="o", ms=3)
-    bottom.set(xlabel="step", ylabel="LLC on copied sequences", xscale="log")
-    for ax in (top, bottom):
-        if formation is not None:
-            band = 10**TOLERANCE
-            ax.axvspan(formation / band, formation * band, color="tab:green", alpha=0.1, lw=0)
-            ax.axvline(formation, color="tab:green", lw=1.5)
-        for m in milestones:
-            if m.step > 0:
-                ax.axvline(m.step, color="black", ls="--", lw=0.7)
-    labels: dict[int, list[str]] = {}
-    for m in milestones:
-        if m.step > 0:
-            labels.setdefault(m.step, []).append(f"{m.series} {m.kind}")
-    for step, names in labels.items():
-        bottom.annotate(
-            ", ".join(names),
-            (step, 0.02),
-            xycoords=("data", "axes fraction"),
-            rotation=90,
-            fontsize=7,
-        )
-    return fig
 
 
 def summary(result: DemoResult) -> str:
@@ -405,7 +365,7 @@ def summary(result: DemoResult) -> str:
     if stage is not None and result.formation_step is not None:
         gap = outside(result.formation_step, stage)
         lines.append(
-            "Induction stage (L(w*) on copied sequences falling faster than its average): "
+            "Induction stage (the main LLC rising, complexity acquired): "
             f"steps {stage.start}-{stage.end or 'end'}; the copy loss fell fastest "
             + ("inside it." if gap == 0 else f"{gap:.2f} in log10 step outside it.")
         )

@@ -150,6 +150,44 @@ def plot_curve(
     return fig
 
 
+def plot_formation(
+    loss: Sequence[tuple[int, float]],
+    llc: Sequence[tuple[int, float]],
+    milestones: Sequence[Milestone],
+    formation: int | None,
+    tolerance: float,
+) -> Figure:
+    """Two panels on one log-step axis: a loss (the demo's, on copied halves) and the LLC,
+    every milestone dashed, and the step where the loss fell fastest in green with
+    ``tolerance`` decades either side shaded."""
+    if not llc:
+        raise ValueError("no LLC was recorded")
+    fig = new_figure(figsize=(7, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(*zip(*[p for p in loss if p[0] > 0], strict=True), marker="o", ms=2)
+    top.set(ylabel="loss on copied halves", title="Induction heads forming")
+    bottom.plot(*zip(*llc, strict=True), color="tab:purple", marker="o", ms=3)
+    bottom.set(xlabel="step", ylabel="LLC", xscale="log")
+    for ax in (top, bottom):
+        if formation is not None:
+            band = 10**tolerance
+            ax.axvspan(formation / band, formation * band, color="tab:green", alpha=0.1, lw=0)
+            ax.axvline(formation, color="tab:green", lw=1.5)
+        for m in milestones:
+            if m.step > 0:
+                ax.axvline(m.step, color="black", ls="--", lw=0.7)
+    labels: dict[int, list[str]] = {}
+    for m in milestones:
+        if m.step > 0:
+            labels.setdefault(m.step, []).append(f"{m.series} {m.kind}")
+    for step, names in labels.items():
+        text = ", ".join(names)
+        bottom.annotate(
+            text, (step, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7
+        )
+    return fig
+
+
 def component_groups(names: Sequence[str]) -> dict[str, list[str]]:
     """Attention-head names (``l<layer>h<head>``) grouped by layer; any other name goes to
     the group ``"components"``."""

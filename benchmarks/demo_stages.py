@@ -1,0 +1,112 @@
+"""The demo model's stages as a user at the defaults sees them (issue 13's acceptance): one
+LLCMonitor with per-head refined LLCs at 16 log-spaced estimates (the demo's sampler, 2
+chains x 80 draws), no copies monitor. For each seed it prints the main curve's milestones
+against where the curve bends (a continuous three-piece fit, two free knots, of a second run
+of the same training at 24 estimates, steps >= 30), and for each head whose refined LLC at
+least doubles whether a milestone lies within its rise (from the last point below 20% of
+the change to the first above 80%, 0.15 decades either side); heads whose range stays under
+1.5x should get none.
+
+    python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+
+from lightning_devinterp.callbacks import LLCMonitor
+from lightning_devinterp.callbacks.schedule import log_spaced_steps
+from lightning_devinterp.demo import REPEAT_PROB, SAMPLER, trainer_settings
+from lightning_devinterp.demos import InductionDataModule, InductionLM
+
+MAX_STEPS = 3000
+
+
+def train(seed: int, count: int, heads: bool) -> LLCMonitor:
+    L.seed_everything(seed, verbose=False)
+    data = InductionDataModule(repeat_prob=REPEAT_PROB, seed=seed)
+    monitor = LLCMonitor(
+        SAMPLER,
+        at_steps=sorted(log_spaced_steps(MAX_STEPS, count, 10)),
+        components="heads" if heads else None,
+        num_chains=2,
+        num_draws=80,
+        num_burnin=20,
+        init_loss_batches=4,
+        seed=seed,
+    )
+    settings = trainer_settings(MAX_STEPS) | {
+        "logger": False,
+        "callbacks": [monitor],
+        "enable_progress_bar": False,
+    }
+    L.Trainer(**settings, default_root_dir=f"/tmp/demo_stages_{seed}").fit(
+        InductionLM(), datamodule=data
+    )
+    return monitor
+
+
+def bends(history: list[dict]) -> tuple[float, float]:
+    """log10 steps of the two knots of the best continuous three-piece fit (steps >= 30)."""
+    x = np.array([math.log10(r["step"]) for r in history if r["step"] >= 30])
+    y = np.array([r["llc/mean"] for r in history if r["step"] >= 30])
+    best = (math.inf, 0.0, 0.0)
+    for a, b in itertools.combinations(np.arange(x[0] + 0.05, x[-1] - 0.05, 0.01), 2):
+        if b - a >= 0.1:
+            design = np.stack([np.ones_like(x), x, np.maximum(x - a, 0), np.maximum(x - b, 0)], 1)
+            coef = np.linalg.lstsq(design, y, rcond=None)[0]
+            best = min(best, (float(((design @ coef - y) ** 2).sum()), a, b))
+    return best[1], best[2]
+
+
+def heads_report(monitor: LLCMonitor) -> list[str]:
+    history = [r for r in monitor.history if r["step"] >= 30]
+    steps = np.array([r["step"] for r in history])
+    lines = []
+    for head in (c.name for c in monitor.target.resolved):
+        series = f"rllc/{head}"
+        values = np.array([r[f"{series}/mean"] for r in history])
+        smooth = np.array([np.median(values[max(0, i - 1) : i + 2]) for i in range(len(values))])
+        early, late = np.median(values[:3]), np.median(values[-3:])
+        found = [m.step for m in monitor.milestones if m.series == series]
+        if late >= 2 * early:
+            low, high = early + 0.2 * (late - early), early + 0.8 * (late - early)
+            start = max(int(s) for s, v in zip(steps, smooth, strict=True) if v < low)
+            end = min(int(s) for s, v in zip(steps, smooth, strict=True) if s > start and v > high)
+            near = any(start / 10**0.15 <= s <= end * 10**0.15 for s in found)
+            lines.append(
+                f"  {head}: x{late / early:.1f}, rise {start}-{end}, milestones {found}: "
+                + ("near" if near else "MISSED")
+            )
+        elif smooth.max() < 1.5 * smooth.min():
+            lines.append(f"  {head}: flat, milestones {found}" + (" FALSE ALARM" if found else ""))
+    return lines
+
+
+def main(seeds: list[int]) -> None:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    for seed in seeds:
+        reference = bends(train(seed, 24, heads=False).history)
+        monitor = train(seed, 16, heads=True)
+        llc = [m for m in monitor.milestones if m.series == "llc"]
+        print(f"seed {seed}: bends at steps {[round(10**b) for b in reference]}")
+        for m in llc:
+            gap = min(abs(math.log10(m.step) - b) for b in reference)
+            print(
+                f"  llc {m.kind} at {m.step} (confirmed {m.detected_at}), {gap:.2f} decades "
+                "from the nearest bend"
+            )
+        print(f"  llc milestones before step 150: {sum(m.step < 150 for m in llc)}")
+        print("\n".join(heads_report(monitor)), flush=True)
+
+
+if __name__ == "__main__":
+    main([int(s) for s in sys.argv[1:]] or [0, 1, 2])
