@@ -104,6 +104,19 @@ class AnnouncesAt(MilestoneDetector):
         return [*super().milestones, *self.announced]
 
 
+class AnnouncesAtFinish(AnnouncesAt):
+    """A real LLC detector that announces a planted milestone when training ends."""
+
+    def __init__(self):
+        super().__init__(step=-1)
+
+    def finish(self):
+        found = super().finish()
+        last = self._state.last_step
+        self.announced.append(Milestone(last - 1, last, "plateau_start", 1.0, "llc"))
+        return [*found, self.announced[-1]]
+
+
 class Batches:
     """Minibatches of a fixed data set, reshuffled each pass with the global torch generator
     (which the engine seeds per chain), without the per-sample collation of a DataLoader."""

@@ -18,7 +18,14 @@ from lightning_devinterp import SGLD, Component, LLCMonitor
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.milestones import MilestoneDetector
 from lightning_devinterp.reporting import read_jsonl, series_keys
-from tests.helpers import AnnouncesAt, RegressionModule, mse_loss, regression_data, trainer
+from tests.helpers import (
+    AnnouncesAt,
+    AnnouncesAtFinish,
+    RegressionModule,
+    mse_loss,
+    regression_data,
+    trainer,
+)
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=10)
 
@@ -388,6 +395,22 @@ def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
             "l1": ["Multiline", ["^rllc/(l1h0|l1h1)/mean$"]],
         }
     }
+
+
+def test_milestones_settled_at_train_end_are_announced(tmp_path):
+    seen = []
+    monitor = LLCMonitor(
+        every_n_steps=2,
+        milestones=AnnouncesAtFinish(),
+        on_milestone=lambda trainer, module, m: seen.append((trainer.global_step, m.step)),
+        checkpoint_on_milestone=True,
+        **FAST,
+    )
+    fit(tmp_path, monitor, max_steps=6)
+    assert seen == [(6, 5)]
+    saved = json.loads(monitor.milestones_path.read_text())
+    assert [(m["step"], m["detected_at"]) for m in saved["online"]] == [(5, 6)]
+    assert list(monitor.milestones_path.parent.glob("milestone-llc-plateau_start-step5.ckpt"))
 
 
 def test_milestones_reach_json_hook_checkpoint_stage_and_state(tmp_path):
