@@ -177,10 +177,10 @@ def run_demo(
             components="heads" if heads else None,  # milestones on every series by default
             **sampling,
         ),
-        # the LLC and the loss at w* on copied sequences only: where induction shows first
+        # an extra view: the LLC and the loss at w* on copied sequences only
         LLCMonitor(
             SAMPLER,
-            at_steps=_grid(max_steps, 3 * num_estimates),
+            at_steps=_grid(max_steps, 2 * num_estimates),
             dataloader=data.val_dataloader(),
             loss_fn=loss_of_lm,
             name="copies",

@@ -31,7 +31,7 @@ def test_log_spaced_steps_from_a_first_step_and_steepest_drop():
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """The demo's 3000 steps with cheaper analysis: LLC on copied sequences at 48 log-spaced
+    """The demo's 3000 steps with cheaper analysis: LLC on copied sequences at 32 log-spaced
     steps (2 chains x 40 draws), no per-head LLCs, no susceptibilities (about 70 s on 2 CPU
     cores)."""
     out = tmp_path_factory.mktemp("demo")
