@@ -6,7 +6,7 @@ runs the demo itself (``run_demo``: LLC with per-head refined LLCs, the copies m
 essential dynamics, susceptibilities), and prints both times and their ratio. Absolute times
 vary several-fold between machines here; the ratio is the figure to quote.
 
-    python benchmarks/demo_overhead.py [--steps 3000] [--seed 0]
+    python benchmarks/demo_overhead.py [--steps 3000] [--seed 0] [--out runs/induction]
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="keep the demo's outputs in this folder")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=LLCHealthWarning)
     with tempfile.TemporaryDirectory() as folder:
         plain = plain_training(args.steps, args.seed, folder)
         start = time.perf_counter()
-        run_demo(folder, max_steps=args.steps, seed=args.seed)
+        run_demo(args.out or folder, max_steps=args.steps, seed=args.seed)
         demo = time.perf_counter() - start
     print(f"plain training {plain:.1f} s, demo {demo:.1f} s: {demo / plain:.1f}x plain training")
 

@@ -85,10 +85,11 @@ class DemoResult:
 
     @property
     def in_stage(self) -> bool:
-        """Whether the induction stage was closed online and the formation step lies in it,
-        give or take :data:`STAGE_SLACK` (see :func:`outside`)."""
+        """Whether the formation step lies in the induction stage, give or take
+        :data:`STAGE_SLACK` (see :func:`outside`), and a milestone opened that stage online
+        (it may still be open when training ends: the LLC can keep rising)."""
         stage, step = self.induction_stage, self.formation_step
-        if stage is None or stage.end is None or step is None:
+        if stage is None or stage.index == 0 or step is None:
             return False
         return outside(step, stage) <= STAGE_SLACK
 

@@ -66,7 +66,8 @@ class MilestoneDetector:
     Args:
         series: Name stored in each milestone (``"llc"``, ``"loss"``, ...).
         confirm: Bins that must follow a knot before the segment after it is judged
-            (and before a break there can be found). Larger is safer and slower.
+            (and before a break there can be found); one fewer for a bend twice the
+            thresholds. Larger is safer and slower.
         min_separation: Minimum distance between announced milestones, in decades of
             step (``log10`` units).
         noise: Fixed noise level of one observation, in the series' units. ``None``
@@ -313,7 +314,8 @@ class MilestoneDetector:
         return found
 
     def _judge(self, end: int, now: int, sigma: float) -> list[Milestone]:
-        """Judges the open segment on bins up to ``end``; settles it on a repeated verdict."""
+        """Judges the open segment on bins up to ``end``; settles it on a repeated verdict,
+        or on one strong verdict (see the rules' step 4)."""
         st = self._state
         if not st.pending or end - st.knot < self.confirm - 1:
             return []
