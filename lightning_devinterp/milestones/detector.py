@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_devinterp.milestones.announce import settle
 from lightning_devinterp.milestones.fit import (
     LineFit,
     line_fit,
@@ -36,17 +37,12 @@ from lightning_devinterp.milestones.rules import (
     ROUND,
     STRONG,
     chain_step_variance,
-    flat_next_to,
     mean_slope,
-    milestone_kind,
     noise_level,
     pooled_chain_noise,
-    slope_change_z,
-    steepened,
-    too_close,
     trend_verdict,
 )
-from lightning_devinterp.milestones.segments import extremum, find_break, segment_line
+from lightning_devinterp.milestones.segments import find_break, segment_line
 from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
 from lightning_devinterp.milestones.state import DetectorState, keep_last
 
@@ -363,90 +359,8 @@ class MilestoneDetector:
 
     def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> list[Milestone]:
         """The current segment's trend is known: announce the milestones it makes."""
-        st = self._state
-        st.pending = False
-        found = self._flat_before(line, now, sigma) if trend == st.trend else []
-        prev, st.trend = st.trend, trend
-        previous_line = (st.trend_slope, st.trend_root_sxx)
-        st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
-        if prev is None:
-            st.stage_trends[-1] = trend
-        elif self._steepened(prev, trend, previous_line[0], line.slope):
-            # the slower stretch before was a plateau next to this one
-            evidence = slope_change_z(previous_line, line, sigma)
-            milestone = self._announce("flat", trend, line, now, sigma, evidence)
-            if milestone is not None:
-                st.stage_trends[-2] = "flat"
-                found.append(milestone)
-        elif trend != prev:
-            evidence = slope_change_z(previous_line, line, sigma)
-            milestone = self._announce(prev, trend, line, now, sigma, evidence)
-            if milestone is None:  # too close to the last one, or held back
-                st.stage_trends[-1] = trend  # the stage changes trend
-            else:
-                found.append(milestone)
-        st.undecided_from = None
-        return found
-
-    def _steepened(self, prev: str, trend: str, before: float | None, after: float) -> bool:
-        """Whether the trend ``prev`` continues as ``trend`` so much steeper (see
-        :func:`~.rules.steepened`) that the stretch before was a plateau; not when that
-        stretch follows a plateau (it is the start of this trend, found early)."""
-        st = self._state
-        if trend != prev or prev == "flat" or st.prev_knot is None:
-            return False
-        if len(st.stage_trends) > 1 and st.stage_trends[-2] == "flat":
-            return False
-        span = st.bin_log_steps[st.knot] - st.bin_log_steps[st.prev_knot]
-        return steepened(before, after, span, self.min_separation)
-
-    def _flat_before(self, after: LineFit, now: int, sigma: float) -> list[Milestone]:
-        """Judges again the stretch left undecided between the last trend and the current
-        knot, once the segment ``after`` it is settled with the same trend (a pause between
-        two moves in one direction; a round top between a rise and a fall is a peak): if it
-        is flat next to that segment (see :func:`~.rules.flat_next_to`), the last trend
-        ended at its start (a ``plateau_start``), and the plateau at the knot."""
-        st = self._state
-        start = st.undecided_from
-        if start is None or st.trend in (None, "flat") or st.knot - start < self.confirm:
-            return []
-        bins = st.bins(start, st.knot)
-        line = line_fit(*bins)
-        band = self.flat * self._mean_slope(sigma)
-        if not flat_next_to(line, after, sigma, band, bins, self._settings()):
-            return []
-        evidence = slope_change_z((st.trend_slope, st.trend_root_sxx), line, sigma)
-        at = (start, line.at(st.bin_log_steps[start]))
-        milestone = self._announce(st.trend, "flat", line, now, sigma, evidence, at)
-        st.trend, st.trend_slope, st.trend_root_sxx = "flat", line.slope, line.root_sxx
-        if milestone is None:
-            st.stage_trends[-1] = "flat"
-            return []
-        return [milestone]
-
-    def _announce(
-        self,
-        before: str,
-        after: str,
-        line: LineFit,
-        now: int,
-        sigma: float,
-        evidence: float | None,
-        at: tuple[int, float] | None = None,
-    ) -> Milestone | None:
-        """Records the milestone at the current knot (or at ``at``: bin and value), unless it
-        is too close to the last or held back."""
-        st = self._state
-        where, value = at if at is not None else (st.knot, st.knot_value)
-        if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
-            return None
-        kind = milestone_kind(before, after, line.slope, self.drop, self._mean_slope(sigma))
-        if kind in ("peak", "trough") and st.undecided_from is not None:
-            where, value = extremum(st, kind, self.window)
-            if too_close(st.bin_log_steps[where], st.last_milestone_log_step, self.min_separation):
-                return None
-        milestone = Milestone(st.bin_steps[where], now, kind, float(value), self.series, evidence)
-        return milestone if st.record(milestone, after, st.bin_log_steps[where]) else None
+        scale = self._mean_slope(sigma)
+        return settle(self._state, self._settings(), trend, line, now, sigma, scale)
 
     def finish(self) -> list[Milestone]:
         """Ends the series (training is over): the open bin is closed, and the open

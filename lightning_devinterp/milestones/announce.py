@@ -1,0 +1,129 @@
+"""Settled trends into milestones and stages (step 5 of the rule in
+:mod:`~lightning_devinterp.milestones.rules`), for :class:`~.detector.MilestoneDetector`.
+
+Each function reads and updates the detector's :class:`~.state.DetectorState`; ``scale``
+is the series' mean slope (:func:`~.rules.mean_slope`), whose ``flat`` times is the flat band.
+"""
+
+from __future__ import annotations
+
+from lightning_devinterp.milestones.fit import LineFit, line_fit
+from lightning_devinterp.milestones.records import Milestone
+from lightning_devinterp.milestones.rules import (
+    flat_next_to,
+    milestone_kind,
+    slope_change_z,
+    steepened,
+    too_close,
+)
+from lightning_devinterp.milestones.segments import extremum
+from lightning_devinterp.milestones.settings import DetectorSettings
+from lightning_devinterp.milestones.state import DetectorState
+
+
+def settle(
+    st: DetectorState,
+    settings: DetectorSettings,
+    trend: str,
+    line: LineFit,
+    now: int,
+    sigma: float,
+    scale: float,
+) -> list[Milestone]:
+    """The current segment's trend is known: the milestones it makes (confirmed at ``now``)."""
+    st.pending = False
+    found = flat_before(st, settings, line, now, sigma, scale) if trend == st.trend else []
+    prev, st.trend = st.trend, trend
+    previous_line = (st.trend_slope, st.trend_root_sxx)
+    st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
+    evidence = slope_change_z(previous_line, line, sigma)
+    if prev is None:
+        st.stage_trends[-1] = trend
+    elif was_plateau(st, prev, trend, previous_line[0], line.slope, settings.min_separation):
+        milestone = announce(st, settings, "flat", trend, line, now, scale, evidence)
+        if milestone is not None:
+            st.stage_trends[-2] = "flat"
+            found.append(milestone)
+    elif trend != prev:
+        milestone = announce(st, settings, prev, trend, line, now, scale, evidence)
+        if milestone is None:  # too close to the last one, or held back
+            st.stage_trends[-1] = trend  # the stage changes trend
+        else:
+            found.append(milestone)
+    st.undecided_from = None
+    return found
+
+
+def was_plateau(
+    st: DetectorState,
+    prev: str,
+    trend: str,
+    before: float | None,
+    after: float,
+    min_separation: float,
+) -> bool:
+    """Whether the trend ``prev`` goes on as ``trend`` so much steeper (see
+    :func:`~.rules.steepened`) that the stretch before was a plateau next to it; not when
+    that stretch follows a plateau (it is the start of this trend, found early)."""
+    if trend != prev or prev == "flat" or st.prev_knot is None:
+        return False
+    if len(st.stage_trends) > 1 and st.stage_trends[-2] == "flat":
+        return False
+    span = st.bin_log_steps[st.knot] - st.bin_log_steps[st.prev_knot]
+    return steepened(before, after, span, min_separation)
+
+
+def flat_before(
+    st: DetectorState,
+    settings: DetectorSettings,
+    after: LineFit,
+    now: int,
+    sigma: float,
+    scale: float,
+) -> list[Milestone]:
+    """Judges again the stretch left undecided between the last trend and the current knot,
+    once the segment ``after`` it is settled with the same trend (a pause between two moves
+    in one direction; a round top between a rise and a fall is a peak): if it is flat next
+    to that segment (see :func:`~.rules.flat_next_to`), the last trend ended at its start (a
+    ``plateau_start``), and the plateau at the knot."""
+    start = st.undecided_from
+    if start is None or st.trend in (None, "flat") or st.knot - start < settings.confirm:
+        return []
+    bins = st.bins(start, st.knot)
+    line = line_fit(*bins)
+    if not flat_next_to(line, after, sigma, settings.flat * scale, bins, settings):
+        return []
+    evidence = slope_change_z((st.trend_slope, st.trend_root_sxx), line, sigma)
+    at = (start, line.at(st.bin_log_steps[start]))
+    milestone = announce(st, settings, st.trend, "flat", line, now, scale, evidence, at)
+    st.trend, st.trend_slope, st.trend_root_sxx = "flat", line.slope, line.root_sxx
+    if milestone is None:
+        st.stage_trends[-1] = "flat"
+        return []
+    return [milestone]
+
+
+def announce(
+    st: DetectorState,
+    settings: DetectorSettings,
+    before: str,
+    after: str,
+    line: LineFit,
+    now: int,
+    scale: float,
+    evidence: float | None,
+    at: tuple[int, float] | None = None,
+) -> Milestone | None:
+    """Records the milestone at the current knot (or at ``at``: bin and value), unless it is
+    too close to the last or held back."""
+    where, value = at if at is not None else (st.knot, st.knot_value)
+    gap = settings.min_separation
+    if too_close(st.bin_log_steps[where], st.last_milestone_log_step, gap):
+        return None
+    kind = milestone_kind(before, after, line.slope, settings.drop, scale)
+    if kind in ("peak", "trough") and st.undecided_from is not None:
+        where, value = extremum(st, kind, settings.window)
+        if too_close(st.bin_log_steps[where], st.last_milestone_log_step, gap):
+            return None
+    milestone = Milestone(st.bin_steps[where], now, kind, float(value), settings.series, evidence)
+    return milestone if st.record(milestone, after, st.bin_log_steps[where]) else None
