@@ -48,8 +48,8 @@ How it works:
    steps between plateaus) does not make every later step look flat. A plateau is also
    flat next to its neighbours (:func:`neighbour_band`): after a rise, a segment of the
    same sign below :data:`RELATIVE` times the rise's slope is flat (a rise slowing to a
-   creep), and a plateau is left only by a slope beyond ``1 / RELATIVE`` times its own.
-   The same verdict on two consecutive bins settles the trend, or one verdict that holds
+   creep), and a plateau is left only by a slope beyond ``1 / RELATIVE`` times its own
+   (both for segments of at least ``min_separation`` decades). The same verdict on two consecutive bins settles the trend, or one verdict that holds
    at :data:`STRONG` times the thresholds and without the last bin; a segment closed by
    the next break while still undecided leaves the trend unchanged.
 5. **Milestones.** A settled trend that differs from the current one is a milestone at
@@ -64,10 +64,10 @@ How it works:
    training ends, :meth:`~.detector.MilestoneDetector.finish` settles the open segment
    on its last verdict (no later point can repeat it).
 
-So nothing is announced from the last ``confirm`` bins alone (no edge effect), a
-straight or gently curving series gives no milestone, and the delay is a few points
-for peaks, troughs and plateau ends, longer for plateau starts at high noise (a flat
-slope needs enough points to be told from a slow rise).
+So nothing is announced from fewer than ``confirm`` bins after a bend (one fewer for a
+strong bend; no edge effect), a straight or gently curving series gives no milestone, and
+the delay is a few points for peaks, troughs and plateau ends, longer for plateau starts
+at high noise (a flat slope needs enough points to be told from a slow rise).
 
 The verdicts below are the rule's single statement: :class:`MilestoneDetector`
 (:mod:`~lightning_devinterp.milestones.detector`) applies them as it reads the series,
