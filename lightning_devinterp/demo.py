@@ -298,7 +298,8 @@ def _result(
     nearest, distance = _nearest(main.milestones, formation)
     llc = [(r["step"], r["llc/mean"]) for r in main.history if r["step"] > 0]
     try:
-        figure = plot_formation(copy_log.points, llc, main.milestones, formation, TOLERANCE)
+        on_llc = [m for m in main.milestones if m.series == main.name]
+        figure = plot_formation(copy_log.points, llc, on_llc, formation, TOLERANCE)
         save_png(figure, output_dir / "induction.png")
     except (ImportError, ValueError) as error:  # no matplotlib, or nothing to draw
         print(f"No induction.png: {error}")

@@ -182,9 +182,10 @@ def plot_formation(
             labels.setdefault(m.step, []).append(f"{m.series} {m.kind}")
     for step, names in labels.items():
         text = ", ".join(names)
-        bottom.annotate(
+        label = bottom.annotate(
             text, (step, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7
         )
+        label.set_in_layout(False)  # long labels must not squeeze the panels
     return fig
 
 

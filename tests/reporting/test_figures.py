@@ -13,6 +13,7 @@ from lightning_devinterp.reporting.figures import (
     TREND_COLORS,
     component_groups,
     plot_curve,
+    plot_formation,
     plot_llc_curve,
     plot_response_matrix,
     plot_rllc_heads,
@@ -136,3 +137,19 @@ def test_a_series_without_std_is_drawn_without_band_or_error_bars():
     (ax,) = fig.axes
     assert len(ax.collections) == 0 and len(ax.lines) == 1
     assert (ax.get_ylabel(), ax.get_title(), ax.get_xscale()) == ("L(w*)", "llc/mean", "log")
+
+
+def test_formation_figure_keeps_its_panels_with_long_milestone_labels(tmp_path):
+    """Four milestones at one step make a label taller than a panel: it must not shrink the
+    panels (measured: 0.43 of the figure's height each, 0.19 if the label took part in the
+    layout)."""
+    loss = [(s, 2.0 - 0.1 * i) for i, s in enumerate(STEPS) if s > 0]
+    llc = [(s, 5.0 + i) for i, s in enumerate(STEPS) if s > 0]
+    many = [Milestone(16, 32, "plateau_end", 1.0, f"rllc/l{i}h{i}") for i in range(4)]
+    fig = plot_formation(loss, llc, many, formation=16, tolerance=0.3)
+    assert_png(save_png(fig, tmp_path / "formation.png"))  # lays the figure out
+    top, bottom = fig.axes
+    assert top.get_position().height > 0.35 and bottom.get_position().height > 0.35
+    assert bottom.get_lines()[0].get_ydata()[-1] == llc[-1][1]
+    with pytest.raises(ValueError, match="no LLC"):
+        plot_formation(loss, [], many, formation=None, tolerance=0.3)
