@@ -44,7 +44,7 @@ from lightning_devinterp.milestones.rules import (
 )
 from lightning_devinterp.milestones.segments import find_break, segment_line
 from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
-from lightning_devinterp.milestones.state import DetectorState, keep_last
+from lightning_devinterp.milestones.state import Bins, DetectorState, keep_last
 
 log = logging.getLogger(__name__)
 
@@ -316,12 +316,13 @@ class MilestoneDetector:
         if not st.pending or end - st.knot < self.confirm - 1:
             return []
         early = end - st.knot < self.confirm
-        trend, line, knot, value = self._classify(st.knot, end, sigma)
+        knot, bins, line, value = segment_line(st, st.knot, end, self._settings())
+        trend = self._verdict(line, bins, sigma)
         if trend is None:
             return []
         # strong: twice the thresholds, and the same verdict without the last bin
         strong = (
-            self._classify(st.knot, end, sigma, STRONG)[0] == trend
+            self._verdict(line, bins, sigma, STRONG) == trend
             and self._classify(st.knot, end - 1, sigma)[0] == trend
         )
         if early and not strong:
@@ -335,16 +336,18 @@ class MilestoneDetector:
             return []
         return self._settle(trend, line, now, sigma)
 
-    def _classify(
-        self, a: int, n: int, sigma: float, margin: float = 1.0
-    ) -> tuple[str | None, LineFit, int, float]:
-        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided), with
-        the trend and flat thresholds times ``margin``.
+    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, LineFit, int, float]:
+        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
 
         Returns:
             (trend or None, the segment's line fit, re-placed knot, fitted value at the knot).
         """
         knot, bins, line, value = segment_line(self._state, a, n, self._settings())
+        return self._verdict(line, bins, sigma), line, knot, value
+
+    def _verdict(self, line: LineFit, bins: Bins, sigma: float, margin: float = 1.0) -> str | None:
+        """The trend of a segment's ``line`` (None while undecided or a round top), with the
+        trend and flat thresholds times ``margin``."""
         band = self.flat * self._mean_slope(sigma)
         previous = (self._state.trend, self._state.trend_slope)
         settings = self._settings()
@@ -355,7 +358,7 @@ class MilestoneDetector:
                 flat_threshold=margin * max(settings.flat_threshold, 0.5),
             )
         trend = trend_verdict(line, sigma, band, bins, settings, previous)
-        return (None if trend == ROUND else trend), line, knot, value
+        return None if trend == ROUND else trend
 
     def _settle(self, trend: str, line: LineFit, now: int, sigma: float) -> list[Milestone]:
         """The current segment's trend is known: announce the milestones it makes."""
