@@ -5,10 +5,15 @@ found when a milestone of the LLC curve lies within a factor 1.5 of it. Latency 
 the confirmation step over the milestone's step. Prints one line per run and the totals.
 
     python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run
+    python benchmarks/dln_stages.py --num-estimates 21 --extra-estimates 9   # adaptive
+
+The totals line also gives the estimates taken and the SGLD steps they cost (the adaptive
+schedule's budget is compared with the fixed one's there).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import warnings
 
@@ -28,9 +33,13 @@ from lightning_devinterp.demos.deep_linear import (
 SPECTRA = {"ratio 3": (3.0, 1.0, 0.33), "ratio 4": (3.0, 0.75, 0.19), "ratio 2.5": (3.0, 1.2, 0.48)}
 TOL = math.log10(1.5)
 MAX_STEPS = 5000
+#: SGLD steps of one estimate: 2 chains of 50 burn-in and 100 draws.
+STEPS_PER_ESTIMATE = 2 * 150
 
 
-def run(seed: int, spectrum: tuple[float, ...]) -> tuple[list[int], LLCMonitor]:
+def run(
+    seed: int, spectrum: tuple[float, ...], num_estimates: int = 30, extra_estimates: int = 0
+) -> tuple[list[int], LLCMonitor]:
     data = TeacherData(4096, input_dim=16, output_dim=16, singular_values=spectrum, seed=seed)
     model = DeepLinearNetwork((16, 4, 4, 16), init_scale=0.03, lr=0.03, seed=seed, data=data)
     monitor = LLCMonitor(
@@ -41,6 +50,8 @@ def run(seed: int, spectrum: tuple[float, ...]) -> tuple[list[int], LLCMonitor]:
         init_loss_batches=4,
         loss_fn=half_mse,
         seed=seed,
+        num_estimates=num_estimates,
+        extra_estimates=extra_estimates,
     )
     torch.manual_seed(seed)
     trainer = L.Trainer(
@@ -76,13 +87,18 @@ def score(
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--num-estimates", type=int, default=30)
+    parser.add_argument("--extra-estimates", type=int, default=0)
+    args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    hits = too_late = total = false_alarms = 0
+    hits = too_late = total = false_alarms = estimates = 0
     latencies: list[float] = []
     for name, spectrum in SPECTRA.items():
         for seed in range(4):
-            transitions, monitor = run(seed, spectrum)
+            transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
+            estimates += len(monitor.history)
             dist, latency, false = score(transitions, monitor)
             steps = [r["step"] for r in monitor.history]
             # a transition needs two estimates after it to be confirmed before the run ends
@@ -101,7 +117,8 @@ def main() -> None:
     print(
         f"found {hits} of {total} transitions ({too_late} of the missed ones had fewer than two "
         f"estimates after them); median latency {np.median(latencies):.2f} decades; false "
-        f"alarms {false_alarms}"
+        f"alarms {false_alarms}; {estimates} estimates, {estimates * STEPS_PER_ESTIMATE} SGLD "
+        "steps"
     )
 
 

@@ -3,6 +3,7 @@ for its step."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_devinterp.callbacks.budget import OverheadBudget, Sync
 from lightning_devinterp.callbacks.distributed import my_chains
+from lightning_devinterp.callbacks.loss_bends import LossBends, training_loss
 from lightning_devinterp.callbacks.sampler_plan import SamplerPlan
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.sampling import ChainSettings
@@ -26,18 +28,36 @@ class Cadence:
         budget: the overhead budget, or None.
         plan: the sampler plan (an estimate waits for ``calibrate_at_step``).
         name: the monitor's name, for the log.
+        extra_estimates: the most estimates added where the training loss bends
+            (:class:`LossBends`); 0 for the schedule alone.
     """
 
     def __init__(
-        self, schedule: Schedule, budget: OverheadBudget | None, plan: SamplerPlan, name: str
+        self,
+        schedule: Schedule,
+        budget: OverheadBudget | None,
+        plan: SamplerPlan,
+        name: str,
+        extra_estimates: int = 0,
     ) -> None:
         self.schedule = schedule
         self.budget = budget
         self.plan = plan
         self.name = name
+        self.loss_bends = LossBends(extra_estimates, name) if extra_estimates else None
+        #: The run's last step (set at train start).
+        self.run_end = math.inf
         self.last_seen_step: int | None = None
         #: The scheduled step the running estimate stands for.
         self.scheduled_step: int | None = None
+        #: Why an estimate was asked for, by its step, when not by the schedule.
+        self.why: dict[int, str] = {}
+
+    def watch(self, step: int, outputs: Any, sync: Sync) -> None:
+        """Show the loss bends watcher one batch's outputs (with ``extra_estimates``)."""
+        if self.loss_bends is not None:
+            loss = training_loss(outputs)
+            self.loss_bends.observe(step, loss, self.schedule.is_due, self.run_end, sync)
 
     def decide(self, step: int, force: bool, done: Collection[int], sync: Sync) -> int | None:
         """The scheduled step an estimate at ``step`` stands for, or None for no estimate.
@@ -46,7 +66,7 @@ class Cadence:
         jumps; a repeated step, under gradient accumulation, is not due again), ``force``, or
         a deferred estimate that the budget now allows. Never twice at one step (``done``).
         """
-        asked = step if force else self.schedule.first_due(self.last_seen_step, step)
+        asked = self._asked(step, force)
         self.last_seen_step = step
         waiting = self.budget is not None and self.budget.pending is not None
         if (asked is None and not waiting) or step in done:
@@ -60,6 +80,23 @@ class Cadence:
         if self.budget is None or force:
             return asked
         return self.budget.admit(step, asked is not None, sync, asked)
+
+    def _asked(self, step: int, force: bool) -> int | None:
+        """The step asked for at ``step``: itself when forced, else a scheduled step since the
+        last step seen, else a loss bend's extra one; why, when not by the schedule, goes to
+        :attr:`why`."""
+        if force:
+            self.why[step] = "train_end"
+            return step
+        asked = self.schedule.first_due(self.last_seen_step, step)
+        if self.loss_bends is None:
+            return asked
+        extra = self.loss_bends.first_due(self.last_seen_step, step)
+        self.loss_bends.done(step)
+        if asked is None and extra is not None:
+            self.why[extra] = "adaptive"
+            return extra
+        return asked
 
     def run(self, step: int, scheduled: int, estimate: Callable[[], float], sync: Sync) -> None:
         """Run ``estimate()`` (which returns the seconds it spent calibrating) for
@@ -84,10 +121,14 @@ class Cadence:
     def record_fields(self, name: str, step: int) -> dict[str, Any]:
         """When the estimate stands for an earlier scheduled step (deferred by the budget, or
         passed over when ``global_step`` moved by more than one), ``<name>/deferred_from``;
-        with a budget, ``<name>/overhead`` and ``<name>/skipped``."""
+        with a budget, ``<name>/overhead`` and ``<name>/skipped``; always ``<name>/why``:
+        ``"scheduled"``, ``"adaptive"`` (a loss bend's extra estimate) or ``"train_end"``."""
         fields: dict[str, Any] = {}
         if self.budget is not None:
             fields = {f"{name}/{key}": value for key, value in self.budget.record().items()}
+        stands_for = step if self.scheduled_step is None else self.scheduled_step
+        fields[f"{name}/why"] = self.why.pop(stands_for, "scheduled")
+        self.why = {s: why for s, why in self.why.items() if s > stands_for}
         if self.scheduled_step is not None and self.scheduled_step != step:
             fields[f"{name}/deferred_from"] = self.scheduled_step
         return fields

@@ -20,7 +20,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_devinterp.callbacks.llc_monitor import LLCMonitor
 
 #: LLCMonitor arguments that the checkpoints replace.
-_FIXED = ("every_n_steps", "num_estimates", "at_steps", "at_train_end", "dataloader", "output_dir")
+_FIXED = (
+    *("every_n_steps", "num_estimates", "at_steps", "at_train_end", "extra_estimates"),
+    *("dataloader", "output_dir"),
+)
 
 
 def find_checkpoints(sources: str | Path | Sequence[str | Path]) -> list[Path]:

@@ -62,6 +62,10 @@ class ScheduledAnalysis(Callback):
         every_n_steps, num_estimates, at_steps: the schedule (:class:`Schedule`; default 30
             log-spaced estimates).
         at_train_end: also estimate at the last step, if not already scheduled.
+        extra_estimates: the most estimates to add where the training loss bends (the
+            adaptive schedule, :class:`LossBends`: each bend of the loss against log step
+            adds up to three estimates right after it, 0.04 decades apart); 0: the schedule
+            alone. Records say why they were taken (``<name>/why``).
         dataloader: data for sampling; default the trainer's train dataloader (a fresh
             iterator; training's is never advanced).
         loss_fn: ``loss_fn(model, batch)``; default the module's ``training_step``.
@@ -93,6 +97,7 @@ class ScheduledAnalysis(Callback):
         num_estimates: int | None = None,
         at_steps: Sequence[int] | None = None,
         at_train_end: bool = False,
+        extra_estimates: int = 0,
         dataloader: Iterable | None = None,
         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
         components: Components = None,
@@ -114,7 +119,7 @@ class ScheduledAnalysis(Callback):
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
         self.max_overhead = check_max_overhead(max_overhead)
         self.budget = OverheadBudget(self.max_overhead, name) if self.max_overhead else None
-        self.cadence = Cadence(self.schedule, self.budget, self.plan, name)
+        self.cadence = Cadence(self.schedule, self.budget, self.plan, name, extra_estimates)
         self.figures = LiveFigures(figure_every, name)
         self.at_train_end = at_train_end
         self.target = SamplingTarget(dataloader, loss_fn, components, name)
@@ -192,12 +197,14 @@ class ScheduledAnalysis(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        calibrated = self.plan.calibrated
+        calibrated, bends = self.plan.calibrated, self.cadence.loss_bends
         return {
             "history": [dict(r) for r in self.history],
             "errors": list(self.errors),
             "calibrated": dict(calibrated) if calibrated is not None else None,
             "budget": self.budget.state_dict() if self.budget is not None else None,
+            "loss_bends": bends.state_dict() if bends is not None else None,
+            "why": dict(self.cadence.why),
         }
 
     @override
@@ -208,6 +215,10 @@ class ScheduledAnalysis(Callback):
         self.plan.calibrated = dict(calibrated) if calibrated is not None else None
         if self.budget is not None and state_dict.get("budget") is not None:
             self.budget.load_state_dict(state_dict["budget"])
+        bends = self.cadence.loss_bends
+        if bends is not None and state_dict.get("loss_bends") is not None:
+            bends.load_state_dict(state_dict["loss_bends"])
+        self.cadence.why = {int(s): str(w) for s, w in state_dict.get("why", {}).items()}
 
     # ---------------------------------------------------------------- hooks
 
@@ -232,6 +243,7 @@ class ScheduledAnalysis(Callback):
         if self.budget is not None:
             self.budget.start(trainer.global_step)
         self.schedule.resolve(last_step(trainer))
+        self.cadence.run_end = last_step(trainer)
         self.check_run(trainer)
         check_optimization(pl_module, self.target.loss_fn, self.name)
         with isolated(pl_module):
@@ -269,6 +281,8 @@ class ScheduledAnalysis(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._active and self.cadence.loss_bends is not None:
+            self.cadence.watch(trainer.global_step, outputs, rank_zero_value(trainer))
         if self.budget is None or not self._active:
             self._maybe_estimate(trainer, pl_module, trainer.global_step)
             return

@@ -76,7 +76,7 @@ example:
 #: Python objects or a training run.
 ESTIMATE_SKIP = {
     *("model", "checkpoints", "dataloader", "output_dir", "unsafe_load", "loss_fn"),
-    *("every_n_steps", "num_estimates", "at_steps", "at_train_end"),
+    *("every_n_steps", "num_estimates", "at_steps", "at_train_end", "extra_estimates"),
     *("data", "on_milestone", "checkpoint_on_milestone", "calibration", "calibrate_at_step"),
     *("max_overhead", "figure_every"),
 }

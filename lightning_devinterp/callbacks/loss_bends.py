@@ -1,0 +1,172 @@
+"""Extra estimates where the training loss bends (the adaptive part of a schedule).
+
+The training loss is free at every step. Averaged over log-step bins (its log: a late drop of
+a small loss counts like an early one of a large loss) it is a dense, quiet curve whose bends (a plateau ending, a drop, a new plateau) mark where the model changes,
+and they show a few hundredths of a decade after they happen, long before a sparse LLC curve
+can confirm its own. So each bend the loss's :class:`MilestoneDetector` confirms plans a few
+extra estimates from that step on, closely spaced: the LLC curve gets points right after the
+bend, where its own detector needs them to place and confirm it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_devinterp.callbacks.budget import Sync
+from lightning_devinterp.milestones import MilestoneDetector
+
+#: Width of the log10(step) bins the training loss is averaged over.
+LOSS_RESOLUTION = 0.02
+#: Extra estimates planned at each bend of the training loss.
+PER_BEND = 3
+#: Their spacing, in decades of step (log10 units).
+SPACING = 0.04
+
+
+def training_loss(outputs: Any) -> torch.Tensor | None:
+    """The loss in ``training_step``'s outputs (a tensor, or a dict's ``"loss"``), or None."""
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
+        return outputs.detach()
+    return None
+
+
+def check_extra_estimates(value: Any) -> int:
+    """``extra_estimates`` as an int >= 0.
+
+    Raises:
+        ValueError: it is not a non-negative integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"extra_estimates={value!r} is invalid; use the most estimates to add where the "
+            "training loss bends, an integer >= 0 (0: the schedule alone)."
+        )
+    return value
+
+
+class LossBends:
+    """Watches the training loss and plans up to ``max_extra`` extra estimates at its bends.
+
+    Args:
+        max_extra: the most extra estimates in the run.
+        name: the monitor's name, for the log.
+
+    Attributes:
+        planned: steps still to estimate at, in order.
+        used: extra estimates planned so far (never more than ``max_extra``).
+        bends: the training loss's confirmed milestones, as ``(kind, step, detected_at)``.
+    """
+
+    def __init__(self, max_extra: int, name: str) -> None:
+        self.max_extra = check_extra_estimates(max_extra)
+        self.name = name
+        self.detector = MilestoneDetector(
+            "train_loss", drop=2.0, resolution=LOSS_RESOLUTION, min_noise_points=8
+        )
+        self.planned: list[int] = []
+        self.used = 0
+        #: False once every extra estimate is planned, or the loss cannot be read.
+        self.watching = self.max_extra > 0
+        self.bends: list[tuple[str, int, int]] = []
+        self._bin: int | None = None
+        self._last_step = 0
+        self._count = 0
+        self._sum: torch.Tensor | float = 0.0
+
+    def observe(self, step: int, loss: torch.Tensor | None, is_due: Callable[[int], bool],
+                last_step: float, sync: Sync) -> None:  # fmt: skip
+        """Add one batch's loss at ``step``. When ``step`` opens a new bin, the last bin's
+        mean (rank 0's, ``sync``) goes to the detector, and a bend it confirms plans extra
+        estimates from ``step`` on, up to ``last_step``, except where the schedule already
+        has one nearby (``is_due(step)``)."""
+        if step < 1 or not self.watching:
+            return
+        current = math.floor(math.log10(step) / LOSS_RESOLUTION)
+        if self._bin is not None and current != self._bin:
+            self._close_bin(step, is_due, last_step, sync)
+        self._bin, self._last_step = current, step
+        if loss is not None:
+            self._sum = self._sum + loss
+            self._count += 1
+
+    def _close_bin(self, step: int, is_due: Callable[[int], bool], last_step: float,
+                   sync: Sync) -> None:  # fmt: skip
+        """Feed the bin's mean loss to the detector; plan extra estimates at a bend."""
+        mean = sync(float(self._sum) / self._count if self._count else None)
+        self._sum, self._count = 0.0, 0
+        if mean is None or not mean > 0:
+            self.watching = False
+            rank_zero_info(
+                f"LLCMonitor({self.name}): no extra estimates from here on: the training loss "
+                + ("is not positive" if mean is not None else "is not in training_step's output")
+                + " (extra_estimates follows its logarithm; return the loss, or a dict with "
+                "'loss', from training_step)."
+            )
+            return
+        for milestone in self.detector.update(self._last_step, math.log(mean)):
+            self.bends.append((milestone.kind, milestone.step, milestone.detected_at))
+            self._plan(step, milestone.kind, milestone.step, is_due, last_step)
+        self.watching = self.used < self.max_extra
+
+    def _plan(self, step: int, kind: str, at: int, is_due: Callable[[int], bool],
+              last_step: float) -> None:  # fmt: skip
+        """Plan this bend's extra estimates from ``step`` on."""
+        steps = []
+        for k in range(PER_BEND):
+            candidate = round(step * 10 ** (k * SPACING))
+            if len(steps) + self.used >= self.max_extra or candidate > last_step:
+                break
+            if not _scheduled_near(candidate, is_due) and candidate not in self.planned:
+                steps.append(candidate)
+        if not steps:
+            return
+        self.used += len(steps)
+        self.planned = sorted({*self.planned, *steps})
+        rank_zero_info(
+            f"LLCMonitor({self.name}): the training loss bends at step {at} ({kind}); extra "
+            f"estimates at steps {', '.join(map(str, steps))} ({self.used} of "
+            f"{self.max_extra} extra estimates used)."
+        )
+
+    def first_due(self, after: int | None, step: int) -> int | None:
+        """The first planned step in ``(after, step]`` (just ``step`` when ``after`` is None)."""
+        low = step - 1 if after is None else after
+        return min((s for s in self.planned if low < s <= step), default=None)
+
+    def done(self, step: int) -> None:
+        """Forget planned steps up to ``step`` (estimated, or passed by)."""
+        self.planned = [s for s in self.planned if s > step]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector.state_dict(),
+            "planned": list(self.planned),
+            "used": self.used,
+            "watching": self.watching,
+            "bends": [list(b) for b in self.bends],
+            "bin": self._bin,
+            "last_step": self._last_step,
+            "count": self._count,
+            "sum": float(self._sum),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.detector.load_state_dict(state["detector"])
+        self.planned = [int(s) for s in state["planned"]]
+        self.used, self.watching = int(state["used"]), bool(state["watching"])
+        self.bends = [(str(k), int(s), int(d)) for k, s, d in state["bends"]]
+        self._bin, self._last_step = state["bin"], int(state["last_step"])
+        self._count, self._sum = int(state["count"]), float(state["sum"])
+
+
+def _scheduled_near(step: int, is_due: Callable[[int], bool]) -> bool:
+    """Whether the schedule has a step within half a spacing of ``step``."""
+    low, high = step * 10 ** (-SPACING / 2), step * 10 ** (SPACING / 2)
+    return any(is_due(s) for s in range(math.ceil(low), math.floor(high) + 1))

@@ -1,0 +1,199 @@
+"""The adaptive schedule: extra estimates right after bends of the training loss
+(``extra_estimates``), why each estimate was taken (``<name>/why``), resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp.callbacks.loss_bends import PER_BEND, SPACING, LossBends
+from lightning_devinterp.demos.deep_linear import (
+    DeepLinearNetwork,
+    TeacherData,
+    half_mse,
+    transition_steps,
+)
+
+
+def same(value):
+    return value
+
+
+def feed(bends: LossBends, losses, steps, scheduled=(), last_step=10_000):
+    for step, loss in zip(steps, losses, strict=True):
+        bends.observe(int(step), torch.tensor(loss), lambda s: s in scheduled, last_step, same)
+
+
+def dropping_loss(seed: int, at: int = 120, last: int = 600, noise: float = 0.03):
+    """A loss flat at 1, falling to 0.2 over a tenth of a decade from ``at``, multiplicative
+    noise ``noise`` per batch."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, last + 1)
+    fall = np.clip((np.log10(steps) - math.log10(at)) / 0.1, 0, 1)
+    return steps, np.exp(np.log(0.2) * fall + noise * rng.standard_normal(len(steps)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_drop_of_the_loss_plans_extra_estimates_right_after_it(seed):
+    steps, losses = dropping_loss(seed)
+    bends = LossBends(PER_BEND, "llc")
+    feed(bends, losses, steps)
+    assert bends.bends, "the drop is seen"
+    kind, at, seen = bends.bends[0]
+    assert abs(math.log10(at / 120)) <= 0.1 and math.log10(seen / at) <= 0.12, bends.bends
+    planned = bends.planned
+    assert len(planned) == PER_BEND and planned[0] == seen + 1
+    assert np.allclose(np.diff(np.log10(planned)), SPACING, atol=0.01)
+    assert bends.used == PER_BEND and not bends.watching  # the cap is reached
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_power_law_loss_plans_nothing(seed):
+    """A loss falling as a power of the step (a straight line on log-log axes) has no bend."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, 3001)
+    losses = 3.0 * steps**-0.4 * np.exp(0.05 * rng.standard_normal(len(steps)))
+    bends = LossBends(6, "llc")
+    feed(bends, losses, steps)
+    assert bends.bends == [] and bends.planned == []
+
+
+def test_the_cap_the_schedule_and_the_run_end_limit_the_extra_estimates():
+    steps, losses = dropping_loss(0)
+    capped = LossBends(2, "llc")
+    feed(capped, losses, steps)
+    assert len(capped.planned) == 2
+    free = LossBends(3, "llc")
+    feed(free, losses, steps)
+    first = free.planned[1]
+    near = LossBends(3, "llc")  # a scheduled step next to the second extra one replaces it
+    feed(near, losses, steps, scheduled={first + 1})
+    assert first not in near.planned and near.planned[0] == free.planned[0]
+    short = LossBends(3, "llc")  # none planned after the run's last step
+    feed(short, losses, steps, last_step=free.planned[1])
+    assert short.planned == free.planned[:2]
+
+
+def test_the_state_round_trips_and_the_watch_goes_on_as_if_uninterrupted():
+    steps, losses = dropping_loss(1)
+    whole = LossBends(3, "llc")
+    feed(whole, losses, steps)
+    first = LossBends(3, "llc")
+    feed(first, losses[:110], steps[:110])
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = LossBends(3, "llc")
+    resumed.load_state_dict(state)
+    feed(resumed, losses[110:], steps[110:])
+    assert resumed.planned == whole.planned and resumed.bends == whole.bends
+
+
+def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
+    bends = LossBends(3, "llc")
+    for step in range(1, 5):
+        bends.observe(step, None, lambda s: False, 100, same)
+    assert not bends.watching
+    assert "not in training_step's output" in caplog.text
+    negative = LossBends(3, "llc")
+    feed(negative, [-1.0, -1.0, -1.0], [1, 2, 3])
+    assert not negative.watching and "is not positive" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_bad_extra_estimates_are_refused_with_the_fix(bad):
+    with pytest.raises(ValueError, match=r"extra_estimates=.* integer >= 0"):
+        LLCMonitor(extra_estimates=bad)
+
+
+# ---------------------------------------------------------------- in a real Trainer
+
+STOP_AT = 280  # between the second transition's first and last extra estimates (264, 289, 317)
+
+
+class StopAt(L.Callback):
+    """Stops training after step ``step`` (an interrupted run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def dln_fit(root, callbacks, ckpt_path=None, max_steps=800):
+    """A deep linear network (transitions near steps 65, 250 and 780), unshuffled so that a
+    resumed run retraces the same weights."""
+    data = TeacherData(2048, input_dim=16, output_dim=16, singular_values=(3.0, 1.0, 0.33))
+    model = DeepLinearNetwork((16, 4, 4, 16), init_scale=0.03, lr=0.1, seed=0, data=data)
+    trainer = L.Trainer(
+        default_root_dir=root,
+        max_steps=max_steps,
+        callbacks=callbacks,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(data, batch_size=256, collate_fn=TeacherData.collate)
+    trainer.fit(model, loader, ckpt_path=ckpt_path)
+    return model
+
+
+def adaptive_monitor() -> LLCMonitor:
+    return LLCMonitor(
+        SGLD(lr=8e-4, nbeta=30.0, localization=100.0),
+        num_chains=2,
+        num_draws=20,
+        num_burnin=10,
+        init_loss_batches=2,
+        loss_fn=half_mse,
+        at_steps=[10, 30, 100, 200, 400, 800],
+        extra_estimates=6,
+        at_train_end=True,
+        figure_every=None,
+        milestones=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    monitor = adaptive_monitor()
+    model = dln_fit(tmp_path_factory.mktemp("whole"), [monitor], max_steps=801)
+    return monitor, [t for t in transition_steps(model.modes) if t is not None]
+
+
+def test_extra_estimates_follow_the_transitions_and_say_why(whole_run):
+    monitor, transitions = whole_run
+    why = {r["step"]: r["llc/why"] for r in monitor.history}
+    adaptive = [s for s, w in why.items() if w == "adaptive"]
+    assert 3 <= len(adaptive) <= 6, why
+    for step in adaptive:  # each right after a transition
+        assert min(abs(math.log10(step / t) - 0.1) for t in transitions) <= 0.1, (step, why)
+    assert why[801] == "train_end"
+    assert {why[s] for s in (10, 30, 100, 200, 400, 800)} == {"scheduled"}
+    written = [json.loads(line) for line in monitor.jsonl_path.read_text().splitlines()]
+    assert [r["llc/why"] for r in written] == list(why.values())
+
+
+def test_a_resumed_run_takes_the_same_extra_estimates(whole_run, tmp_path):
+    whole, _ = whole_run
+    first = adaptive_monitor()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=STOP_AT)
+    dln_fit(tmp_path / "a", [first, checkpoints, StopAt(STOP_AT)], max_steps=801)
+    pending = first.cadence.loss_bends.planned
+    assert pending, "the interruption falls between a bend's extra estimates"
+    resumed = adaptive_monitor()
+    ckpt = str(next((tmp_path / "ck").glob("*.ckpt")))
+    dln_fit(tmp_path / "b", [resumed], ckpt_path=ckpt, max_steps=801)
+    steps = [(r["step"], r["llc/why"]) for r in resumed.history]
+    assert steps == [(r["step"], r["llc/why"]) for r in whole.history]
+    assert set(pending) <= {s for s, why in steps if why == "adaptive"}
