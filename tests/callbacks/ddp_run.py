@@ -18,6 +18,8 @@ from lightning_devinterp import SGLD, LLCMonitor, SusceptibilityMonitor
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.helpers import RegressionModule, regression_data  # noqa: E402
 
+MAX_STEPS = 40
+
 
 class FailsOnRankOne:
     """A loss that passes the start-up check, then raises during sampling on rank 1 only."""
@@ -31,6 +33,15 @@ class FailsOnRankOne:
             raise RuntimeError("rank one fails")
         x, y = batch
         return torch.nn.functional.mse_loss(model(x), y)
+
+
+class BendsOnRankZero(RegressionModule):
+    """Rank 0's training loss drops twentyfold at step 15; rank 1's goes on smoothly (so
+    rank 1 alone would see no bend of the loss: the extra estimates follow rank 0's)."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 0.05 if self.global_rank == 0 and self.global_step >= 15 else loss
 
 
 def squared_errors(model, batch):
@@ -49,7 +60,15 @@ def main(out: Path) -> None:
     llc_monitor.sample_components = recording_sample_components
     L.seed_everything(0, verbose=False)
     monitor = LLCMonitor(
-        SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=4, num_draws=10, every_n_steps=2
+        SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=4, num_draws=10, at_steps=[2, 4]
+    )
+    adaptive = LLCMonitor(
+        SGLD(lr=1e-4, nbeta=10.0, localization=100.0),
+        name="adaptive",
+        num_chains=2,
+        num_draws=5,
+        at_steps=[MAX_STEPS],
+        extra_estimates=3,
     )
     flaky = LLCMonitor(
         name="flaky", loss_fn=FailsOnRankOne(), num_chains=2, num_draws=5, at_steps=[2]
@@ -68,15 +87,15 @@ def main(out: Path) -> None:
         accelerator="cpu",
         devices=2,
         strategy="ddp",
-        max_steps=4,
+        max_steps=MAX_STEPS,
         default_root_dir=out,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[monitor, flaky, susceptibility],
+        callbacks=[monitor, flaky, susceptibility, adaptive],
     )
-    trainer.fit(RegressionModule(noisy=False))
+    trainer.fit(BendsOnRankZero(noisy=False))
     result = {
         "history": monitor.history,
         "sampled": sampled,
@@ -85,6 +104,7 @@ def main(out: Path) -> None:
         "steps": trainer.global_step,
         "susceptibility": susceptibility.history,
         "susceptibility_chains": len(susceptibility.last_result.per_chain),
+        "adaptive": [(r["step"], r["adaptive/why"]) for r in adaptive.history],
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 

@@ -26,7 +26,7 @@ def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
     assert [c for c in ranks[1]["sampled"] if len(c) == 2] == [[1, 3], [1, 3]]
     # a failure on rank 1 alone neither hangs rank 0 nor stops training, and both ranks know
     for rank in ranks:
-        assert rank["steps"] == 4
+        assert rank["steps"] == 40
         assert [e["step"] for e in rank["flaky_errors"]] == [2]
         assert "rank one fails" in rank["flaky_errors"][0]["error"]
     h0, h1 = ranks[0]["history"], ranks[1]["history"]
@@ -41,5 +41,11 @@ def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
         for rank in ranks
     )
     assert [r["step"] for r in s0] == [4] and s0 == s1
+    # the adaptive schedule: extra estimates after rank 0's loss bend, on both ranks alike
+    adaptive = ranks[0]["adaptive"]
+    assert ranks[1]["adaptive"] == adaptive
+    extra = [step for step, why in adaptive if why == "adaptive"]
+    assert 1 <= len(extra) <= 3 and all(15 < step < 30 for step in extra), adaptive
+    assert adaptive[-1] == [40, "scheduled"]
     jsonl = list((tmp_path / "devinterp").glob("*.jsonl")) + list(tmp_path.rglob("llc.jsonl"))
     assert jsonl, "rank zero writes the JSON-lines file"
