@@ -118,17 +118,21 @@ class Cadence:
         mine = len(my_chains(chains.num_chains, 0, trainer.world_size))
         return len(jobs) * mine * chains.steps_per_chain + self.plan.extra_steps()
 
+    def reason(self, step: int) -> str:
+        """Why the estimate at ``step`` was taken: ``"scheduled"``, ``"adaptive"`` (a loss
+        bend's extra estimate) or ``"train_end"``."""
+        stands_for = step if self.scheduled_step is None else self.scheduled_step
+        why = self.why.pop(stands_for, "scheduled")
+        self.why = {s: w for s, w in self.why.items() if s > stands_for}
+        return why
+
     def record_fields(self, name: str, step: int) -> dict[str, Any]:
         """When the estimate stands for an earlier scheduled step (deferred by the budget, or
         passed over when ``global_step`` moved by more than one), ``<name>/deferred_from``;
-        with a budget, ``<name>/overhead`` and ``<name>/skipped``; always ``<name>/why``:
-        ``"scheduled"``, ``"adaptive"`` (a loss bend's extra estimate) or ``"train_end"``."""
+        with a budget, ``<name>/overhead`` and ``<name>/skipped``."""
         fields: dict[str, Any] = {}
         if self.budget is not None:
             fields = {f"{name}/{key}": value for key, value in self.budget.record().items()}
-        stands_for = step if self.scheduled_step is None else self.scheduled_step
-        fields[f"{name}/why"] = self.why.pop(stands_for, "scheduled")
-        self.why = {s: why for s, why in self.why.items() if s > stands_for}
         if self.scheduled_step is not None and self.scheduled_step != step:
             fields[f"{name}/deferred_from"] = self.scheduled_step
         return fields

@@ -437,8 +437,10 @@ class ScheduledAnalysis(Callback):
         metrics: dict[str, float],
         health: dict[str, list[str]],
     ) -> None:
-        """Keep ``record`` in :attr:`history`, put ``metrics`` in ``trainer.callback_metrics``
-        (every process) and send everything out through the recorder (rank 0)."""
+        """Keep ``record``, with why it was taken (``<name>/why``, :meth:`Cadence.reason`), in
+        :attr:`history`, put ``metrics`` in ``trainer.callback_metrics`` (every process) and
+        send everything out through the recorder (rank 0)."""
+        record[f"{self.name}/why"] = self.cadence.reason(record["step"])
         self.history.append(record)
         for key, value in metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)

@@ -41,6 +41,7 @@ def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
         for rank in ranks
     )
     assert [r["step"] for r in s0] == [4] and s0 == s1
+    assert [v for k, v in s0[0].items() if k.endswith("/why")] == ["scheduled"]
     # the adaptive schedule: extra estimates after rank 0's loss bend, on both ranks alike
     adaptive = ranks[0]["adaptive"]
     assert ranks[1]["adaptive"] == adaptive
