@@ -148,9 +148,9 @@ def dln_fit(root, callbacks, ckpt_path=None, max_steps=800):
     return model
 
 
-def adaptive_monitor() -> LLCMonitor:
-    return LLCMonitor(
-        SGLD(lr=8e-4, nbeta=30.0, localization=100.0),
+def adaptive_monitor(**overrides) -> LLCMonitor:
+    settings = dict(
+        sampler=SGLD(lr=8e-4, nbeta=30.0, localization=100.0),
         num_chains=2,
         num_draws=20,
         num_burnin=10,
@@ -162,6 +162,7 @@ def adaptive_monitor() -> LLCMonitor:
         figure_every=None,
         milestones=False,
     )
+    return LLCMonitor(**(settings | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,13 @@ def test_a_resumed_run_takes_the_same_extra_estimates(whole_run, tmp_path):
     steps = [(r["step"], r["llc/why"]) for r in resumed.history]
     assert steps == [(r["step"], r["llc/why"]) for r in whole.history]
     assert set(pending) <= {s for s, why in steps if why == "adaptive"}
+
+
+def test_extra_estimates_stay_within_max_overhead(tmp_path):
+    """Extra estimates are asked for like scheduled ones: the budget defers or skips them, and
+    the monitor's share of the run stays within max_overhead."""
+    monitor = adaptive_monitor(max_overhead=0.2)
+    dln_fit(tmp_path, [monitor], max_steps=801)
+    assert monitor.budget.share <= 0.22, monitor.budget.share
+    assert all(r["llc/overhead"] < 0.2 for r in monitor.history)
+    assert any(r["llc/why"] == "adaptive" for r in monitor.history)
