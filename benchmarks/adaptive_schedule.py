@@ -1,4 +1,7 @@
-"""Would an adaptive schedule beat the fixed log grid at the same number of estimates?
+"""Would extra estimates triggered by the LLC curve's own detector beat the fixed log grid
+at the same number of estimates? (They do not; the adaptive schedule that ships,
+``extra_estimates``, is triggered by bends of the training loss instead: see
+``dln_stages.py --extra-estimates``.)
 
 A synthetic LLC curve with the demo's shape (flat at 5, rising to 10.5 between steps 250 and
 950, then flat or creeping on at 1.5 per decade), estimated by two chains with common random

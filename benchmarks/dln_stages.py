@@ -90,13 +90,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num-estimates", type=int, default=30)
     parser.add_argument("--extra-estimates", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     hits = too_late = total = false_alarms = estimates = 0
     latencies: list[float] = []
     for name, spectrum in SPECTRA.items():
-        for seed in range(4):
+        for seed in args.seeds:
             transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
             estimates += len(monitor.history)
             dist, latency, false = score(transitions, monitor)
