@@ -32,6 +32,7 @@ trainer:
         num_chains: 2
         num_draws: 5
         every_n_steps: 2
+        extra_estimates: 3
         milestones: false
 """
 
@@ -49,8 +50,12 @@ def test_llc_monitor_from_a_lightning_cli_yaml(tmp_path):
     [monitor] = [c for c in cli.trainer.callbacks if isinstance(c, LLCMonitor)]
     assert monitor.sampler == SGLD(lr=1e-4, nbeta=10.0, localization=100.0)
     assert monitor.detectors == []
+    assert monitor.cadence.loss_bends.max_extra == 3
     cli.trainer.fit(cli.model, cli.datamodule)
-    assert [r["step"] for r in monitor.history] == [2, 4]
+    assert [(r["step"], r["llc/why"]) for r in monitor.history] == [
+        (2, "scheduled"),
+        (4, "scheduled"),
+    ]
     assert all(math.isfinite(r["llc/mean"]) for r in monitor.history)
 
 
