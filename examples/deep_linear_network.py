@@ -17,6 +17,7 @@ distance to the nearest one in decades of step, and where the outputs are. About
 a laptop CPU; TensorBoard by default (``tensorboard --logdir runs``).
 
     python examples/deep_linear_network.py [--seed 0] [--logger tensorboard|csv|none]
+    python examples/deep_linear_network.py --estimates 21 --extra-estimates 9   # adaptive
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of teacher, data and init")
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--estimates", type=int, default=60, help="log-spaced LLC estimates")
+    parser.add_argument(
+        "--extra-estimates",
+        type=int,
+        default=0,
+        help="estimates to add right after bends of the training loss (adaptive schedule)",
+    )
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--nbeta", type=float, default=30.0)
@@ -133,6 +140,7 @@ def main() -> None:
         num_burnin=100,
         loss_fn=half_mse,
         at_steps=sorted(set(np.round(steps).astype(int).tolist())),
+        extra_estimates=args.extra_estimates,
     )
     trainer = L.Trainer(
         max_steps=args.max_steps,
@@ -156,6 +164,10 @@ def main() -> None:
     print(f"modes half learned at steps {transitions}")
     print_stages(monitor.history, transitions, data, args.nbeta, args.localization)
     print_milestones(detector, transitions)
+    extra = [r["step"] for r in monitor.history if r["llc/why"] == "adaptive"]
+    print(
+        f"\n{len(monitor.history)} estimates; after bends of the training loss: {extra or 'none'}"
+    )
 
     figure = plot_llc_curve(monitor.history, detector.stages, detector.milestones)
     axes = figure.axes[0]
