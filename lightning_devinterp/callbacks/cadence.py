@@ -126,6 +126,23 @@ class Cadence:
         self.why = {s: w for s, w in self.why.items() if s > stands_for}
         return why
 
+    def state_dict(self) -> dict[str, Any]:
+        """The budget's, the loss bends watcher's and the pending reasons' state."""
+        bends = self.loss_bends
+        return {
+            "budget": self.budget.state_dict() if self.budget is not None else None,
+            "loss_bends": bends.state_dict() if bends is not None else None,
+            "why": dict(self.why),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (parts the saving run did not have are left as they are)."""
+        if self.budget is not None and state.get("budget") is not None:
+            self.budget.load_state_dict(state["budget"])
+        if self.loss_bends is not None and state.get("loss_bends") is not None:
+            self.loss_bends.load_state_dict(state["loss_bends"])
+        self.why = {int(step): str(why) for step, why in state.get("why", {}).items()}
+
     def record_fields(self, name: str, step: int) -> dict[str, Any]:
         """When the estimate stands for an earlier scheduled step (deferred by the budget, or
         passed over when ``global_step`` moved by more than one), ``<name>/deferred_from``;

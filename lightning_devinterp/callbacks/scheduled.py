@@ -62,10 +62,8 @@ class ScheduledAnalysis(Callback):
         every_n_steps, num_estimates, at_steps: the schedule (:class:`Schedule`; default 30
             log-spaced estimates).
         at_train_end: also estimate at the last step, if not already scheduled.
-        extra_estimates: the most estimates to add where the training loss bends (the
-            adaptive schedule, :class:`LossBends`: each bend of the loss against log step
-            adds up to three estimates right after it, 0.04 decades apart); 0: the schedule
-            alone. Records say why they were taken (``<name>/why``).
+        extra_estimates: the most estimates to add right after bends of the training loss
+            (the adaptive schedule, :class:`LossBends`); 0: the schedule alone.
         dataloader: data for sampling; default the trainer's train dataloader (a fresh
             iterator; training's is never advanced).
         loss_fn: ``loss_fn(model, batch)``; default the module's ``training_step``.
@@ -197,14 +195,12 @@ class ScheduledAnalysis(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        calibrated, bends = self.plan.calibrated, self.cadence.loss_bends
+        calibrated = self.plan.calibrated
         return {
             "history": [dict(r) for r in self.history],
             "errors": list(self.errors),
             "calibrated": dict(calibrated) if calibrated is not None else None,
-            "budget": self.budget.state_dict() if self.budget is not None else None,
-            "loss_bends": bends.state_dict() if bends is not None else None,
-            "why": dict(self.cadence.why),
+            **self.cadence.state_dict(),
         }
 
     @override
@@ -213,12 +209,7 @@ class ScheduledAnalysis(Callback):
         self.errors = list(state_dict.get("errors", []))
         calibrated = state_dict.get("calibrated")
         self.plan.calibrated = dict(calibrated) if calibrated is not None else None
-        if self.budget is not None and state_dict.get("budget") is not None:
-            self.budget.load_state_dict(state_dict["budget"])
-        bends = self.cadence.loss_bends
-        if bends is not None and state_dict.get("loss_bends") is not None:
-            bends.load_state_dict(state_dict["loss_bends"])
-        self.cadence.why = {int(s): str(w) for s, w in state_dict.get("why", {}).items()}
+        self.cadence.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- hooks
 
@@ -425,8 +416,6 @@ class ScheduledAnalysis(Callback):
             f"LLCMonitor({self.name}): the estimate at step {step} failed ({message}); training "
             "continues. Pass on_error='raise' to stop instead."
         )
-
-    # ---------------------------------------------------------------- what is sampled
 
     # ---------------------------------------------------------------- out
 
