@@ -102,8 +102,11 @@ def run(tmp_path, setup: str, monitor: LLCMonitor | None):
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_the_setup_trains_as_without_the_monitor_and_is_estimated(tmp_path, setup):
     plain = run(tmp_path / "plain", setup, None)
-    monitor = LLCMonitor(every_n_steps=3, on_error="raise", **FAST, **SETUPS[setup][2])
+    monitor = LLCMonitor(
+        every_n_steps=3, extra_estimates=2, on_error="raise", **FAST, **SETUPS[setup][2]
+    )
     watched = run(tmp_path / "watched", setup, monitor)
+    assert monitor.cadence.loss_bends.watching  # the loss was read (too few steps for a bend)
     assert plain.losses == watched.losses
     for (k0, v0), (k1, v1) in zip(
         plain.state_dict().items(), watched.state_dict().items(), strict=True
