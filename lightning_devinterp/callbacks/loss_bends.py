@@ -101,13 +101,13 @@ class LossBends:
         """Feed the bin's mean loss to the detector; plan extra estimates at a bend."""
         mean = sync(float(self._sum) / self._count if self._count else None)
         self._sum, self._count = 0.0, 0
-        if mean is None or not mean > 0:
+        if mean is None or not 0 < mean < math.inf:
             self.watching = False
             rank_zero_info(
                 f"LLCMonitor({self.name}): no extra estimates from here on: the training loss "
-                + ("is not positive" if mean is not None else "is not in training_step's output")
-                + " (extra_estimates follows its logarithm; return the loss, or a dict with "
-                "'loss', from training_step)."
+                + (f"is {mean:g}" if mean is not None else "is not in training_step's output")
+                + " (extra_estimates follows the logarithm of a positive, finite loss returned "
+                "by training_step, or a dict's 'loss')."
             )
             return
         for milestone in self.detector.update(self._last_step, math.log(mean)):

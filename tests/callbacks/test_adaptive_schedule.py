@@ -103,7 +103,10 @@ def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
     assert "not in training_step's output" in caplog.text
     negative = LossBends(3, "llc")
     feed(negative, [-1.0, -1.0, -1.0], [1, 2, 3])
-    assert not negative.watching and "is not positive" in caplog.text
+    assert not negative.watching and "the training loss is -1" in caplog.text
+    broken = LossBends(3, "llc")
+    feed(broken, [1.0, math.nan, 1.0], [1, 2, 3])
+    assert not broken.watching and "the training loss is nan" in caplog.text
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
