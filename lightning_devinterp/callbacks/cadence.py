@@ -13,7 +13,11 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_devinterp.callbacks.budget import OverheadBudget, Sync
 from lightning_devinterp.callbacks.distributed import my_chains
-from lightning_devinterp.callbacks.loss_bends import LossBends, training_loss
+from lightning_devinterp.callbacks.loss_bends import (
+    LossBends,
+    check_extra_estimates,
+    training_loss,
+)
 from lightning_devinterp.callbacks.sampler_plan import SamplerPlan
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.sampling import ChainSettings
@@ -44,7 +48,8 @@ class Cadence:
         self.budget = budget
         self.plan = plan
         self.name = name
-        self.loss_bends = LossBends(extra_estimates, name) if extra_estimates else None
+        extra = check_extra_estimates(extra_estimates)
+        self.loss_bends = LossBends(extra, name) if extra else None
         #: The run's last step (set at train start).
         self.run_end = math.inf
         self.last_seen_step: int | None = None

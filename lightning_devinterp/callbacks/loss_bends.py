@@ -1,9 +1,10 @@
 """Extra estimates where the training loss bends (the adaptive part of a schedule).
 
-The training loss is free at every step. Averaged over log-step bins (its log: a late drop of
-a small loss counts like an early one of a large loss) it is a dense, quiet curve whose bends (a plateau ending, a drop, a new plateau) mark where the model changes,
-and they show a few hundredths of a decade after they happen, long before a sparse LLC curve
-can confirm its own. So each bend the loss's :class:`MilestoneDetector` confirms plans a few
+The training loss is free at every step. Averaged over log-step bins (its logarithm: a late
+drop of a small loss counts like an early drop of a large one) it is a dense, quiet curve
+whose bends (a plateau ending, a drop, a new plateau) mark where the model changes, and they
+show a few hundredths of a decade after they happen, long before a sparse LLC curve can
+confirm its own. So each bend the loss's :class:`MilestoneDetector` confirms plans a few
 extra estimates from that step on, closely spaced: the LLC curve gets points right after the
 bend, where its own detector needs them to place and confirm it.
 """

@@ -109,7 +109,7 @@ def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
     assert not broken.watching and "the training loss is nan" in caplog.text
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+@pytest.mark.parametrize("bad", [-1, 1.5, 0.0, True, "3", None])
 def test_bad_extra_estimates_are_refused_with_the_fix(bad):
     with pytest.raises(ValueError, match=r"extra_estimates=.* integer >= 0"):
         LLCMonitor(extra_estimates=bad)
