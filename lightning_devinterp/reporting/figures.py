@@ -59,7 +59,8 @@ def plot_llc_curve(
     title: str | None = None,
 ) -> Figure:
     """The estimate ``<prefix>/mean`` against the step on a log axis, with a ±std band
-    (``<prefix>/std``), the stages shaded by trend and the milestones marked.
+    (``<prefix>/std``), the stages shaded by trend, the milestones marked and the extra
+    estimates of the adaptive schedule ringed.
 
     Args:
         history: records as ``LLCMonitor.history`` or its JSON-lines file holds them; records
@@ -119,6 +120,10 @@ def plot_curve(
         lw=1.2,
         capsize=2,
     )
+    extra = np.isin(steps, _adaptive_steps(history))
+    if extra.any():
+        ax.plot(steps[extra], mean[extra], "o", mfc="none", mec="tab:orange", ms=8, mew=1.2,
+                label="after a loss bend")  # fmt: skip
     last = float(steps[-1])
     shaded = set()
     for stage in stages:
@@ -145,9 +150,18 @@ def plot_curve(
         )
     ax.set_xscale("log")
     ax.set(xlabel="step", ylabel=ylabel or key, title=title or key)
-    if shaded:
-        ax.legend(loc="best", fontsize=8, title="stage trend", title_fontsize=8)
+    if shaded or extra.any():
+        ax.legend(loc="best", fontsize=8, title="stage trend" if shaded else None, title_fontsize=8)
     return fig
+
+
+def _adaptive_steps(history: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Steps of the extra estimates taken after bends of the training loss (``*/why``)."""
+    return [
+        r["step"]
+        for r in history
+        if any(k.endswith("/why") and v == "adaptive" for k, v in r.items())
+    ]
 
 
 def plot_formation(

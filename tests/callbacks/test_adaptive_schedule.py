@@ -21,6 +21,7 @@ from lightning_devinterp.demos.deep_linear import (
     half_mse,
     transition_steps,
 )
+from lightning_devinterp.reporting.figures import plot_llc_curve
 
 
 def same(value):
@@ -186,6 +187,10 @@ def test_extra_estimates_follow_the_transitions_and_say_why(whole_run):
     assert {why[s] for s in (10, 30, 100, 200, 400, 800)} == {"scheduled"}
     written = [json.loads(line) for line in monitor.jsonl_path.read_text().splitlines()]
     assert [r["llc/why"] for r in written] == list(why.values())
+    # the LLC curve rings them
+    figure = plot_llc_curve(monitor.history)
+    [ringed] = [line for line in figure.axes[0].lines if line.get_label() == "after a loss bend"]
+    assert list(ringed.get_xdata()) == adaptive
 
 
 def test_a_resumed_run_takes_the_same_extra_estimates(whole_run, tmp_path):
