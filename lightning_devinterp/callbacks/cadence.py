@@ -68,8 +68,9 @@ class Cadence:
         """The scheduled step an estimate at ``step`` stands for, or None for no estimate.
 
         Due: a scheduled step since the last step seen (none is lost when ``global_step``
-        jumps; a repeated step, under gradient accumulation, is not due again), ``force``, or
-        a deferred estimate that the budget now allows. Never twice at one step (``done``).
+        jumps; a repeated step, under gradient accumulation, is not due again), else an extra
+        step planned after a bend of the training loss, ``force``, or a deferred estimate that
+        the budget now allows. Never twice at one step (``done``).
         """
         asked = self._asked(step, force)
         self.last_seen_step = step
