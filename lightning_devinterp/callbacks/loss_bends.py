@@ -4,9 +4,9 @@ The training loss is free at every step. Averaged over log-step bins (its logari
 drop of a small loss counts like an early drop of a large one) it is a dense, quiet curve
 whose bends (a plateau ending, a drop, a new plateau) mark where the model changes, and they
 show a few hundredths of a decade after they happen, long before a sparse LLC curve can
-confirm its own. So each bend the loss's :class:`MilestoneDetector` confirms plans a few
-extra estimates from that step on, closely spaced: the LLC curve gets points right after the
-bend, where its own detector needs them to place and confirm it.
+confirm its own. So each bend the loss's :class:`MilestoneDetector` confirms soon after it
+plans a few extra estimates from that step on, closely spaced: the LLC curve gets points
+right after the bend, where its own detector needs them to place and confirm it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ LOSS_RESOLUTION = 0.02
 PER_BEND = 3
 #: Their spacing, in decades of step (log10 units).
 SPACING = 0.04
+#: A bend confirmed later than this after it (decades) gets none: the schedule's own points
+#: (0.12-0.18 decades apart at 20-30 estimates over 3-4 decades) already follow it.
+LATE = 0.15
 
 
 def training_loss(outputs: Any) -> torch.Tensor | None:
@@ -113,7 +116,8 @@ class LossBends:
             return
         for milestone in self.detector.update(self._last_step, math.log(mean)):
             self.bends.append((milestone.kind, milestone.step, milestone.detected_at))
-            self._plan(step, milestone.kind, milestone.step, is_due, last_step)
+            if math.log10(milestone.detected_at / max(milestone.step, 1)) <= LATE:
+                self._plan(step, milestone.kind, milestone.step, is_due, last_step)
         self.watching = self.used < self.max_extra
 
     def _plan(self, step: int, kind: str, at: int, is_due: Callable[[int], bool],

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, LLCMonitor
-from lightning_devinterp.callbacks.loss_bends import PER_BEND, SPACING, LossBends
+from lightning_devinterp.callbacks.loss_bends import LATE, PER_BEND, SPACING, LossBends
 from lightning_devinterp.callbacks.schedule import log_spaced_steps
 from lightning_devinterp.demos.deep_linear import (
     DeepLinearNetwork,
@@ -66,6 +66,20 @@ def test_a_power_law_loss_plans_nothing(seed):
     bends = LossBends(6, "llc")
     feed(bends, losses, steps)
     assert bends.bends == [] and bends.planned == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_bend_seen_late_plans_nothing(seed):
+    """A gentle fall from a plateau (0.4 per decade in log loss) is confirmed 0.18-0.28
+    decades after it: the schedule's own points already follow it."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, 5001)
+    fall = -0.4 * np.clip(np.log10(steps) - 2.5, 0, None)
+    bends = LossBends(9, "llc")
+    feed(bends, np.exp(fall + 0.05 * rng.standard_normal(len(steps))), steps)
+    assert any(abs(math.log10(at / 316)) < 0.1 for _, at, _ in bends.bends), bends.bends
+    assert all(math.log10(seen / at) > LATE for _, at, seen in bends.bends)
+    assert bends.planned == [] and bends.used == 0
 
 
 def test_the_cap_the_schedule_and_the_run_end_limit_the_extra_estimates():
