@@ -43,7 +43,7 @@ def main() -> None:
     bends = LossBends(10**6, "llc")  # never stops watching
     started = time.perf_counter()
     for step, loss in enumerate(losses, start=1):
-        bends.observe(step, loss, lambda s: False, STEPS, lambda v: v)
+        bends.observe(step, loss, lambda after, at: None, STEPS, lambda v: v)
     watch = (time.perf_counter() - started) / STEPS
     print(
         f"training step {train * 1e6:.0f} us, observe {watch * 1e6:.1f} us per step "

@@ -62,7 +62,7 @@ class Cadence:
         """Show the loss bends watcher one batch's outputs (with ``extra_estimates``)."""
         if self.loss_bends is not None:
             loss = training_loss(outputs)
-            self.loss_bends.observe(step, loss, self.schedule.is_due, self.run_end, sync)
+            self.loss_bends.observe(step, loss, self.schedule.first_due, self.run_end, sync)
 
     def decide(self, step: int, force: bool, done: Collection[int], sync: Sync) -> int | None:
         """The scheduled step an estimate at ``step`` stands for, or None for no estimate.

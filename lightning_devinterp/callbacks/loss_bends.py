@@ -31,6 +31,9 @@ SPACING = 0.04
 #: (0.12-0.18 decades apart at 20-30 estimates over 3-4 decades) already follow it.
 LATE = 0.15
 
+#: ``first_due(after, step)``: the schedule's first step in ``(after, step]``, or None.
+FirstDue = Callable[[int, int], "int | None"]
+
 
 def training_loss(outputs: Any) -> torch.Tensor | None:
     """The loss in ``training_step``'s outputs (a tensor, or a dict's ``"loss"``), or None."""
@@ -59,7 +62,8 @@ class LossBends:
     """Watches the training loss and plans up to ``max_extra`` extra estimates at its bends.
 
     Args:
-        max_extra: the most extra estimates in the run.
+        max_extra: the most extra estimates in the run (checked by
+            :func:`check_extra_estimates`).
         name: the monitor's name, for the log.
 
     Attributes:
@@ -69,7 +73,7 @@ class LossBends:
     """
 
     def __init__(self, max_extra: int, name: str) -> None:
-        self.max_extra = check_extra_estimates(max_extra)
+        self.max_extra = max_extra
         self.name = name
         self.detector = MilestoneDetector(
             "train_loss", drop=2.0, resolution=LOSS_RESOLUTION, min_noise_points=8
@@ -84,23 +88,24 @@ class LossBends:
         self._count = 0
         self._sum: torch.Tensor | float = 0.0
 
-    def observe(self, step: int, loss: torch.Tensor | None, is_due: Callable[[int], bool],
+    def observe(self, step: int, loss: torch.Tensor | None, scheduled: FirstDue,
                 last_step: float, sync: Sync) -> None:  # fmt: skip
         """Add one batch's loss at ``step``. When ``step`` opens a new bin, the last bin's
         mean (rank 0's, ``sync``) goes to the detector, and a bend it confirms plans extra
         estimates from ``step`` on, up to ``last_step``, except where the schedule already
-        has one nearby (``is_due(step)``)."""
+        has one nearby (``scheduled(after, step)``: its first step in ``(after, step]``, as
+        :meth:`Schedule.first_due`)."""
         if step < 1 or not self.watching:
             return
         current = math.floor(math.log10(step) / LOSS_RESOLUTION)
         if self._bin is not None and current != self._bin:
-            self._close_bin(step, is_due, last_step, sync)
+            self._close_bin(step, scheduled, last_step, sync)
         self._bin, self._last_step = current, step
         if loss is not None:
             self._sum = self._sum + loss
             self._count += 1
 
-    def _close_bin(self, step: int, is_due: Callable[[int], bool], last_step: float,
+    def _close_bin(self, step: int, scheduled: FirstDue, last_step: float,
                    sync: Sync) -> None:  # fmt: skip
         """Feed the bin's mean loss to the detector; plan extra estimates at a bend."""
         mean = sync(float(self._sum) / self._count if self._count else None)
@@ -117,10 +122,10 @@ class LossBends:
         for milestone in self.detector.update(self._last_step, math.log(mean)):
             self.bends.append((milestone.kind, milestone.step, milestone.detected_at))
             if math.log10(milestone.detected_at / max(milestone.step, 1)) <= LATE:
-                self._plan(step, milestone.kind, milestone.step, is_due, last_step)
+                self._plan(step, milestone.kind, milestone.step, scheduled, last_step)
         self.watching = self.used < self.max_extra
 
-    def _plan(self, step: int, kind: str, at: int, is_due: Callable[[int], bool],
+    def _plan(self, step: int, kind: str, at: int, scheduled: FirstDue,
               last_step: float) -> None:  # fmt: skip
         """Plan this bend's extra estimates from ``step`` on."""
         steps = []
@@ -128,7 +133,7 @@ class LossBends:
             candidate = round(step * 10 ** (k * SPACING))
             if len(steps) + self.used >= self.max_extra or candidate > last_step:
                 break
-            if not _scheduled_near(candidate, is_due) and candidate not in self.planned:
+            if not _scheduled_near(candidate, scheduled) and candidate not in self.planned:
                 steps.append(candidate)
         if not steps:
             return
@@ -171,7 +176,7 @@ class LossBends:
         self._count, self._sum = int(state["count"]), float(state["sum"])
 
 
-def _scheduled_near(step: int, is_due: Callable[[int], bool]) -> bool:
+def _scheduled_near(step: int, scheduled: FirstDue) -> bool:
     """Whether the schedule has a step within half a spacing of ``step``."""
     low, high = step * 10 ** (-SPACING / 2), step * 10 ** (SPACING / 2)
-    return any(is_due(s) for s in range(math.ceil(low), math.floor(high) + 1))
+    return scheduled(math.ceil(low) - 1, math.floor(high)) is not None

@@ -233,8 +233,8 @@ class ScheduledAnalysis(Callback):
             return
         if self.budget is not None:
             self.budget.start(trainer.global_step)
-        self.schedule.resolve(last_step(trainer))
         self.cadence.run_end = last_step(trainer)
+        self.schedule.resolve(self.cadence.run_end)
         self.check_run(trainer)
         check_optimization(pl_module, self.target.loss_fn, self.name)
         with isolated(pl_module):

@@ -29,9 +29,14 @@ def same(value):
     return value
 
 
+def first_of(scheduled):
+    """``first_due(after, step)`` of a schedule of these steps."""
+    return lambda after, step: min((s for s in scheduled if after < s <= step), default=None)
+
+
 def feed(bends: LossBends, losses, steps, scheduled=(), last_step=10_000):
     for step, loss in zip(steps, losses, strict=True):
-        bends.observe(int(step), torch.tensor(loss), lambda s: s in scheduled, last_step, same)
+        bends.observe(int(step), torch.tensor(loss), first_of(scheduled), last_step, same)
 
 
 def dropping_loss(seed: int, at: int = 120, last: int = 600, noise: float = 0.03):
@@ -114,7 +119,7 @@ def test_the_state_round_trips_and_the_watch_goes_on_as_if_uninterrupted():
 def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
     bends = LossBends(3, "llc")
     for step in range(1, 5):
-        bends.observe(step, None, lambda s: False, 100, same)
+        bends.observe(step, None, first_of(()), 100, same)
     assert not bends.watching
     assert "not in training_step's output" in caplog.text
     negative = LossBends(3, "llc")
