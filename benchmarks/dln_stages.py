@@ -1,8 +1,9 @@
 """Milestones on a deep linear network's saddle-to-saddle LLC curve, over seeds and teacher
 spectra (issue 13's acceptance): each run trains 5000 steps through a real LLCMonitor at its
 default schedule (30 log-spaced estimates); a transition (a teacher mode half learned) is
-found when a milestone of the LLC curve lies within a factor 1.5 of it. Latency is log10 of
-the confirmation step over the milestone's step. Prints one line per run and the totals.
+found when a milestone of the LLC curve (and, scored apart, of the training loss) lies within
+a factor 1.5 of it. Latency is log10 of the confirmation step over the milestone's step.
+Prints the lines of each run and the totals of each series.
 
     python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run
     python benchmarks/dln_stages.py --num-estimates 21 --extra-estimates 9   # adaptive
@@ -29,9 +30,12 @@ from lightning_devinterp.demos.deep_linear import (
     half_mse,
     transition_steps,
 )
+from lightning_devinterp.milestones import Milestone
 
 SPECTRA = {"ratio 3": (3.0, 1.0, 0.33), "ratio 4": (3.0, 0.75, 0.19), "ratio 2.5": (3.0, 1.2, 0.48)}
 TOL = math.log10(1.5)
+#: The series scored: the LLC curve, and the training loss (its milestones come first).
+SERIES = ("llc", "train_loss")
 MAX_STEPS = 5000
 #: SGLD steps of one estimate: 2 chains of 50 burn-in and 100 draws.
 STEPS_PER_ESTIMATE = 2 * 150
@@ -70,11 +74,10 @@ def run(
 
 
 def score(
-    transitions: list[int], monitor: LLCMonitor
+    transitions: list[int], found: list[Milestone]
 ) -> tuple[list[float | None], list[float], int]:
-    """Per transition: distance (decades) to the nearest LLC milestone within TOL; latencies
-    of those milestones; false alarms (LLC milestones near no transition)."""
-    found = [m for m in monitor.milestones if m.series == "llc"]
+    """Per transition: distance (decades) to the nearest milestone within TOL; latencies of
+    those milestones; false alarms (milestones near no transition)."""
     dist, latency = [], []
     for t in transitions:
         near = [m for m in found if abs(math.log10(m.step / t)) <= TOL]
@@ -86,6 +89,34 @@ def score(
     return dist, latency, false
 
 
+class Totals:
+    """One series' figures over the runs."""
+
+    def __init__(self) -> None:
+        self.hits = self.too_late = self.total = self.false_alarms = 0
+        self.latencies: list[float] = []
+
+    def add(self, transitions: list[int], found: list[Milestone], steps: list[int]) -> str:
+        """Score one run; its line."""
+        dist, latency, false = score(transitions, found)
+        # a transition needs two estimates after it to be confirmed before the run ends
+        late = [sum(s > t for s in steps) < 2 for t in transitions]
+        self.hits += sum(d is not None for d in dist)
+        self.too_late += sum(d is None and lt for d, lt in zip(dist, late, strict=True))
+        self.total += len(transitions)
+        self.latencies += latency
+        self.false_alarms += false
+        shown = ["-" if d is None else f"{d:+.2f}" for d in dist]
+        return f"distance {shown}, latency {np.round(latency, 2).tolist()}, false alarms {false}"
+
+    def summary(self) -> str:
+        return (
+            f"found {self.hits} of {self.total} transitions ({self.too_late} of the missed ones "
+            "had fewer than two estimates after them); median latency "
+            f"{np.median(self.latencies):.2f} decades; false alarms {self.false_alarms}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num-estimates", type=int, default=30)
@@ -94,33 +125,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    hits = too_late = total = false_alarms = estimates = 0
-    latencies: list[float] = []
+    totals = {series: Totals() for series in SERIES}
+    estimates = 0
     for name, spectrum in SPECTRA.items():
         for seed in args.seeds:
             transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
             estimates += len(monitor.history)
-            dist, latency, false = score(transitions, monitor)
             steps = [r["step"] for r in monitor.history]
-            # a transition needs two estimates after it to be confirmed before the run ends
-            late = [sum(s > t for s in steps) < 2 for t in transitions]
-            hits += sum(d is not None for d in dist)
-            too_late += sum(d is None and lt for d, lt in zip(dist, late, strict=True))
-            total += len(transitions)
-            latencies += latency
-            false_alarms += false
-            shown = ["-" if d is None else f"{d:+.2f}" for d in dist]
-            print(
-                f"{name} seed {seed}: transitions {transitions}, distance {shown}, "
-                f"latency {np.round(latency, 2).tolist()}, false alarms {false}",
-                flush=True,
-            )
-    print(
-        f"found {hits} of {total} transitions ({too_late} of the missed ones had fewer than two "
-        f"estimates after them); median latency {np.median(latencies):.2f} decades; false "
-        f"alarms {false_alarms}; {estimates} estimates, {estimates * STEPS_PER_ESTIMATE} SGLD "
-        "steps"
-    )
+            print(f"{name} seed {seed}: transitions {transitions}", flush=True)
+            for series, total in totals.items():
+                found = [m for m in monitor.milestones if m.series == series]
+                print(f"  {series}: {total.add(transitions, found, steps)}", flush=True)
+    for series, total in totals.items():
+        print(f"{series}: {total.summary()}")
+    print(f"{estimates} estimates, {estimates * STEPS_PER_ESTIMATE} SGLD steps")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from lightning_devinterp.callbacks.loss_bends import (
 )
 from lightning_devinterp.callbacks.sampler_plan import SamplerPlan
 from lightning_devinterp.callbacks.schedule import Schedule
+from lightning_devinterp.milestones import Milestone, MilestoneDetector
 from lightning_devinterp.sampling import ChainSettings
 
 
@@ -48,8 +49,8 @@ class Cadence:
         self.budget = budget
         self.plan = plan
         self.name = name
-        extra = check_extra_estimates(extra_estimates)
-        self.loss_bends = LossBends(extra, name) if extra else None
+        self.extra_estimates = check_extra_estimates(extra_estimates)
+        self.loss_bends = LossBends(self.extra_estimates, name) if self.extra_estimates else None
         #: The run's last step (set at train start).
         self.run_end = math.inf
         self.last_seen_step: int | None = None
@@ -58,11 +59,29 @@ class Cadence:
         #: Why an estimate was asked for, by its step, when not by the schedule.
         self.why: dict[int, str] = {}
 
-    def watch(self, step: int, outputs: Any, sync: Sync) -> None:
-        """Show the loss bends watcher one batch's outputs (with ``extra_estimates``)."""
-        if self.loss_bends is not None:
-            loss = training_loss(outputs)
-            self.loss_bends.observe(step, loss, self.schedule.first_due, self.run_end, sync)
+    def announce_loss_milestones(self, detector: MilestoneDetector) -> None:
+        """Watch the training loss with ``detector`` (a monitor's, whose milestones it
+        announces), with or without ``extra_estimates``."""
+        self.loss_bends = LossBends(self.extra_estimates, self.name, detector)
+
+    def watch(self, step: int, outputs: Any, sync: Sync) -> list[Milestone]:
+        """Show the training loss's watch (:class:`LossBends`, if any) one batch's outputs.
+
+        Returns:
+            The training loss's milestones this confirmed.
+        """
+        if self.loss_bends is None:
+            return []
+        loss = training_loss(outputs)
+        return self.loss_bends.observe(step, loss, self.schedule.first_due, self.run_end, sync)
+
+    def watch_end(self, sync: Sync) -> list[Milestone]:
+        """Training is over: the training loss's watch reads its last bin.
+
+        Returns:
+            The training loss's milestones this confirmed.
+        """
+        return self.loss_bends.finish(sync) if self.loss_bends is not None else []
 
     def decide(self, step: int, force: bool, done: Collection[int], sync: Sync) -> int | None:
         """The scheduled step an estimate at ``step`` stands for, or None for no estimate.

@@ -27,6 +27,7 @@ from lightning_devinterp.milestones import (
     MilestoneDetector,
     MilestoneTracker,
     milestones_filename,
+    train_loss_series,
 )
 from lightning_devinterp.reporting.figures import plot_llc_curve, plot_rllc_heads
 from lightning_devinterp.sampling import SGLD
@@ -65,11 +66,15 @@ class LLCMonitor(ScheduledAnalysis):
         milestones: ``True`` (default) detects milestones online on every series the monitor
             estimates: the LLC (series ``name``), L(w*) (series ``"loss"``, or
             ``"<name>/loss"`` for another ``name``, where sharp drops show), each
-            component's refined LLC (``"rllc/l0h1"``) and each data-refined LLC; or one or
-            more configured :class:`MilestoneDetector` (those series only); ``False`` for
-            none. Each detector measures its noise from the chains' common random numbers
-            and holds back milestones among transient estimates (negative, chains that
-            disagree). Confirmed milestones go to :attr:`milestones`, ``milestones.json``
+            component's refined LLC (``"rllc/l0h1"``) and each data-refined LLC; and on the
+            training loss ``training_step`` returns (series ``"train_loss"`` or
+            ``"<name>/train_loss"``; read at every step, averaged over bins of 0.02 decades,
+            its milestones announced between estimates, a few hundredths of a decade after
+            a sharp transition); or one or more configured :class:`MilestoneDetector` (those
+            series only; one named as the training loss's series reads it); ``False`` for
+            none. Each estimate's detector measures its noise from the chains' common random
+            numbers and holds back milestones among transient estimates (negative, chains
+            that disagree). Confirmed milestones go to :attr:`milestones`, ``milestones.json``
             beside the JSON-lines file, a ``<name>/stage`` scalar, a W&B table and summary,
             and TensorBoard text; the stage view across series (each stage of the LLC with
             what every other series does in it) to ``<name>/stage_view`` in each record, a
@@ -131,6 +136,9 @@ class LLCMonitor(ScheduledAnalysis):
             )
         self.data = dict(data) if data is not None else None
         self.tracker = MilestoneTracker(name, milestones)
+        train_loss = self.tracker.detector_of(train_loss_series(name))
+        if train_loss is not None:
+            self.cadence.announce_loss_milestones(train_loss)
         self.on_milestone = on_milestone
         self.checkpoint_on_milestone = checkpoint_on_milestone
         self.last_estimates: dict[str, LLCEstimate] = {}
@@ -268,9 +276,17 @@ class LLCMonitor(ScheduledAnalysis):
     def _settle_last(self, trainer: Trainer) -> None:
         """Announce what the detectors settle now that no estimate follows the last."""
         new = self.tracker.finish()
-        if not new or not self.history:
-            return
-        step = self.history[-1]["step"]
+        if new and self.history:
+            self._publish_new(trainer, new, self.history[-1]["step"])
+
+    @override
+    def loss_milestones(self, trainer: Trainer, new: list[Milestone]) -> None:
+        """Announce the training loss's milestones as they are confirmed (between estimates)."""
+        self._write_milestones()
+        self._publish_new(trainer, new, trainer.global_step)
+
+    def _publish_new(self, trainer: Trainer, new: list[Milestone], step: int) -> None:
+        """Send the milestones and the stage view to the loggers; announce ``new``."""
         view = [summary.describe() for summary in self.tracker.stage_view(step)]
         self.recorder.publish_milestones(self.milestones, step, self.name, view)
         self._view = view

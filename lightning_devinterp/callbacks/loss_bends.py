@@ -1,12 +1,13 @@
-"""Extra estimates where the training loss bends (the adaptive part of a schedule).
+"""The training loss watched at every step: its milestones, and extra estimates at its bends.
 
 The training loss is free at every step. Averaged over log-step bins (its logarithm: a late
 drop of a small loss counts like an early drop of a large one) it is a dense, quiet curve
 whose bends (a plateau ending, a drop, a new plateau) mark where the model changes, and they
 show a few hundredths of a decade after they happen, long before a sparse LLC curve can
-confirm its own. So each bend the loss's :class:`MilestoneDetector` confirms soon after it
-plans a few extra estimates from that step on, closely spaced: the LLC curve gets points
-right after the bend, where its own detector needs them to place and confirm it.
+confirm its own. Its :class:`MilestoneDetector` (:func:`train_loss_detector`) announces them,
+and each bend it confirms soon after it can plan a few extra estimates from that step on,
+closely spaced: the LLC curve gets points right after the bend, where its own detector needs
+them to place and confirm it (the adaptive part of a schedule).
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_devinterp.callbacks.budget import Sync
-from lightning_devinterp.milestones import MilestoneDetector
+from lightning_devinterp.milestones import Milestone, MilestoneDetector, train_loss_detector
 
-#: Width of the log10(step) bins the training loss is averaged over.
-LOSS_RESOLUTION = 0.02
 #: Extra estimates planned at each bend of the training loss.
 PER_BEND = 3
 #: Their spacing, in decades of step (log10 units).
@@ -59,12 +58,16 @@ def check_extra_estimates(value: Any) -> int:
 
 
 class LossBends:
-    """Watches the training loss and plans up to ``max_extra`` extra estimates at its bends.
+    """Watches the training loss: its milestones, and up to ``max_extra`` extra estimates
+    planned at its bends.
 
     Args:
         max_extra: the most extra estimates in the run (checked by
             :func:`check_extra_estimates`).
         name: the monitor's name, for the log.
+        detector: the training loss's detector when a monitor announces its milestones (a
+            :class:`MilestoneTracker`'s, which keeps its state); None: a detector of its own,
+            kept in :meth:`state_dict`, only to plan the extra estimates.
 
     Attributes:
         planned: steps still to estimate at, in order.
@@ -72,58 +75,85 @@ class LossBends:
         bends: the training loss's confirmed milestones, as ``(kind, step, detected_at)``.
     """
 
-    def __init__(self, max_extra: int, name: str) -> None:
+    def __init__(
+        self, max_extra: int, name: str, detector: MilestoneDetector | None = None
+    ) -> None:
         self.max_extra = max_extra
         self.name = name
-        self.detector = MilestoneDetector(
-            "train_loss", drop=2.0, resolution=LOSS_RESOLUTION, min_noise_points=8
-        )
+        self.shared = detector is not None
+        self.detector = detector if detector is not None else train_loss_detector(name)
         self.planned: list[int] = []
         self.used = 0
-        #: False once every extra estimate is planned, or the loss cannot be read.
-        self.watching = self.max_extra > 0
+        #: False once a bin's loss could not be read (the watch stops).
+        self.readable = True
         self.bends: list[tuple[str, int, int]] = []
         self._bin: int | None = None
         self._last_step = 0
         self._count = 0
         self._sum: torch.Tensor | float = 0.0
 
+    @property
+    def watching(self) -> bool:
+        """Whether the loss is still read: it is readable, and milestones are announced or
+        extra estimates are left to plan."""
+        return self.readable and (self.shared or self.used < self.max_extra)
+
     def observe(self, step: int, loss: torch.Tensor | None, scheduled: FirstDue,
-                last_step: float, sync: Sync) -> None:  # fmt: skip
+                last_step: float, sync: Sync) -> list[Milestone]:  # fmt: skip
         """Add one batch's loss at ``step``. When ``step`` opens a new bin, the last bin's
         mean (rank 0's, ``sync``) goes to the detector, and a bend it confirms plans extra
         estimates from ``step`` on, up to ``last_step``, except where the schedule already
         has one nearby (``scheduled(after, step)``: its first step in ``(after, step]``, as
-        :meth:`Schedule.first_due`)."""
+        :meth:`Schedule.first_due`).
+
+        Returns:
+            The training loss's milestones this confirmed.
+        """
         if step < 1 or not self.watching:
-            return
-        current = math.floor(math.log10(step) / LOSS_RESOLUTION)
+            return []
+        current = math.floor(math.log10(step) / self.detector.resolution)
+        found = []
         if self._bin is not None and current != self._bin:
-            self._close_bin(step, scheduled, last_step, sync)
+            found = self._close_bin(step, scheduled, last_step, sync)
         self._bin, self._last_step = current, step
         if loss is not None:
             self._sum = self._sum + loss
             self._count += 1
+        return found
+
+    def finish(self, sync: Sync) -> list[Milestone]:
+        """Training is over: the open bin's mean goes to the detector (nothing is planned).
+
+        Returns:
+            The training loss's milestones this confirmed.
+        """
+        if not self.watching or self._bin is None:
+            return []
+        self._bin = None
+        return self._close_bin(self._last_step, _none_due, -math.inf, sync)
 
     def _close_bin(self, step: int, scheduled: FirstDue, last_step: float,
-                   sync: Sync) -> None:  # fmt: skip
+                   sync: Sync) -> list[Milestone]:  # fmt: skip
         """Feed the bin's mean loss to the detector; plan extra estimates at a bend."""
         mean = sync(float(self._sum) / self._count if self._count else None)
         self._sum, self._count = 0.0, 0
         if mean is None or not 0 < mean < math.inf:
-            self.watching = False
+            self.readable = False
             rank_zero_info(
-                f"LLCMonitor({self.name}): no extra estimates from here on: the training loss "
+                f"LLCMonitor({self.name}): the training loss is not watched from here on (no "
+                "training-loss milestones, no extra estimates): it "
                 + (f"is {mean:g}" if mean is not None else "is not in training_step's output")
-                + " (extra_estimates follows the logarithm of a positive, finite loss returned "
-                "by training_step, or a dict's 'loss')."
+                + " (the watch reads the logarithm of a positive, finite loss returned by "
+                "training_step, or a dict's 'loss')."
             )
-            return
-        for milestone in self.detector.update(self._last_step, math.log(mean)):
+            return []
+        found = self.detector.update(self._last_step, math.log(mean))
+        for milestone in found:
             self.bends.append((milestone.kind, milestone.step, milestone.detected_at))
-            if math.log10(milestone.detected_at / max(milestone.step, 1)) <= LATE:
+            late = math.log10(milestone.detected_at / max(milestone.step, 1)) > LATE
+            if not late and self.used < self.max_extra:
                 self._plan(step, milestone.kind, milestone.step, scheduled, last_step)
-        self.watching = self.used < self.max_extra
+        return found
 
     def _plan(self, step: int, kind: str, at: int, scheduled: FirstDue,
               last_step: float) -> None:  # fmt: skip
@@ -155,11 +185,12 @@ class LossBends:
         self.planned = [s for s in self.planned if s > step]
 
     def state_dict(self) -> dict[str, Any]:
+        """The watch's state, with its detector's when it has its own."""
         return {
-            "detector": self.detector.state_dict(),
+            "detector": None if self.shared else self.detector.state_dict(),
             "planned": list(self.planned),
             "used": self.used,
-            "watching": self.watching,
+            "readable": self.readable,
             "bends": [list(b) for b in self.bends],
             "bin": self._bin,
             "last_step": self._last_step,
@@ -168,12 +199,18 @@ class LossBends:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.detector.load_state_dict(state["detector"])
+        if not self.shared and state.get("detector") is not None:
+            self.detector.load_state_dict(state["detector"])
         self.planned = [int(s) for s in state["planned"]]
-        self.used, self.watching = int(state["used"]), bool(state["watching"])
+        self.used, self.readable = int(state["used"]), bool(state.get("readable", True))
         self.bends = [(str(k), int(s), int(d)) for k, s, d in state["bends"]]
         self._bin, self._last_step = state["bin"], int(state["last_step"])
         self._count, self._sum = int(state["count"]), float(state["sum"])
+
+
+def _none_due(after: int, step: int) -> None:
+    """A schedule with no step (at train end)."""
+    return None
 
 
 def _scheduled_near(step: int, scheduled: FirstDue) -> bool:

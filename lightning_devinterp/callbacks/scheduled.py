@@ -39,6 +39,7 @@ from lightning_devinterp.callbacks.trainer_info import (
 )
 from lightning_devinterp.callbacks.trainer_view import check_optimization
 from lightning_devinterp.estimators import calibrate_with, check_inputs
+from lightning_devinterp.milestones import Milestone
 from lightning_devinterp.reporting.recorder import Recorder
 from lightning_devinterp.sampling import SGLD, ChainSettings
 
@@ -273,7 +274,9 @@ class ScheduledAnalysis(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._active and self.cadence.loss_bends is not None:
-            self.cadence.watch(trainer.global_step, outputs, rank_zero_value(trainer))
+            new = self.cadence.watch(trainer.global_step, outputs, rank_zero_value(trainer))
+            if new:
+                self.loss_milestones(trainer, new)
         if self.budget is None or not self._active:
             self._maybe_estimate(trainer, pl_module, trainer.global_step)
             return
@@ -293,12 +296,19 @@ class ScheduledAnalysis(Callback):
         if self.at_train_end:
             self._maybe_estimate(trainer, pl_module, trainer.global_step, force=True)
         if self._active:
+            new = self.cadence.watch_end(rank_zero_value(trainer))
+            if new:
+                self.loss_milestones(trainer, new)
             self.finish(trainer)
         if self._active and self.budget is not None:
             self.budget.analysed()
 
     def finish(self, trainer: Trainer) -> None:
         """At train end, after the last estimate."""
+
+    def loss_milestones(self, trainer: Trainer, new: list[Milestone]) -> None:
+        """Milestones of the training loss, just confirmed (with a detector given to
+        :meth:`Cadence.announce_loss_milestones`)."""
 
     # ---------------------------------------------------------------- when
 

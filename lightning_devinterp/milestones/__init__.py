@@ -12,10 +12,11 @@ from lightning_devinterp.milestones.series import (
     loss_series,
     milestones_filename,
     series_keys,
+    train_loss_series,
     write_milestones_json,
 )
 from lightning_devinterp.milestones.stage_view import StageSummary, stage_view
-from lightning_devinterp.milestones.tracker import MilestoneTracker
+from lightning_devinterp.milestones.tracker import MilestoneTracker, train_loss_detector
 
 __all__ = [
     "Milestone",
@@ -30,6 +31,8 @@ __all__ = [
     "series_keys",
     "smooth_trajectory",
     "stage_view",
+    "train_loss_detector",
+    "train_loss_series",
     "trajectory_curvature",
     "write_milestones_json",
 ]

@@ -26,6 +26,13 @@ def loss_series(name: str) -> str:
     return "loss" if name == "llc" else f"{name}/loss"
 
 
+def train_loss_series(name: str) -> str:
+    """The series of the monitor ``name``'s training-loss detector: ``train_loss`` for the
+    default ``llc``, else ``<name>/train_loss``. Not in the records: the monitor feeds it the
+    loss ``training_step`` returns, averaged over log-step bins."""
+    return "train_loss" if name == "llc" else f"{name}/train_loss"
+
+
 def series_keys(series: str, name: str) -> tuple[str, str | None]:
     """The entries of the monitor ``name``'s records that a detector of ``series`` reads: its
     value and its std (L(w*), series ``loss`` or :func:`loss_series`, is ``<name>/init_loss``

@@ -12,6 +12,7 @@ from lightning_devinterp.milestones.series import (
     estimate_prefixes,
     loss_series,
     series_keys,
+    train_loss_series,
     transient,
     write_milestones_json,
 )
@@ -21,9 +22,27 @@ from lightning_devinterp.milestones.stage_view import StageSummary, stage_view
 MilestonesOption = bool | MilestoneDetector | Sequence[MilestoneDetector] | None
 
 
+#: Width of the log10(step) bins the training loss is averaged over.
+TRAIN_LOSS_RESOLUTION = 0.02
+
+
+def train_loss_detector(name: str) -> MilestoneDetector:
+    """The detector of the monitor ``name``'s training loss (:func:`train_loss_series`): it
+    reads the logarithm of the loss averaged over bins of 0.02 decades (a late drop of a
+    small loss counts like an early drop of a large one) and names a steep fall a drop."""
+    return MilestoneDetector(
+        train_loss_series(name), drop=2.0, resolution=TRAIN_LOSS_RESOLUTION, min_noise_points=8
+    )
+
+
 def default_detectors(name: str) -> list[MilestoneDetector]:
-    """The monitor ``name``'s own curve and its L(w*), where sharp drops show."""
-    return [MilestoneDetector(name), MilestoneDetector(loss_series(name), drop=2.0)]
+    """The monitor ``name``'s own curve, its L(w*), where sharp drops show, and its training
+    loss, where they show first."""
+    return [
+        MilestoneDetector(name),
+        MilestoneDetector(loss_series(name), drop=2.0),
+        train_loss_detector(name),
+    ]
 
 
 class MilestoneTracker:
@@ -71,6 +90,10 @@ class MilestoneTracker:
         """The series watched, in order (the monitor's own curve first by default)."""
         return [d.series for d in self.detectors]
 
+    def detector_of(self, series: str) -> MilestoneDetector | None:
+        """The detector of ``series``, or None if none watches it."""
+        return next((d for d in self.detectors if d.series == series), None)
+
     def update(self, step: int, record: Mapping[str, Any]) -> list[Milestone]:
         """Give each detector its point of ``record``; the milestones this confirmed."""
         if self.every_series:
@@ -115,7 +138,8 @@ class MilestoneTracker:
 
     def stages(self, series: str) -> list[Stage]:
         """The stages of ``series`` (empty if no detector watches it)."""
-        return next((d.stages for d in self.detectors if d.series == series), [])
+        detector = self.detector_of(series)
+        return detector.stages if detector is not None else []
 
     def all_stages(self) -> dict[str, list[Stage]]:
         """The stages of every series watched, by series."""
@@ -146,10 +170,16 @@ class MilestoneTracker:
         return [d.state_dict() for d in self.detectors]
 
     def load_state_dict(self, states: Sequence[dict[str, Any]]) -> None:
-        """Restores each detector; with every series watched, also those added during the
-        saved run (by the series named in each state)."""
+        """Restores each detector from the state saved for its series; with every series
+        watched, also those added during the saved run. States without a series name (version
+        1) are matched by position; saved series no detector here watches are ignored."""
+        named = [s.get("config", {}).get("series") for s in states]
         if self.every_series:
-            saved = [s.get("config", {}).get("series") for s in states]
-            self._watch([s for s in saved if isinstance(s, str)])
-        for detector, state in zip(self.detectors, states, strict=False):
-            detector.load_state_dict(state)
+            self._watch([s for s in named if isinstance(s, str)])
+        for i, (series, state) in enumerate(zip(named, states, strict=True)):
+            if isinstance(series, str):
+                detector = self.detector_of(series)
+            else:
+                detector = self.detectors[i] if i < len(self.detectors) else None
+            if detector is not None:
+                detector.load_state_dict(state)

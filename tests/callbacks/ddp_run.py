@@ -105,6 +105,9 @@ def main(out: Path) -> None:
         "susceptibility": susceptibility.history,
         "susceptibility_chains": len(susceptibility.last_result.per_chain),
         "adaptive": [(r["step"], r["adaptive/why"]) for r in adaptive.history],
+        "train_loss": [
+            m.to_dict() for m in adaptive.milestones if m.series == "adaptive/train_loss"
+        ],
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 

@@ -1,5 +1,6 @@
-"""The adaptive schedule: extra estimates right after bends of the training loss
-(``extra_estimates``), why each estimate was taken (``<name>/why``), resume."""
+"""The training loss watched at every step: its milestones, announced between estimates, and
+the adaptive schedule (extra estimates right after its bends, ``extra_estimates``); why each
+estimate was taken (``<name>/why``); resume."""
 
 from __future__ import annotations
 
@@ -124,10 +125,14 @@ def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
     assert "not in training_step's output" in caplog.text
     negative = LossBends(3, "llc")
     feed(negative, [-1.0, -1.0, -1.0], [1, 2, 3])
-    assert not negative.watching and "the training loss is -1" in caplog.text
+    assert (
+        not negative.watching
+        and "not watched from here on (no training-loss milestones, no extra estimates): it is -1"
+        in caplog.text
+    )
     broken = LossBends(3, "llc")
     feed(broken, [1.0, math.nan, 1.0], [1, 2, 3])
-    assert not broken.watching and "the training loss is nan" in caplog.text
+    assert not broken.watching and "it is nan" in caplog.text
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, 0.0, True, "3", None])
@@ -191,7 +196,7 @@ def adaptive_monitor(**overrides) -> LLCMonitor:
 
 @pytest.fixture(scope="module")
 def whole_run(tmp_path_factory):
-    monitor = adaptive_monitor()
+    monitor = adaptive_monitor(milestones=True)
     model = dln_fit(tmp_path_factory.mktemp("whole"), [monitor], max_steps=801)
     return monitor, [t for t in transition_steps(model.modes) if t is not None]
 
@@ -213,19 +218,41 @@ def test_extra_estimates_follow_the_transitions_and_say_why(whole_run):
     assert list(ringed.get_xdata()) == adaptive
 
 
+def test_the_training_loss_milestones_come_right_after_the_transitions(whole_run):
+    """The training loss drops at each transition; each drop is announced within 0.1 decades
+    of it (measured 0.04-0.06), as it is confirmed, between two estimates, and it reaches the
+    milestone file and the stage view."""
+    monitor, transitions = whole_run
+    drops = [m for m in monitor.milestones if m.series == "train_loss"]
+    assert [m.kind for m in drops] == ["drop"] * len(transitions), drops
+    for m, t in zip(drops, transitions, strict=True):
+        assert abs(math.log10(m.step / t)) <= 0.1 and m.detected_at > m.step, (m, t)
+        assert math.log10(m.detected_at / m.step) <= 0.1, m
+    estimated = {r["step"] for r in monitor.history}
+    assert all(m.detected_at not in estimated for m in drops)
+    saved = json.loads(monitor.milestones_path.read_text())
+    assert [m["step"] for m in saved["online"] if m["series"] == "train_loss"] == [
+        m.step for m in drops
+    ]
+    assert len(saved["stages"]["train_loss"]) == len(drops) + 1
+    assert "train_loss" in monitor.history[-1]["llc/stage_view"]
+
+
 def test_a_resumed_run_takes_the_same_extra_estimates(whole_run, tmp_path):
     whole, _ = whole_run
-    first = adaptive_monitor()
+    first = adaptive_monitor(milestones=True)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=STOP_AT)
     dln_fit(tmp_path / "a", [first, checkpoints, StopAt(STOP_AT)], max_steps=801)
     pending = first.cadence.loss_bends.planned
     assert pending, "the interruption falls between a bend's extra estimates"
-    resumed = adaptive_monitor()
+    resumed = adaptive_monitor(milestones=True)
     ckpt = str(next((tmp_path / "ck").glob("*.ckpt")))
     dln_fit(tmp_path / "b", [resumed], ckpt_path=ckpt, max_steps=801)
     steps = [(r["step"], r["llc/why"]) for r in resumed.history]
     assert steps == [(r["step"], r["llc/why"]) for r in whole.history]
     assert set(pending) <= {s for s, why in steps if why == "adaptive"}
+    # the training loss's detector (the tracker's) goes on where it was
+    assert resumed.milestones == whole.milestones
 
 
 def test_extra_estimates_stay_within_max_overhead(tmp_path):

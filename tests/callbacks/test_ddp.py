@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,5 +49,8 @@ def test_ddp_splits_chains_and_every_rank_holds_the_same_history(tmp_path):
     extra = [step for step, why in adaptive if why == "adaptive"]
     assert 1 <= len(extra) <= 3 and all(15 < step < 30 for step in extra), adaptive
     assert adaptive[-1] == [40, "scheduled"]
+    # and the training loss's milestones: rank 0's drop, announced by both ranks
+    assert ranks[1]["train_loss"] == ranks[0]["train_loss"]
+    assert any(abs(math.log10(m["step"] / 15)) <= 0.1 for m in ranks[0]["train_loss"])
     jsonl = list((tmp_path / "devinterp").glob("*.jsonl")) + list(tmp_path.rglob("llc.jsonl"))
     assert jsonl, "rank zero writes the JSON-lines file"

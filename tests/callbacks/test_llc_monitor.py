@@ -374,9 +374,9 @@ def test_components_heads_gives_one_rllc_per_attention_head(tmp_path):
     heads = sorted(k.split("/")[1] for k in record if k.startswith("rllc/") and k.endswith("/mean"))
     assert heads == ["l0h0", "l0h1", "l1h0", "l1h1"]
     # a detector on every series, each fed its points and its chains' noise
-    assert monitor.tracker.series == ["llc", "loss", *[f"rllc/{h}" for h in heads]]
+    assert monitor.tracker.series == ["llc", "loss", "train_loss", *[f"rllc/{h}" for h in heads]]
     assert all(d.state_dict()["last_step"] == 2 for d in monitor.detectors)
-    assert all(len(d.state_dict()["chain_variances"]) == 1 for d in monitor.detectors[2:])
+    assert all(len(d.state_dict()["chain_variances"]) == 1 for d in monitor.detectors[3:])
     # the stage view in every record, in TensorBoard text and in the milestone file
     assert record["llc/stage_view"].startswith("steps 1-now: llc ")
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
@@ -436,8 +436,8 @@ def test_milestones_reach_json_hook_checkpoint_stage_and_state(tmp_path):
     assert restored.detectors[0].state_dict() == state["detectors"][0]
 
 
-def test_default_milestone_detectors_watch_the_llc_and_the_loss():
-    assert [d.series for d in LLCMonitor().detectors] == ["llc", "loss"]
+def test_default_milestone_detectors_watch_the_llc_and_the_losses():
+    assert [d.series for d in LLCMonitor().detectors] == ["llc", "loss", "train_loss"]
     assert LLCMonitor(milestones=False).detectors == []
     with pytest.raises(TypeError, match="milestones="):
         LLCMonitor(milestones=["llc"])
@@ -446,8 +446,8 @@ def test_default_milestone_detectors_watch_the_llc_and_the_loss():
 def test_a_named_monitor_feeds_its_detectors_its_llc_and_its_loss(tmp_path):
     monitor = LLCMonitor(name="copies", every_n_steps=2, **FAST)
     fit(tmp_path, monitor, max_steps=8)
-    assert [d.series for d in monitor.detectors] == ["copies", "copies/loss"]
-    assert [d.state_dict()["last_step"] for d in monitor.detectors] == [8, 8]
+    assert [d.series for d in monitor.detectors] == ["copies", "copies/loss", "copies/train_loss"]
+    assert [d.state_dict()["last_step"] for d in monitor.detectors] == [8, 8, 8]
     assert series_keys("copies/loss", "copies") == series_keys("loss", "copies")
     assert series_keys("copies/loss", "copies") == ("copies/init_loss", None)
     assert series_keys("rllc/l0h1", "llc") == ("rllc/l0h1/mean", "rllc/l0h1/std")

@@ -166,7 +166,7 @@ def test_the_tracker_watches_every_estimate_and_resumes_them():
         if i == 30:
             first = MilestoneTracker("llc")
             first.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
-    assert tracker.series == ["llc", "loss", "rllc/l0h0", "rllc/l0h1"]
+    assert tracker.series == ["llc", "loss", "train_loss", "rllc/l0h0", "rllc/l0h1"]
     found = {s: [m.step for m in tracker.milestones if m.series == s] for s in tracker.series}
     for series in ("llc", "rllc/l0h0"):  # where the series starts rising, and nowhere else
         assert len(found[series]) == 1 and abs(math.log10(found[series][0] / 300)) < 0.15
@@ -175,6 +175,26 @@ def test_the_tracker_watches_every_estimate_and_resumes_them():
     only = MilestoneTracker("llc", MilestoneDetector("llc"))
     only.update(10, record(10, rng, rising))
     assert only.series == ["llc"]  # configured detectors: those series only
+
+
+def test_a_state_is_restored_by_series_whatever_its_order_or_age():
+    """A state saved before the training loss was watched (no ``train_loss`` entry), in any
+    order, restores each series' detector; the training loss's starts afresh."""
+    rng = np.random.default_rng(2)
+    rising = {"llc": True, "rllc/l0h0": True, "rllc/l0h1": False}
+    tracker = MilestoneTracker("llc")
+    for step in sorted(log_spaced_steps(10_000, 40, 10)):
+        tracker.update(step, record(step, rng, rising))
+    older = [s for s in tracker.state_dict() if s["config"]["series"] != "train_loss"]
+    restored = MilestoneTracker("llc")
+    restored.load_state_dict(json.loads(json.dumps(older[::-1])))
+    assert sorted(restored.series) == sorted(tracker.series)
+    for detector in restored.detectors:
+        if detector.series == "train_loss":
+            assert detector.state_dict()["last_step"] is None
+        else:
+            assert detector.state_dict() == tracker.detector_of(detector.series).state_dict()
+    assert restored.milestones == tracker.milestones
 
 
 def test_the_stage_view_says_what_every_series_does_in_each_stage():
