@@ -35,12 +35,14 @@ FirstDue = Callable[[int, int], "int | None"]
 
 
 def training_loss(outputs: Any) -> torch.Tensor | None:
-    """The loss in ``training_step``'s outputs (a tensor, or a dict's ``"loss"``), or None."""
+    """The loss in ``training_step``'s outputs (a tensor, or a dict's ``"loss"``), or None; a
+    half-precision loss in float32 (a bin's sum of thousands of them would round away)."""
     if isinstance(outputs, dict):
         outputs = outputs.get("loss")
-    if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
-        return outputs.detach()
-    return None
+    if not isinstance(outputs, torch.Tensor) or outputs.numel() != 1:
+        return None
+    loss = outputs.detach()
+    return loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
 
 
 def check_extra_estimates(value: Any) -> int:

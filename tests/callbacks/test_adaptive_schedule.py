@@ -15,7 +15,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, LLCMonitor
-from lightning_devinterp.callbacks.loss_bends import LATE, PER_BEND, SPACING, LossBends
+from lightning_devinterp.callbacks.loss_bends import (
+    LATE,
+    PER_BEND,
+    SPACING,
+    LossBends,
+    training_loss,
+)
 from lightning_devinterp.callbacks.schedule import log_spaced_steps
 from lightning_devinterp.demos.deep_linear import (
     DeepLinearNetwork,
@@ -23,6 +29,7 @@ from lightning_devinterp.demos.deep_linear import (
     half_mse,
     transition_steps,
 )
+from lightning_devinterp.milestones import train_loss_detector
 from lightning_devinterp.reporting.figures import plot_llc_curve
 
 
@@ -133,6 +140,20 @@ def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
     broken = LossBends(3, "llc")
     feed(broken, [1.0, math.nan, 1.0], [1, 2, 3])
     assert not broken.watching and "it is nan" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_loss_is_averaged_in_float32(dtype):
+    """A bin late in a run holds hundreds of steps (steps 10,001-10,471 here): summed in half
+    precision, the sum would stop growing long before its end."""
+    bends = LossBends(0, "llc", train_loss_detector("llc"))
+    loss = torch.tensor(1.7, dtype=dtype)
+    for step in range(10_001, 10_472):
+        bends.observe(step, training_loss(loss), first_of(()), 20_000, same)
+    bends.finish(same)
+    bends.detector.finish()
+    [value] = bends.detector.state_dict()["bin_values"]
+    assert value == pytest.approx(math.log(loss.item()), abs=1e-6)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, 0.0, True, "3", None])

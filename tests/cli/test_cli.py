@@ -75,7 +75,9 @@ def test_estimate_over_checkpoints_reproduces_the_callback_records(run, tmp_path
         assert offline.keys() == online.keys()
         assert "rllc/l1h1/mean" in offline
         for key, value in online.items():
-            if not key.endswith(TIMINGS):
+            if key.endswith("/stage_view"):  # the live one also has the training loss's trend
+                assert offline[key].split(";")[0] == value.split(";")[0], key
+            elif not key.endswith(TIMINGS):
                 assert offline[key] == value, key
     milestones = json.loads((tmp_path / "milestones.json").read_text())
     assert [s["start"] for s in milestones["stages"]["llc"]] == [2]
