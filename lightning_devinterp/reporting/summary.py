@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning_devinterp.milestones.records import Milestone, Stage
-from lightning_devinterp.milestones.series import loss_series, milestones_filename, series_keys
+from lightning_devinterp.milestones.series import (
+    loss_series,
+    milestones_filename,
+    series_keys,
+    train_loss_series,
+)
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
 
@@ -126,9 +131,10 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
     _add_curves(blocks, name, estimates, stages, milestones, out, files)
     for series, found in stages.items():
         key = series_keys(series, name)[0]
-        if found and any(key in r for r in estimates):
+        recorded = any(key in r for r in estimates)
+        if found and (recorded or series == train_loss_series(name)):
             blocks.append(("h3", f"Stages of `{series}`"))
-            blocks.append(("table", *_stage_table(found, estimates, key)))
+            blocks.append(("table", *_stage_table(found, estimates, key if recorded else None)))
     _add_refined(blocks, name, estimates, out, files)
     blocks.extend(_warning_blocks(records, failures))
     return blocks
@@ -201,23 +207,25 @@ def _draw(blocks: list[Block], plot: Callable[..., Any], *args: Any, **kwargs: A
 
 
 def _stage_table(
-    stages: Sequence[Stage], estimates: Sequence[Mapping[str, Any]], key: str
+    stages: Sequence[Stage], estimates: Sequence[Mapping[str, Any]], key: str | None
 ) -> tuple[list[str], list[list[str]]]:
-    header = ["stage", "start", "end", "trend", f"{key} at start", f"{key} at end"]
+    """One row per stage; with ``key`` (a recorded series), its value at the stage's ends."""
+    header = ["stage", "start", "end", "trend"]
+    if key is not None:
+        header += [f"{key} at start", f"{key} at end"]
     last_step = estimates[-1]["step"]
     rows = []
     for s in stages:
         end = s.end if s.end is not None else last_step
-        rows.append(
-            [
-                str(s.index),
-                str(s.start),
-                str(s.end) if s.end is not None else f"{last_step} (last)",
-                s.trend,
-                _fmt(_nearest(estimates, s.start, key)),
-                _fmt(_nearest(estimates, end, key)),
-            ]
-        )
+        row = [
+            str(s.index),
+            str(s.start),
+            str(s.end) if s.end is not None else f"{last_step} (last)",
+            s.trend,
+        ]
+        if key is not None:
+            row += [_fmt(_nearest(estimates, s.start, key)), _fmt(_nearest(estimates, end, key))]
+        rows.append(row)
     return header, rows
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lightning_devinterp.milestones import MilestoneDetector
+from lightning_devinterp.milestones import MilestoneDetector, Stage
 from lightning_devinterp.reporting import JsonlWriter, write_milestones_json
 from lightning_devinterp.reporting.summary import find_histories, write_report
 
@@ -39,7 +39,10 @@ def planted_run(folder):
     online = list(detector.milestones)
     detector.refine()
     path = writer.path.with_name("milestones.json")
-    write_milestones_json(path, online, detector.refined, {"llc": detector.stages, "loss": []})
+    # the training loss: not in the records, its stages in the milestone file only
+    train_loss = [Stage(0, 3, 250, "falling"), Stage(1, 250, None, "flat")]
+    stages = {"llc": detector.stages, "loss": [], "train_loss": train_loss}
+    write_milestones_json(path, online, detector.refined, stages)
     return records, detector
 
 
@@ -64,6 +67,10 @@ def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_p
         assert cells[4] == f"{by_step[stage.start]:.4g}"
         end = stage.end if stage.end is not None else last["step"]
         assert cells[5] == f"{by_step[end]:.4g}"
+    # the training loss's stages, without values (it is not recorded)
+    assert "Stages of `train_loss`" in md and "Stages of `loss`" not in md
+    assert table_rows(md, "0 | 3 |") == ["| 0 | 3 | 250 | falling |"]
+    assert table_rows(md, "1 | 250 |") == [f"| 1 | 250 | {last['step']} (last) | flat |"]
     # milestones: the online and the refined ones, by kind and step
     online = [m.step for m in detector.milestones]
     refined = [m.step for m in detector.refined]
