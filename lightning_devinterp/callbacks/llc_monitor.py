@@ -282,6 +282,8 @@ class LLCMonitor(ScheduledAnalysis):
     @override
     def loss_milestones(self, trainer: Trainer, new: list[Milestone]) -> None:
         """Announce the training loss's milestones as they are confirmed (between estimates)."""
+        if not new:
+            return
         self._write_milestones()
         self._publish_new(trainer, new, trainer.global_step)
 

@@ -274,9 +274,8 @@ class ScheduledAnalysis(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._active and self.cadence.loss_bends is not None:
-            new = self.cadence.watch(trainer.global_step, outputs, rank_zero_value(trainer))
-            if new:
-                self.loss_milestones(trainer, new)
+            sync = rank_zero_value(trainer)
+            self.loss_milestones(trainer, self.cadence.watch(trainer.global_step, outputs, sync))
         if self.budget is None or not self._active:
             self._maybe_estimate(trainer, pl_module, trainer.global_step)
             return
@@ -296,9 +295,7 @@ class ScheduledAnalysis(Callback):
         if self.at_train_end:
             self._maybe_estimate(trainer, pl_module, trainer.global_step, force=True)
         if self._active:
-            new = self.cadence.watch_end(rank_zero_value(trainer))
-            if new:
-                self.loss_milestones(trainer, new)
+            self.loss_milestones(trainer, self.cadence.watch_end(rank_zero_value(trainer)))
             self.finish(trainer)
         if self._active and self.budget is not None:
             self.budget.analysed()
@@ -307,7 +304,7 @@ class ScheduledAnalysis(Callback):
         """At train end, after the last estimate."""
 
     def loss_milestones(self, trainer: Trainer, new: list[Milestone]) -> None:
-        """Milestones of the training loss, just confirmed (with a detector given to
+        """Milestones of the training loss just confirmed (often none; with a detector given to
         :meth:`Cadence.announce_loss_milestones`)."""
 
     # ---------------------------------------------------------------- when
