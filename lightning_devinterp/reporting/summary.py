@@ -24,6 +24,7 @@ from lightning_devinterp.milestones.series import (
     series_keys,
     train_loss_series,
 )
+from lightning_devinterp.milestones.stage_view import stage_view
 from lightning_devinterp.reporting.figures import plot_curve, plot_rllc_heads, save_png
 from lightning_devinterp.reporting.jsonl import read_jsonl
 
@@ -135,6 +136,9 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
         if found and (recorded or series == train_loss_series(name)):
             blocks.append(("h3", f"Stages of `{series}`"))
             blocks.append(("table", *_stage_table(found, estimates, key if recorded else None)))
+    if stages.get(name):
+        view = stage_view(stages, name, estimates[-1]["step"])
+        blocks += [("h3", f"Stage view of `{name}`"), ("ul", [v.describe() for v in view])]
     _add_refined(blocks, name, estimates, out, files)
     blocks.extend(_warning_blocks(records, failures))
     return blocks

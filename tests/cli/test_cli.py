@@ -149,7 +149,7 @@ def test_calibrate_at_the_last_checkpoint_writes_its_table_and_the_flags_to_use(
 
 
 def test_report_writes_markdown_html_and_figures_with_the_stages(tmp_path):
-    _, detector = planted_run(tmp_path / "run")
+    _, detector, _ = planted_run(tmp_path / "run")
     done = cli("report", tmp_path / "run", "--out", tmp_path / "report")
     assert done.returncode == 0, done.stderr
     markdown = (tmp_path / "report" / "report.md").read_text()

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lightning_devinterp.milestones import MilestoneDetector, Stage
+from lightning_devinterp.milestones import MilestoneDetector, Stage, stage_view
 from lightning_devinterp.reporting import JsonlWriter, write_milestones_json
 from lightning_devinterp.reporting.summary import find_histories, write_report
 
@@ -43,7 +43,7 @@ def planted_run(folder):
     train_loss = [Stage(0, 3, 250, "falling"), Stage(1, 250, None, "flat")]
     stages = {"llc": detector.stages, "loss": [], "train_loss": train_loss}
     write_milestones_json(path, online, detector.refined, stages)
-    return records, detector
+    return records, detector, train_loss
 
 
 def table_rows(text, first_cell):
@@ -51,7 +51,7 @@ def table_rows(text, first_cell):
 
 
 def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_path):
-    records, detector = planted_run(tmp_path / "run")
+    records, detector, train_loss = planted_run(tmp_path / "run")
     files = write_report(tmp_path / "run", tmp_path / "out")
     md = files.markdown.read_text()
     last = records[-1]
@@ -71,6 +71,13 @@ def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_p
     assert "Stages of `train_loss`" in md and "Stages of `loss`" not in md
     assert table_rows(md, "0 | 3 |") == ["| 0 | 3 | 250 | falling |"]
     assert table_rows(md, "1 | 250 |") == [f"| 1 | 250 | {last['step']} (last) | flat |"]
+    # the stage view: each stage of the LLC with what the other series do over it
+    view = stage_view({"llc": detector.stages, "train_loss": train_loss}, "llc", last["step"])
+    assert "### Stage view of `llc`" in md
+    assert [f"- {v.describe()}" for v in view] == [
+        line for line in md.splitlines() if line.startswith("- steps ")
+    ]
+    assert "train_loss falling" in view[0].describe()
     # milestones: the online and the refined ones, by kind and step
     online = [m.step for m in detector.milestones]
     refined = [m.step for m in detector.refined]
