@@ -137,7 +137,8 @@ class LossBends:
     def _close_bin(self, step: int, scheduled: FirstDue, last_step: float,
                    sync: Sync) -> list[Milestone]:  # fmt: skip
         """Feed the bin's mean loss to the detector; plan extra estimates at a bend."""
-        mean = sync(float(self._sum) / self._count if self._count else None)
+        count = self._count
+        mean = sync(float(self._sum) / count if count else None)
         self._sum, self._count = 0.0, 0
         if mean is None or not 0 < mean < math.inf:
             self.readable = False
@@ -149,7 +150,7 @@ class LossBends:
                 "training_step, or a dict's 'loss')."
             )
             return []
-        found = self.detector.update(self._last_step, math.log(mean))
+        found = self.detector.update(self._last_step, math.log(mean), weight=count)
         for milestone in found:
             self.bends.append((milestone.kind, milestone.step, milestone.detected_at))
             late = math.log10(milestone.detected_at / max(milestone.step, 1)) > LATE

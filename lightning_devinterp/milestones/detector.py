@@ -43,7 +43,12 @@ from lightning_devinterp.milestones.rules import (
     trend_verdict,
 )
 from lightning_devinterp.milestones.segments import find_break, segment_line
-from lightning_devinterp.milestones.settings import DetectorSettings, check_point, check_settings
+from lightning_devinterp.milestones.settings import (
+    DetectorSettings,
+    check_point,
+    check_settings,
+    check_weight,
+)
 from lightning_devinterp.milestones.state import Bins, DetectorState, keep_last
 
 log = logging.getLogger(__name__)
@@ -186,6 +191,7 @@ class MilestoneDetector:
         std: float | None = None,
         chains: Sequence[float] | None = None,
         transient: bool = False,
+        weight: float = 1.0,
     ) -> list[Milestone]:
         """Adds one estimate and returns the milestones it confirmed.
 
@@ -205,16 +211,20 @@ class MilestoneDetector:
                 disagree): the weights are far from any minimum. A milestone at or before
                 the last such point is held back (:attr:`held_back`) instead of
                 announced; the stage takes the newer trend.
+            weight: The number of observations ``value`` averages (e.g. the training steps
+                of a bin of the training loss): its variance is the noise's over ``weight``,
+                and its bin counts that many points.
 
         Returns:
             Milestones confirmed by this point (their ``detected_at`` is ``step``).
 
         Raises:
             ValueError: If ``step`` is not an integer >= 0 larger than the previous step,
-                or ``std`` is negative.
+                ``std`` is negative or ``weight`` is not positive.
         """
         st = self._state
         step, value, std = check_point(step, value, std, st.last_step)
+        weight = check_weight(weight)
         st.last_step = step
         if transient:
             st.transient_until = step
@@ -232,7 +242,7 @@ class MilestoneDetector:
         if not st.stage_starts:
             st.stage_starts.append(step)
             st.stage_trends.append("flat")
-        st.add_point(index, step, x, value)
+        st.add_point(index, step, x, value, weight)
         if st.bin_log_steps and x - st.bin_log_steps[-1] > self.resolution:
             # a sparse schedule (one point per bin): the bin is complete now, not when
             # the next point arrives a whole schedule step later

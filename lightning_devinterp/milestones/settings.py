@@ -92,6 +92,20 @@ def check_settings(s: DetectorSettings) -> DetectorSettings:
     return DetectorSettings(**checked)
 
 
+def check_weight(weight: Any) -> float:
+    """``update``'s ``weight`` as a float > 0.
+
+    Raises:
+        ValueError: it is not a finite number > 0.
+    """
+    if isinstance(weight, bool) or not isinstance(weight, Real) or not 0 < weight < math.inf:
+        raise ValueError(
+            f"weight={weight!r} is invalid; pass the number of observations the value "
+            "averages, a finite number > 0 (1 for a single estimate)."
+        )
+    return float(weight)
+
+
 def check_point(
     step: Any, value: Any, std: Any, last_step: int | None
 ) -> tuple[int, float, float | None]:

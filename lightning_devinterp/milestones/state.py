@@ -63,7 +63,7 @@ class DetectorState:
     bin_steps: list[int] = field(default_factory=list)  # step each stands for
     # the open bin
     open_index: int | None = None  # its index on the log-step grid (None: empty)
-    open_count: int = 0  # points in it
+    open_count: float = 0.0  # points in it (their weights)
     open_sum_log_step: float = 0.0  # sum of their log10(step)
     open_sum_value: float = 0.0  # sum of their values
     open_first_step: int = 0  # step of its first point
@@ -95,14 +95,17 @@ class DetectorState:
     transient_until: int | None = None  # last step whose estimate was transient
     held_back: list[Milestone] = field(default_factory=list)  # found among transient points
 
-    def add_point(self, index: int, step: int, log_step: float, value: float) -> None:
-        """Adds a finite estimate to the open bin (grid index ``index``)."""
+    def add_point(
+        self, index: int, step: int, log_step: float, value: float, weight: float = 1.0
+    ) -> None:
+        """Adds a finite estimate, counted ``weight`` times, to the open bin (grid index
+        ``index``)."""
         if self.open_count == 0:
             self.open_index = index
             self.open_first_step = step
-        self.open_count += 1
-        self.open_sum_log_step += log_step
-        self.open_sum_value += value
+        self.open_count += weight
+        self.open_sum_log_step += weight * log_step
+        self.open_sum_value += weight * value
 
     def open_bin(self) -> tuple[float, float, float, int]:
         """The open bin as a bin: (mean log10 step, mean value, count, step)."""
@@ -119,7 +122,7 @@ class DetectorState:
         self.value_min = min(math.inf if self.value_min is None else self.value_min, y)
         self.value_max = max(-math.inf if self.value_max is None else self.value_max, y)
         self.open_index = None
-        self.open_count = 0
+        self.open_count = 0.0
         self.open_sum_log_step = self.open_sum_value = 0.0
         n = len(self.bin_values)
         if n >= 3:

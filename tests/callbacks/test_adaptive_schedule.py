@@ -81,16 +81,30 @@ def test_a_power_law_loss_plans_nothing(seed):
     assert bends.bends == [] and bends.planned == []
 
 
+@pytest.mark.parametrize("noise", [0.2, 0.5])
+def test_a_power_law_with_noisy_batches_gives_no_milestone(noise):
+    """Bins late in a run average hundreds of batches, early ones one: each bin's mean counts
+    as that many observations (``weight``), so the noisy early bins do not pass for bends
+    next to the quiet late ones (counted as one each, 5 of these 16 runs had one)."""
+    steps = np.arange(1, 10_001)
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        noisy = 3.0 * steps**-0.3 * np.exp(noise * rng.standard_normal(len(steps)))
+        bends = LossBends(0, "llc", train_loss_detector("llc"))
+        feed(bends, noisy, steps)
+        assert bends.finish(same) == [] and bends.detector.milestones == [], (seed, bends.bends)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_bend_seen_late_plans_nothing(seed):
-    """A gentle fall from a plateau (0.4 per decade in log loss) is confirmed 0.18-0.28
+    """A gentle fall from a plateau (0.2 per decade in log loss) is confirmed 0.18-0.3
     decades after it: the schedule's own points already follow it."""
     rng = np.random.default_rng(seed)
     steps = np.arange(1, 5001)
-    fall = -0.4 * np.clip(np.log10(steps) - 2.5, 0, None)
+    fall = -0.2 * np.clip(np.log10(steps) - 2.5, 0, None)
     bends = LossBends(9, "llc")
     feed(bends, np.exp(fall + 0.05 * rng.standard_normal(len(steps))), steps)
-    assert any(abs(math.log10(at / 316)) < 0.1 for _, at, _ in bends.bends), bends.bends
+    assert any(abs(math.log10(at / 316)) <= 0.15 for _, at, _ in bends.bends), bends.bends
     assert all(math.log10(seen / at) > LATE for _, at, seen in bends.bends)
     assert bends.planned == [] and bends.used == 0
 

@@ -461,6 +461,20 @@ def test_non_finite_values_are_skipped():
         det.update(30, 1.0)
 
 
+def test_a_weighted_point_counts_as_that_many_observations():
+    """A bin mean of n observations (``weight=n``) is weighted n in the fits, and its
+    neighbour residual is normalized by its variance, the noise's over n."""
+    det = MilestoneDetector(resolution=0.1)
+    for step, value, weight in ((10, 1.0, 1), (100, 2.0, 4), (1000, 2.0, 16)):
+        det.update(step, value, weight=weight)
+    det.finish()
+    state = det.state_dict()
+    assert state["bin_counts"] == [1.0, 4.0, 16.0]
+    # the middle bin's residual from its neighbours' line: 0.5, over sqrt(1/4 + 1/4/1 + 1/4/16)
+    expected = 0.5 / math.sqrt(1 / 4 + 0.25 / 1 + 0.25 / 16)
+    assert state["residuals"] == [pytest.approx(expected)]
+
+
 def test_bad_steps_and_values():
     det = MilestoneDetector()
     det.update(100, 1.0)
@@ -476,6 +490,9 @@ def test_bad_steps_and_values():
         MilestoneDetector().update(1, 1.0, std=-0.1)
     with pytest.raises(ValueError, match="value='a'"):
         MilestoneDetector().update(1, "a")
+    for weight in (0, -1.0, math.inf, True, "3"):
+        with pytest.raises(ValueError, match="weight=.*number of observations"):
+            MilestoneDetector().update(1, 1.0, weight=weight)
     det0 = MilestoneDetector()
     det0.update(0, 1.0)  # step 0 sits at step 1 on the log axis
     det0.update(1, 1.0)
