@@ -57,7 +57,7 @@ class DemoResult:
         milestones: every milestone confirmed online (LLC, loss, per head), in order.
         stages: each monitor's LLC stages (``llc``, ``copies``) between its online milestones.
         induction_milestone: the main monitor's milestone (LLC, L(w*), a head's refined
-            LLC) nearest ``formation_step``, if any.
+            LLC, the training loss) nearest ``formation_step``, if any.
         distance: its distance to ``formation_step`` in log10(step).
         figures: PNG files written.
         top_heads: head -> susceptibility to copied sequences at the last estimate.
