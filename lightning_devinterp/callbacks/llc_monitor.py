@@ -69,7 +69,8 @@ class LLCMonitor(ScheduledAnalysis):
             component's refined LLC (``"rllc/l0h1"``) and each data-refined LLC; and on the
             training loss ``training_step`` returns (series ``"train_loss"`` or
             ``"<name>/train_loss"``; read at every step, averaged over bins of 0.02 decades,
-            its milestones announced between estimates, a few hundredths of a decade after
+            judged on its logarithm (a milestone's ``value`` is the log of the loss), its
+            milestones announced between estimates, a few hundredths of a decade after
             a sharp transition); or one or more configured :class:`MilestoneDetector` (those
             series only; one named as the training loss's series reads it); ``False`` for
             none. Each estimate's detector measures its noise from the chains' common random
