@@ -29,7 +29,11 @@ from lightning_devinterp.milestones import (
     milestones_filename,
     train_loss_series,
 )
-from lightning_devinterp.reporting.figures import plot_llc_curve, plot_rllc_heads
+from lightning_devinterp.reporting.figures import (
+    plot_llc_curve,
+    plot_rllc_heads,
+    plot_train_loss,
+)
 from lightning_devinterp.sampling import SGLD
 
 #: Below this many estimates per decade of steps, a note says online milestones will be rare
@@ -352,14 +356,19 @@ class LLCMonitor(ScheduledAnalysis):
         self.figures.draw(trainer, folder, self._figure_builders(), step)
 
     def _figure_builders(self) -> dict[str, Callable[[], Any]]:
-        """The live figures by tag: the LLC curve with its stages and milestones, and with
-        components the refined LLC of each."""
+        """The live figures by tag: the LLC curve with its stages and milestones, the training
+        loss with its own, and with components the refined LLC of each."""
         stages = self.tracker.stages(self.name)
         builders: dict[str, Callable[[], Any]] = {
             f"{self.name}/curve": lambda: plot_llc_curve(
                 self.history, stages, self.milestones, prefix=self.name
             )
         }
+        train_loss = self.tracker.detector_of(train_loss_series(self.name))
+        if train_loss is not None:
+            builders[f"{self.name}/train_loss"] = lambda: plot_train_loss(
+                train_loss.points, train_loss.stages, train_loss.milestones, train_loss.series
+            )
         if self.target.resolved:
             family = self._family(None, refined=True)
             builders[f"{family}/heads"] = lambda: plot_rllc_heads(

@@ -179,6 +179,12 @@ class MilestoneDetector:
         return max(len(self._state.stage_starts) - 1, 0)
 
     @property
+    def points(self) -> list[tuple[int, float]]:
+        """The series as binned so far: (step, mean value) of each bin, the open one included."""
+        _, values, _, steps = self._state.history()
+        return [(int(step), float(value)) for step, value in zip(steps, values, strict=True)]
+
+    @property
     def noise_level(self) -> float | None:
         """The noise level of one observation currently in use (``None`` if unknown)."""
         return self._noise()

@@ -87,6 +87,29 @@ def plot_llc_curve(
     )
 
 
+def plot_train_loss(
+    points: Sequence[tuple[int, float]],
+    stages: Sequence[Stage] = (),
+    milestones: Sequence[Milestone] = (),
+    series: str = "train_loss",
+) -> Figure:
+    """The training loss as its milestone detector reads it: ``points`` are (step, log of the
+    mean loss of a log-step bin); its stages shaded, its milestones marked.
+
+    Raises:
+        ValueError: no point at a positive step.
+    """
+    return plot_curve(
+        [{"step": step, series: value} for step, value in points],
+        series,
+        stages=stages,
+        milestones=milestones,
+        ylabel="log training loss (mean over log-step bins)",
+        title=f"{series}: stages and milestones",
+        series=series,
+    )
+
+
 def plot_curve(
     history: Sequence[Mapping[str, Any]],
     key: str,

@@ -58,6 +58,17 @@ def test_curve_and_heads_at_every_nth_estimate_and_at_train_end(tmp_path):
     assert not list(folder.glob("*calibration*"))
 
 
+def test_the_training_loss_figure_shows_the_bins_its_detector_reads(tmp_path):
+    monitor = LLCMonitor(every_n_steps=2, figure_every=2, **FAST)
+    events = fit(tmp_path, monitor, max_steps=7)
+    assert image_steps(events, "llc/train_loss") == [4, 6]
+    assert (monitor.jsonl_path.parent / "llc_train_loss.png").read_bytes().startswith(PNG)
+    detector = monitor.tracker.detector_of("train_loss")
+    figure = monitor._figure_builders()["llc/train_loss"]()
+    [data] = [line for line in figure.axes[0].lines if line.get_marker() == "o"]
+    assert list(data.get_xdata()) == [step for step, _ in detector.points] == list(range(1, 8))
+
+
 def test_a_confirmed_milestone_draws_the_figure_with_it_marked(tmp_path):
     monitor = LLCMonitor(every_n_steps=2, milestones=AnnouncesAt(4), figure_every=10, **FAST)
     events = fit(tmp_path, monitor, max_steps=6)

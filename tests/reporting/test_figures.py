@@ -17,6 +17,7 @@ from lightning_devinterp.reporting.figures import (
     plot_llc_curve,
     plot_response_matrix,
     plot_rllc_heads,
+    plot_train_loss,
     plot_trajectory,
     save_png,
 )
@@ -65,6 +66,21 @@ def test_llc_curve_on_a_log_axis_with_stages_shaded_and_milestones_marked(tmp_pa
     assert {t.get_text() for t in ax.texts} == {"plateau_start", "peak"}
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rising", "flat", "falling"]
     assert_png(save_png(fig, tmp_path / "figures" / "llc.png"))
+
+
+def test_training_loss_as_its_detector_reads_it(tmp_path):
+    points = [(step, 0.5 - 0.1 * i) for i, step in enumerate([2, 4, 8, 16, 32])]
+    drop = Milestone(8, 16, "drop", 0.3, "train_loss")
+    fig = plot_train_loss(points, [Stage(0, 2, 8, "flat"), Stage(1, 8, None, "falling")], [drop])
+    (ax,) = fig.axes
+    [data] = [line for line in ax.lines if line.get_marker() == "o"]
+    assert list(data.get_xdata()) == [2, 4, 8, 16, 32]
+    assert list(data.get_ydata()) == [value for _, value in points]
+    assert [t.get_text() for t in ax.texts] == ["drop"]  # its own series: the kind alone
+    assert "log training loss" in ax.get_ylabel()
+    assert_png(save_png(fig, tmp_path / "train_loss.png"))
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_train_loss([])
 
 
 def test_llc_curve_without_a_finite_estimate_says_so():
