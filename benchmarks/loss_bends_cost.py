@@ -1,5 +1,5 @@
-"""What watching the training loss costs (``extra_estimates``): :meth:`LossBends.observe`
-per optimizer step, against one plain training step of the deep linear network, measured in
+"""What watching the training loss costs (its milestones, and ``extra_estimates``):
+:meth:`LossBends.observe` per optimizer step, against one plain training step of the deep linear network, measured in
 the same run. Prints microseconds per step and their ratio.
 
     python benchmarks/loss_bends_cost.py
