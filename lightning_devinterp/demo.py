@@ -313,7 +313,7 @@ def _result(
         figures=sorted(output_dir.rglob("*.png")),
         top_heads=_top_heads(callbacks),
         induction_stage=induction_stage(main.tracker.stages(main.name), formation),
-        stage_view=[s.describe() for s in main.tracker.stage_view(last)],
+        stage_view=[s.describe("end") for s in main.tracker.stage_view(last)],
     )
 
 

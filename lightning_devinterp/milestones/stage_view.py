@@ -27,8 +27,9 @@ class StageSummary:
     end: int | None
     trends: dict[str, str]
 
-    def describe(self) -> str:
-        """One line: ``steps 250-950: llc rising; rllc/l0h1, rllc/l0h0 rising; 6 others flat``."""
+    def describe(self, open_end: str = "now") -> str:
+        """One line: ``steps 250-950: llc rising; rllc/l0h1, rllc/l0h0 rising; 6 others flat``;
+        the current stage ends at ``open_end`` (``"now"`` while training, ``"end"`` after)."""
         (main, trend), *rest = self.trends.items()
         by_trend: dict[str, list[str]] = {}
         for series, other in rest:
@@ -41,7 +42,7 @@ class StageSummary:
                 parts.append(f"{len(names)} others {other}")
             elif names:
                 parts.append(f"{', '.join(names)} {other}")
-        end = self.end if self.end is not None else "now"
+        end = self.end if self.end is not None else open_end
         return f"steps {self.start}-{end}: " + "; ".join(parts)
 
 

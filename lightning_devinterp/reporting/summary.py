@@ -138,7 +138,7 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
             blocks.append(("table", *_stage_table(found, estimates, key if recorded else None)))
     if stages.get(name):
         view = stage_view(stages, name, estimates[-1]["step"])
-        blocks += [("h3", f"Stage view of `{name}`"), ("ul", [v.describe() for v in view])]
+        blocks += [("h3", f"Stage view of `{name}`"), ("ul", [v.describe("end") for v in view])]
     _add_refined(blocks, name, estimates, out, files)
     blocks.extend(_warning_blocks(records, failures))
     return blocks

@@ -74,10 +74,11 @@ def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_p
     # the stage view: each stage of the LLC with what the other series do over it
     view = stage_view({"llc": detector.stages, "train_loss": train_loss}, "llc", last["step"])
     assert "### Stage view of `llc`" in md
-    assert [f"- {v.describe()}" for v in view] == [
+    assert [f"- {v.describe('end')}" for v in view] == [
         line for line in md.splitlines() if line.startswith("- steps ")
     ]
     assert "train_loss falling" in view[0].describe()
+    assert view[-1].describe("end").startswith(f"steps {view[-1].start}-end:")  # trained
     # milestones: the online and the refined ones, by kind and step
     online = [m.step for m in detector.milestones]
     refined = [m.step for m in detector.refined]
