@@ -3,9 +3,10 @@ LLCMonitor with per-head refined LLCs at 16 log-spaced estimates (the demo's sam
 chains x 80 draws), no copies monitor. For each seed it prints the main curve's milestones
 against where the curve bends (a continuous three-piece fit, two free knots, of a second run
 of the same training at 24 estimates, steps >= 30), and for each head whose refined LLC at
-least doubles whether a milestone lies within its rise (from the last point below 20% of
-the change to the first above 80%, 0.15 decades either side); heads whose range stays under
-1.5x should get none.
+least doubles whether a milestone lies within its rise, 0.15 decades either side (the rise
+read two ways: from the last point below 20% of the change to the first above 80%, and
+between the knots of the head's own three-piece fit); heads whose range stays under 1.5x
+should get none. It also lists the training loss's milestones.
 
     python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each
 """
@@ -53,10 +54,8 @@ def train(seed: int, count: int, heads: bool) -> LLCMonitor:
     return monitor
 
 
-def bends(history: list[dict]) -> tuple[float, float]:
-    """log10 steps of the two knots of the best continuous three-piece fit (steps >= 30)."""
-    x = np.array([math.log10(r["step"]) for r in history if r["step"] >= 30])
-    y = np.array([r["llc/mean"] for r in history if r["step"] >= 30])
+def knots(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """log10 steps of the two knots of the best continuous three-piece fit of ``y``."""
     best = (math.inf, 0.0, 0.0)
     for a, b in itertools.combinations(np.arange(x[0] + 0.05, x[-1] - 0.05, 0.01), 2):
         if b - a >= 0.1:
@@ -66,7 +65,18 @@ def bends(history: list[dict]) -> tuple[float, float]:
     return best[1], best[2]
 
 
+def bends(history: list[dict]) -> tuple[float, float]:
+    """log10 steps of the main curve's two bends (:func:`knots`, steps >= 30)."""
+    x = np.array([math.log10(r["step"]) for r in history if r["step"] >= 30])
+    y = np.array([r["llc/mean"] for r in history if r["step"] >= 30])
+    return knots(x, y)
+
+
 def heads_report(monitor: LLCMonitor) -> list[str]:
+    """Each head that at least doubles: whether a milestone lies within its rise, 0.15 decades
+    either side, the rise read two ways: from the last point under 20% of the change to the
+    first over 80% (late for a rise that accelerates), and between the knots of its own
+    three-piece fit (as the main curve's bends). Flat heads: whether they stay quiet."""
     history = [r for r in monitor.history if r["step"] >= 30]
     steps = np.array([r["step"] for r in history])
     lines = []
@@ -81,9 +91,13 @@ def heads_report(monitor: LLCMonitor) -> list[str]:
             start = max(int(s) for s, v in zip(steps, smooth, strict=True) if v < low)
             end = min(int(s) for s, v in zip(steps, smooth, strict=True) if s > start and v > high)
             near = any(start / 10**0.15 <= s <= end * 10**0.15 for s in found)
+            first, last = knots(np.log10(steps), values)
+            by_knots = any(first - 0.15 <= math.log10(s) <= last + 0.15 for s in found)
             lines.append(
-                f"  {head}: x{late / early:.1f}, rise {start}-{end}, milestones {found}: "
+                f"  {head}: x{late / early:.1f}, rise {start}-{end}, knots "
+                f"{10**first:.0f}-{10**last:.0f}, milestones {found}: "
                 + ("near" if near else "MISSED")
+                + (", near the knots" if by_knots else ", not near the knots")
             )
         elif smooth.max() < 1.5 * smooth.min():
             lines.append(f"  {head}: flat, milestones {found}" + (" FALSE ALARM" if found else ""))
@@ -105,6 +119,10 @@ def main(seeds: list[int]) -> None:
                 "from the nearest bend"
             )
         print(f"  llc milestones before step 150: {sum(m.step < 150 for m in llc)}")
+        loss = [
+            (m.kind, m.step, m.detected_at) for m in monitor.milestones if m.series == "train_loss"
+        ]
+        print(f"  train_loss milestones: {loss}")
         print("\n".join(heads_report(monitor)), flush=True)
 
 
