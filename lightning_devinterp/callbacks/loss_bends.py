@@ -116,7 +116,9 @@ class LossBends:
         current = math.floor(math.log10(step) / self.detector.resolution)
         found = []
         if self._bin is not None and current != self._bin:
-            found = self._close_bin(step, scheduled, last_step, sync)
+            found = self._close_bin(sync)
+            for milestone in found:
+                self._plan(step, milestone, scheduled, last_step)
         self._bin, self._last_step = current, step
         if loss is not None:
             self._sum = self._sum + loss
@@ -132,11 +134,10 @@ class LossBends:
         if not self.watching or self._bin is None:
             return []
         self._bin = None
-        return self._close_bin(self._last_step, _none_due, -math.inf, sync)
+        return self._close_bin(sync)
 
-    def _close_bin(self, step: int, scheduled: FirstDue, last_step: float,
-                   sync: Sync) -> list[Milestone]:  # fmt: skip
-        """Feed the bin's mean loss to the detector; plan extra estimates at a bend."""
+    def _close_bin(self, sync: Sync) -> list[Milestone]:
+        """Feed the bin's mean loss to the detector; the milestones it confirmed."""
         count = self._count
         mean = sync(float(self._sum) / count if count else None)
         self._sum, self._count = 0.0, 0
@@ -151,16 +152,15 @@ class LossBends:
             )
             return []
         found = self.detector.update(self._last_step, math.log(mean), weight=count)
-        for milestone in found:
-            self.bends.append((milestone.kind, milestone.step, milestone.detected_at))
-            late = math.log10(milestone.detected_at / max(milestone.step, 1)) > LATE
-            if not late and self.used < self.max_extra:
-                self._plan(step, milestone.kind, milestone.step, scheduled, last_step)
+        self.bends += [(m.kind, m.step, m.detected_at) for m in found]
         return found
 
-    def _plan(self, step: int, kind: str, at: int, scheduled: FirstDue,
+    def _plan(self, step: int, bend: Milestone, scheduled: FirstDue,
               last_step: float) -> None:  # fmt: skip
-        """Plan this bend's extra estimates from ``step`` on."""
+        """Plan the extra estimates of a bend confirmed soon after it, from ``step`` on."""
+        late = math.log10(bend.detected_at / max(bend.step, 1)) > LATE
+        if late or self.used >= self.max_extra:
+            return
         steps = []
         for k in range(PER_BEND):
             candidate = round(step * 10 ** (k * SPACING))
@@ -173,9 +173,9 @@ class LossBends:
         self.used += len(steps)
         self.planned = sorted({*self.planned, *steps})
         rank_zero_info(
-            f"LLCMonitor({self.name}): the training loss bends at step {at} ({kind}); extra "
-            f"estimates at steps {', '.join(map(str, steps))} ({self.used} of "
-            f"{self.max_extra} extra estimates used)."
+            f"LLCMonitor({self.name}): the training loss bends at step {bend.step} "
+            f"({bend.kind}); extra estimates at steps {', '.join(map(str, steps))} "
+            f"({self.used} of {self.max_extra} extra estimates used)."
         )
 
     def first_due(self, after: int | None, step: int) -> int | None:
@@ -209,11 +209,6 @@ class LossBends:
         self.bends = [(str(k), int(s), int(d)) for k, s, d in state["bends"]]
         self._bin, self._last_step = state["bin"], int(state["last_step"])
         self._count, self._sum = int(state["count"]), float(state["sum"])
-
-
-def _none_due(after: int, step: int) -> None:
-    """A schedule with no step (at train end)."""
-    return None
 
 
 def _scheduled_near(step: int, scheduled: FirstDue) -> bool:
