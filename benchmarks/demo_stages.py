@@ -8,7 +8,12 @@ read two ways: from the last point below 20% of the change to the first above 80
 between the knots of the head's own three-piece fit); heads whose range stays under 1.5x
 should get none. It also lists the training loss's milestones.
 
+With ``--defaults`` the monitor is ``LLCMonitor(SAMPLER)`` at every other default (30
+log-spaced estimates from step 1, 4 chains x 200 draws, no components), one training per
+seed, its bends those of its own curve (steps >= 30).
+
     python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each
+    python benchmarks/demo_stages.py --defaults 0 1 2
 """
 
 from __future__ import annotations
@@ -30,10 +35,9 @@ from lightning_devinterp.demos import InductionDataModule, InductionLM
 MAX_STEPS = 3000
 
 
-def train(seed: int, count: int, heads: bool) -> LLCMonitor:
-    L.seed_everything(seed, verbose=False)
-    data = InductionDataModule(repeat_prob=REPEAT_PROB, seed=seed)
-    monitor = LLCMonitor(
+def demo_monitor(seed: int, count: int, heads: bool) -> LLCMonitor:
+    """The demo's monitor: ``count`` estimates from step 10, the demo's chains."""
+    return LLCMonitor(
         SAMPLER,
         at_steps=sorted(log_spaced_steps(MAX_STEPS, count, 10)),
         components="heads" if heads else None,
@@ -43,6 +47,11 @@ def train(seed: int, count: int, heads: bool) -> LLCMonitor:
         init_loss_batches=4,
         seed=seed,
     )
+
+
+def train(seed: int, monitor: LLCMonitor) -> LLCMonitor:
+    L.seed_everything(seed, verbose=False)
+    data = InductionDataModule(repeat_prob=REPEAT_PROB, seed=seed)
     settings = trainer_settings(MAX_STEPS) | {
         "logger": False,
         "callbacks": [monitor],
@@ -104,12 +113,16 @@ def heads_report(monitor: LLCMonitor) -> list[str]:
     return lines
 
 
-def main(seeds: list[int]) -> None:
+def main(seeds: list[int], defaults: bool) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     for seed in seeds:
-        reference = bends(train(seed, 24, heads=False).history)
-        monitor = train(seed, 16, heads=True)
+        if defaults:
+            monitor = train(seed, LLCMonitor(SAMPLER, seed=seed))
+            reference = bends(monitor.history)
+        else:
+            reference = bends(train(seed, demo_monitor(seed, 24, heads=False)).history)
+            monitor = train(seed, demo_monitor(seed, 16, heads=True))
         llc = [m for m in monitor.milestones if m.series == "llc"]
         print(f"seed {seed}: bends at steps {[round(10**b) for b in reference]}")
         for m in llc:
@@ -127,4 +140,5 @@ def main(seeds: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(s) for s in sys.argv[1:]] or [0, 1, 2])
+    args = sys.argv[1:]
+    main([int(s) for s in args if s != "--defaults"] or [0, 1, 2], "--defaults" in args)

@@ -50,7 +50,7 @@ class Cadence:
         self.plan = plan
         self.name = name
         self.extra_estimates = check_extra_estimates(extra_estimates)
-        self.loss_bends = LossBends(self.extra_estimates, name) if self.extra_estimates else None
+        self._loss_bends: LossBends | None = None
         #: The run's last step (set at train start).
         self.run_end = math.inf
         self.last_seen_step: int | None = None
@@ -59,10 +59,18 @@ class Cadence:
         #: Why an estimate was asked for, by its step, when not by the schedule.
         self.why: dict[int, str] = {}
 
+    @property
+    def loss_bends(self) -> LossBends | None:
+        """The training loss's watch: the one :meth:`announce_loss_milestones` made, else
+        one of its own for ``extra_estimates``, else None."""
+        if self._loss_bends is None and self.extra_estimates:
+            self._loss_bends = LossBends(self.extra_estimates, self.name)
+        return self._loss_bends
+
     def announce_loss_milestones(self, detector: MilestoneDetector) -> None:
         """Watch the training loss with ``detector`` (a monitor's, whose milestones it
-        announces), with or without ``extra_estimates``."""
-        self.loss_bends = LossBends(self.extra_estimates, self.name, detector)
+        announces), with or without ``extra_estimates``; before any other use of the watch."""
+        self._loss_bends = LossBends(self.extra_estimates, self.name, detector)
 
     def watch(self, step: int, outputs: Any, sync: Sync) -> list[Milestone]:
         """Show the training loss's watch (:class:`LossBends`, if any) one batch's outputs.
