@@ -335,9 +335,10 @@ class LLCMonitor(ScheduledAnalysis):
 
     def _announce(self, trainer: Trainer, milestone: Milestone, step: int) -> None:
         """Log a confirmed milestone, checkpoint at it if asked, call ``on_milestone``."""
+        moved = f" (moved from step {milestone.revises})" if milestone.revises is not None else ""
         rank_zero_info(
             f"LLCMonitor: milestone ({milestone.series} {milestone.kind}) at step "
-            f"{milestone.step}, confirmed at step {step}."
+            f"{milestone.step}{moved}, confirmed at step {step}."
         )
         if self.checkpoint_on_milestone and self.jsonl_path is not None:
             series = milestone.series.replace("/", "_")

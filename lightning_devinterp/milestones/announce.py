@@ -7,11 +7,14 @@ is the series' mean slope (:func:`~.rules.mean_slope`), whose ``flat`` times is 
 
 from __future__ import annotations
 
-from lightning_devinterp.milestones.fit import LineFit, line_fit
+import bisect
+
+from lightning_devinterp.milestones.fit import LineFit, best_knot, line_fit
 from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
     flat_next_to,
     milestone_kind,
+    sharper_bend,
     slope_change_z,
     steepened,
     too_close,
@@ -37,6 +40,8 @@ def settle(
     previous_line = (st.trend_slope, st.trend_root_sxx)
     st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
     evidence = slope_change_z(previous_line, line, sigma)
+    if trend == prev and trend in ("rising", "falling") and st.prev_knot is not None:
+        found += move_plateau_end(st, settings, previous_line[0], line, now, scale, evidence)
     if prev is None:
         st.stage_trends[-1] = trend
     elif was_plateau(st, prev, trend, previous_line[0], line.slope, settings.min_separation):
@@ -52,6 +57,48 @@ def settle(
             found.append(milestone)
     st.undecided_from = None
     return found
+
+
+def move_plateau_end(
+    st: DetectorState,
+    settings: DetectorSettings,
+    before: float | None,
+    line: LineFit,
+    now: int,
+    scale: float,
+    evidence: float | None,
+) -> list[Milestone]:
+    """The trend that left the last plateau goes on from the current knot more than twice as
+    steep (:func:`~.rules.sharper_bend`): the plateau's end (the last milestone, this stage's
+    start) was placed at a creep before the move. It moves to where a line bent once best fits
+    the plateau and the move so far (searched between it and the knot), as a new milestone
+    that ``revises`` it, when that is ``min_separation`` or more later; its evidence is the
+    change of slope at the knot."""
+    stage_after_plateau = len(st.stage_trends) > 1 and st.stage_trends[-2] == "flat"
+    if not stage_after_plateau or not st.milestones:
+        return []
+    last = st.milestones[-1]
+    if last.kind not in ("plateau_end", "drop") or last.step != st.stage_starts[-1]:
+        return []
+    span = st.bin_log_steps[st.knot] - st.bin_log_steps[st.prev_knot]
+    if not sharper_bend(before, line.slope, span, settings.min_separation):
+        return []
+    plateau = bisect.bisect_left(st.bin_steps, st.stage_starts[-2])
+    start = bisect.bisect_left(st.bin_steps, last.step)
+    end = len(st.bin_values) - 1
+    knot = best_knot(*st.bins(plateau, end), start - plateau, st.knot - plateau)
+    if knot is None:
+        return []
+    at, value = plateau + knot[0], knot[1]
+    if st.bin_log_steps[at] - st.bin_log_steps[start] < settings.min_separation:
+        return []  # where it was, near enough
+    kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
+    step = st.bin_steps[at]
+    moved = Milestone(step, now, kind, value, settings.series, evidence, revises=last.step)
+    st.milestones[-1] = moved
+    st.stage_starts[-1] = step
+    st.last_milestone_log_step = st.bin_log_steps[at]
+    return [moved]
 
 
 def was_plateau(

@@ -26,6 +26,9 @@ class Milestone:
         series: Name of the series the milestone belongs to (``"llc"``, ``"loss"``, ...).
         evidence: How sure: the change of slope at the milestone in noise units (its
             z-score; above 3 is clear), or None where not measured.
+        revises: The step where this milestone was first announced, when later points moved
+            it (a plateau's end announced at the start of a slow move, moved to where the
+            move steepens); None for a milestone announced where it is.
     """
 
     step: int
@@ -34,6 +37,7 @@ class Milestone:
     value: float
     series: str
     evidence: float | None = field(default=None, compare=False)
+    revises: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the record as a JSON-serializable dict."""
@@ -44,6 +48,7 @@ class Milestone:
             "value": float(self.value),
             "series": str(self.series),
             "evidence": None if self.evidence is None else float(self.evidence),
+            "revises": None if self.revises is None else int(self.revises),
         }
 
     @classmethod
@@ -56,6 +61,7 @@ class Milestone:
             value=float(d["value"]),
             series=str(d["series"]),
             evidence=None if d.get("evidence") is None else float(d["evidence"]),
+            revises=None if d.get("revises") is None else int(d["revises"]),
         )
 
 

@@ -60,7 +60,12 @@ How it works:
    step of the point whose arrival settled it. A milestone closer than
    ``min_separation`` decades to the previous one is not announced; the current stage
    takes the newer trend instead. A trend that goes on over four times steeper
-   (:func:`steepened`) makes the stretch before it a plateau, ended at the knot. When
+   (:func:`steepened`) makes the stretch before it a plateau, ended at the knot. A move
+   that left a plateau and then more than doubles its slope (:func:`sharper_bend`) bends
+   more at its second knot than at the first, so the plateau's end was placed at a creep
+   before the move: it is moved to where a line bent once best fits the plateau and the move
+   so far (a new milestone that ``revises`` the first; the demo's LLC leaves its plateau
+   with a slow creep and rises in earnest 0.3-0.4 decades later). When
    training ends, :meth:`~.detector.MilestoneDetector.finish` settles the open segment
    on its last verdict (no later point can repeat it).
 
@@ -218,6 +223,16 @@ def steepened(before: float | None, after: float, span: float, min_separation: f
     if before is None or span < min_separation or before * after < 0:
         return False
     return abs(before) < RELATIVE * abs(after)
+
+
+def sharper_bend(before: float | None, after: float, span: float, min_separation: float) -> bool:
+    """Whether a move that left a plateau with slope ``before`` and goes on, after a stretch of
+    ``span`` decades (at least ``min_separation``), with ``after`` (same sign) bends more at the
+    second knot than it did at the plateau's end: its slope more than doubles (``after -
+    before`` beyond ``before - 0``)."""
+    if before is None or span < min_separation or before * after <= 0:
+        return False
+    return abs(after) > 2.0 * abs(before)
 
 
 def chain_step_variance(before: Sequence[float], after: Sequence[float]) -> float | None:

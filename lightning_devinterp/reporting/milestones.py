@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning_devinterp.milestones.records import Milestone
 
-COLUMNS = ["series", "kind", "step", "detected_at", "value", "evidence"]
+COLUMNS = ["series", "kind", "step", "detected_at", "value", "evidence", "revises"]
 
 
 def milestones_markdown(milestones: Sequence[Milestone]) -> str:
@@ -15,8 +15,10 @@ def milestones_markdown(milestones: Sequence[Milestone]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for m in milestones:
         evidence = f"{m.evidence:.1f}" if m.evidence is not None else ""
+        moved = f"moved from {m.revises}" if m.revises is not None else ""
         lines.append(
-            f"| {m.series} | {m.kind} | {m.step} | {m.detected_at} | {m.value:.4g} | {evidence} |"
+            f"| {m.series} | {m.kind} | {m.step} | {m.detected_at} | {m.value:.4g} | {evidence} "
+            f"| {moved} |"
         )
     return "\n".join(lines)
 

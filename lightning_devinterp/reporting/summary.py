@@ -266,7 +266,7 @@ def _milestone_rows(path: Path) -> list[list[str]]:
                     str(m.step),
                     str(m.detected_at),
                     _fmt(m.value),
-                    found,
+                    found if m.revises is None else f"{found}, moved from {m.revises}",
                     path.name,
                 ]
             )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
 import numpy as np
 import pytest
 
-from lightning_devinterp.milestones import MilestoneDetector, Stage, stage_view
+from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage, stage_view
 from lightning_devinterp.reporting import JsonlWriter, write_milestones_json
+from lightning_devinterp.reporting.milestones import milestones_markdown
 from lightning_devinterp.reporting.summary import find_histories, write_report
 
 HEADS = ("l0h0", "l0h1", "l1h0")
@@ -123,3 +125,28 @@ def test_without_matplotlib_the_text_report_is_still_written(tmp_path, monkeypat
     md = files.markdown.read_text()
     assert md.count("No figures: Figures need matplotlib: pip install") == 1
     assert "![" not in md and files.figures == [] and "| rllc/l0h0 |" in md
+
+
+def test_a_moved_milestone_says_where_it_was_first_announced(tmp_path):
+    """A plateau left by a creep (3 per decade) that steepens to 10 per decade: its end is
+    moved (``revises``); the milestone file keeps both places, the report and the loggers'
+    table say it, and it reads back as it was."""
+    rng = np.random.default_rng(3)
+    detector = MilestoneDetector("llc")
+    writer = JsonlWriter(tmp_path / "run" / "devinterp" / "llc.jsonl")
+    knots, values = [1, 2, 2.5, 3, 3.5], [5, 5, 6.5, 11.5, 11.5]
+    for step in np.unique(np.round(np.geomspace(10, 3000, 30)).astype(int)).tolist():
+        chains = np.interp(np.log10(step), knots, values) + 0.1 * rng.standard_normal(2)
+        detector.update(step, chains.mean(), chains.std(ddof=1), chains)
+        writer.append({"step": step, "epoch": 0, "llc/mean": chains.mean(), "llc/std": 0.1})
+    (moved,) = [m for m in detector.milestones if m.revises is not None]
+    assert moved.kind == "plateau_end" and moved.revises < moved.step
+    assert Milestone.from_dict(json.loads(json.dumps(moved.to_dict()))) == moved
+    path = writer.path.with_name("milestones.json")
+    write_milestones_json(path, detector.milestones, detector.refine(), {"llc": detector.stages})
+    md = write_report(tmp_path / "run", tmp_path / "out").markdown.read_text()
+    (row,) = [r for r in table_rows(md, "llc |") if "moved" in r]
+    assert f"| {moved.step} |" in row and f"online, moved from {moved.revises}" in row
+    (line,) = [x for x in milestones_markdown(detector.milestones).splitlines() if "moved" in x]
+    assert line.startswith(f"| llc | plateau_end | {moved.step} |")
+    assert line.endswith(f"| moved from {moved.revises} |")
