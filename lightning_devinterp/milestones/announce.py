@@ -95,9 +95,7 @@ def move_plateau_end(
     kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
     step = st.bin_steps[at]
     moved = Milestone(step, now, kind, value, settings.series, evidence, revises=last.step)
-    st.milestones[-1] = moved
-    st.stage_starts[-1] = step
-    st.last_milestone_log_step = st.bin_log_steps[at]
+    st.move_last(moved, st.bin_log_steps[at])
     return [moved]
 
 

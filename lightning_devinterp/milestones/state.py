@@ -146,6 +146,13 @@ class DetectorState:
         self.last_milestone_log_step = log_step
         return True
 
+    def move_last(self, milestone: Milestone, log_step: float) -> None:
+        """Puts ``milestone`` (at ``log_step``) in place of the last one, its stage starting
+        there (the last milestone moved by later points)."""
+        self.milestones[-1] = milestone
+        self.stage_starts[-1] = milestone.step
+        self.last_milestone_log_step = log_step
+
     def stages(self) -> list[Stage]:
         """Stages between consecutive milestones; the last one is open."""
         starts, trends = self.stage_starts, self.stage_trends
