@@ -61,6 +61,17 @@ def log_steps(n: int) -> np.ndarray:
     return np.unique(np.round(np.logspace(1, 5, n)).astype(int))
 
 
+def noisy_series(
+    kx: list[float], ky: list[float], noise: float, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The table's series: the curve through (kx, ky) at ``n`` log-spaced steps, with
+    Gaussian noise of sd ``noise`` (seeded by ``n`` and ``seed``): (steps, values)."""
+    steps = log_steps(n)
+    rng = np.random.default_rng(1000 * n + seed)
+    values = np.interp(np.log10(steps), kx, ky)
+    return steps, values + noise * rng.standard_normal(len(steps))
+
+
 def run_detector(steps: np.ndarray, values: np.ndarray, **kw) -> MilestoneDetector:
     det = MilestoneDetector(**kw)
     for s, v in zip(steps, values, strict=True):
@@ -101,10 +112,7 @@ def accuracy_table(seeds=SEEDS, tol: float = TOL) -> dict[tuple[float, int], dic
             for kx, ky in CURVES.values():
                 truth = planted(kx, ky)
                 for seed in seeds:
-                    steps = log_steps(n)
-                    rng = np.random.default_rng(1000 * n + seed)
-                    values = np.interp(np.log10(steps), kx, ky)
-                    values = values + noise * rng.standard_normal(len(steps))
+                    steps, values = noisy_series(kx, ky, noise, n, seed)
                     det = run_detector(steps, values)
                     found = [math.log10(m.step) for m in det.milestones]
                     pairs = match(found, [t for t, _ in truth], tol)
