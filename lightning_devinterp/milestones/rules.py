@@ -46,10 +46,12 @@ How it works:
    over ``2 * confirm + 1`` bins, so a brief deep excursion (an LLC dip of a few points
    while the weights cross from one saddle to the next, ten times deeper than the
    steps between plateaus) does not make every later step look flat. A plateau is also
-   flat next to its neighbours (:func:`neighbour_band`): after a rise, a segment of the
-   same sign below :data:`RELATIVE` times the rise's slope is flat (a rise slowing to a
-   creep), and a plateau is left only by a slope beyond ``1 / RELATIVE`` times its own
-   (both for segments of at least ``min_separation`` decades). The same verdict on two consecutive bins settles the trend, or one verdict that holds
+   flat next to its neighbours (:func:`neighbour_band`): after a rise, a segment whose
+   slope is below :data:`RELATIVE` times the rise's, of either sign, is flat (a rise
+   slowing to a creep, or sagging a little), and a plateau is left only by a slope beyond
+   ``1 / RELATIVE`` times its own (both for segments of at least ``min_separation``
+   decades, a sag twice that: a shorter turn is the top of a peak or the bottom of a V).
+   The same verdict on two consecutive bins settles the trend, or one verdict that holds
    at :data:`STRONG` times the thresholds and without the last bin; a segment closed by
    the next break while still undecided leaves the trend unchanged.
 5. **Milestones.** A settled trend that differs from the current one is a milestone at
@@ -92,7 +94,7 @@ from lightning_devinterp.milestones.settings import DetectorSettings
 
 MAD_SCALE = 1.4826  # median absolute deviation to standard deviation, Gaussian noise
 PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
-RELATIVE = 0.25  # a plateau's slope is below this fraction of its neighbours' (same sign)
+RELATIVE = 0.25  # a plateau's slope is below this fraction of its neighbours'
 STRONG = 2.0  # evidence this many times the thresholds settles with one bin fewer, at once
 HUMP_Z = 3.0  # end slopes of opposite signs beyond this z make a segment a round top
 CHI2_Z10 = 1.2816  # the standard normal's 90% quantile
@@ -166,11 +168,12 @@ def trend_verdict(
     """The trend a line fitted to a segment's bins shows, next to the trend before it.
 
     A plateau is flat next to its neighbours: after a rise (fall) the band widens to
-    :data:`RELATIVE` times that rise's slope for a slope of the same sign (a rise that slows
-    to under a quarter of its rate has reached a plateau, even if it still creeps up), and
+    :data:`RELATIVE` times that rise's slope (a rise that slows to under a quarter of its
+    rate has reached a plateau, even if it still creeps up or sags a little), and
     after a plateau a trend needs a slope beyond ``1 / RELATIVE`` times the plateau's (a
     creeping plateau is not left by creeping on). Both only for a segment spanning
-    ``min_separation`` decades or more (a stage; a shorter one is the round top of a peak).
+    ``min_separation`` decades or more, a sag against the trend before twice that
+    (:func:`neighbour_band`).
 
     Args:
         line: The line fitted to the segment's bins.
@@ -187,10 +190,8 @@ def trend_verdict(
         bottom of a trough: no trend), or None (undecided).
     """
     se = line.slope_se(sigma)
-    if bins[0][-1] - bins[0][0] >= settings.min_separation:  # long enough to be a stage
-        band, floor = neighbour_band(band, line.slope, previous)
-    else:
-        floor = 0.0
+    span = bins[0][-1] - bins[0][0]
+    band, floor = neighbour_band(band, line.slope, span, previous, settings.min_separation)
     bar = max(band, floor, settings.trend_threshold * se)
     if line.slope > bar:
         return "rising"
@@ -202,17 +203,25 @@ def trend_verdict(
 
 
 def neighbour_band(
-    band: float, slope: float, previous: tuple[str | None, float | None]
+    band: float,
+    slope: float,
+    span: float,
+    previous: tuple[str | None, float | None],
+    min_separation: float,
 ) -> tuple[float, float]:
-    """The flat band of a segment of ``slope`` after the ``previous`` (trend, slope), and
-    the slope a trend needs at least (see :func:`trend_verdict`)."""
+    """The flat band of a segment of ``slope`` spanning ``span`` decades after the
+    ``previous`` (trend, slope), and the slope a trend needs at least (see
+    :func:`trend_verdict`). Only for a segment of ``min_separation`` or more (a stage; a
+    shorter one is the round top of a peak), and of twice that against the trend before
+    (room for a milestone at each end; a shorter turn is the top of a peak or the bottom of
+    a V)."""
     trend, before = previous
-    if before is None:
+    if before is None or span < min_separation:
         return band, 0.0
-    if trend in ("rising", "falling") and slope * before > 0:
-        return max(band, RELATIVE * abs(before)), 0.0
     if trend == "flat":
         return band, abs(before) / RELATIVE
+    if trend in ("rising", "falling") and (slope * before > 0 or span >= 2 * min_separation):
+        return max(band, RELATIVE * abs(before)), 0.0
     return band, 0.0
 
 

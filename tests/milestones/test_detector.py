@@ -210,9 +210,11 @@ def test_recall_and_precision_on_planted_critical_points(accuracy):
             assert r["precision"] >= (0.9 if low else 0.85), (noise, n, r)
             assert r["kind_ok"] >= 0.9, (noise, n, r)
     # at high noise (sd 1/6 of the smallest change) recall drops, false alarms stay rare
+    # (measured: 0.75 / 0.86 at 60 points, 0.84 / 0.90 at 200)
     for n in SIZES:
-        assert accuracy[(0.1, n)]["precision"] >= 0.75, accuracy[(0.1, n)]
-    assert accuracy[(0.1, 200)]["recall"] >= 0.7
+        assert accuracy[(0.1, n)]["precision"] >= 0.82, accuracy[(0.1, n)]
+    assert accuracy[(0.1, 60)]["recall"] >= 0.72, accuracy[(0.1, 60)]
+    assert accuracy[(0.1, 200)]["recall"] >= 0.8, accuracy[(0.1, 200)]
 
 
 def test_detection_delay_is_bounded(accuracy):
