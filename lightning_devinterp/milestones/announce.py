@@ -41,7 +41,7 @@ def settle(
     st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
     evidence = slope_change_z(previous_line, line, sigma)
     if trend == prev and trend in ("rising", "falling") and st.prev_knot is not None:
-        found += move_plateau_end(st, settings, previous_line[0], line, now, scale, evidence)
+        found += move_plateau_end(st, settings, previous_line[0], line, now, sigma, scale)
     if prev is None:
         st.stage_trends[-1] = trend
     elif was_plateau(st, prev, trend, previous_line[0], line.slope, settings.min_separation):
@@ -65,15 +65,15 @@ def move_plateau_end(
     before: float | None,
     line: LineFit,
     now: int,
+    sigma: float,
     scale: float,
-    evidence: float | None,
 ) -> list[Milestone]:
     """The trend that left the last plateau goes on from the current knot more than twice as
     steep (:func:`~.rules.sharper_bend`): the plateau's end (the last milestone, this stage's
     start) was placed at a creep before the move. It moves to where a line bent once best fits
     the plateau and the move so far (searched between it and the knot), as a new milestone
     that ``revises`` it, when that is ``min_separation`` or more later; its evidence is the
-    change of slope at the knot."""
+    change of slope there, between lines on the bins before and after it."""
     stage_after_plateau = len(st.stage_trends) > 1 and st.stage_trends[-2] == "flat"
     if not stage_after_plateau or not st.milestones:
         return []
@@ -93,8 +93,13 @@ def move_plateau_end(
     if st.bin_log_steps[at] - st.bin_log_steps[start] < settings.min_separation:
         return []  # where it was, near enough
     kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
-    step = st.bin_steps[at]
-    moved = Milestone(step, now, kind, value, settings.series, evidence, revises=last.step)
+    before_line = line_fit(*st.bins(plateau, at))
+    evidence = slope_change_z(
+        (before_line.slope, before_line.root_sxx), line_fit(*st.bins(at, end)), sigma
+    )
+    moved = Milestone(
+        st.bin_steps[at], now, kind, value, settings.series, evidence, revises=last.step
+    )
     st.move_last(moved, st.bin_log_steps[at])
     return [moved]
 

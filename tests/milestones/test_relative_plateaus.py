@@ -12,16 +12,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from lightning_devinterp.callbacks.schedule import log_spaced_steps
 from lightning_devinterp.milestones import MilestoneDetector, MilestoneTracker
+from lightning_devinterp.milestones.fit import line_fit
+from lightning_devinterp.milestones.rules import slope_change_z
 
 UP, FLAT = math.log10(250), math.log10(950)
 SEEDS = range(10)
 
 
-def estimate(knots: list[float], values: list[float], seed: int, count: int = 16):
-    """The curve through (log10 step, value) knots, two chains that keep their offsets."""
+def estimate(knots: list[float], values: list[float], seed: int, count: int = 16, until=None):
+    """The curve through (log10 step, value) knots, two chains that keep their offsets (read
+    up to step ``until``, or to the end and finished)."""
     rng = np.random.default_rng(seed)
     offsets = rng.standard_normal(2)
     det = MilestoneDetector("llc")
@@ -30,7 +34,22 @@ def estimate(knots: list[float], values: list[float], seed: int, count: int = 16
             np.interp(math.log10(step), knots, values) + offsets + 0.15 * rng.standard_normal(2)
         )
         det.update(step, chains.mean(), chains.std(ddof=1), chains)
+        if step == until:
+            return det, []
     return det, det.finish()
+
+
+def bend_evidence(det: MilestoneDetector, start: int, at: int, end: int) -> float | None:
+    """The change of slope at step ``at`` between lines on the points from ``start`` to it and
+    from it to ``end``, in the detector's noise units."""
+    steps, values = (np.array(column, dtype=float) for column in zip(*det.points, strict=True))
+
+    def line(a: int, b: int):
+        inside = (steps >= a) & (steps <= b)
+        return line_fit(np.log10(steps[inside]), values[inside], np.ones(int(inside.sum())))
+
+    before = line(start, at)
+    return slope_change_z((before.slope, before.root_sxx), line(at, end), det.noise_level)
 
 
 def near(det: MilestoneDetector, kind: str, at: float) -> bool:
@@ -143,6 +162,10 @@ def test_a_plateau_left_by_a_creep_ends_where_the_rise_steepens():
         assert abs(math.log10(end.revises) - creep) <= 0.15, (seed, end)
         assert creep + 0.1 <= math.log10(end.step) <= steep + 0.05, (seed, end)
         assert det.stages[1].start == end.step and det.stages[0].trend == "flat"
+        # its evidence is the bend where it now is, as the detector saw it then
+        then, _ = estimate(curve, [5, 5, 6.5, top, top], seed, 30, until=end.detected_at)
+        z = bend_evidence(then, det.stages[0].start, end.step, end.detected_at)
+        assert end.evidence == pytest.approx(z), (seed, end, z)
     assert moved >= 6
     for seed in SEEDS:
         top = 6.5 + 4.5 * (FLAT - steep)
