@@ -34,8 +34,9 @@ from lightning_devinterp.milestones import Milestone
 
 SPECTRA = {"ratio 3": (3.0, 1.0, 0.33), "ratio 4": (3.0, 0.75, 0.19), "ratio 2.5": (3.0, 1.2, 0.48)}
 TOL = math.log10(1.5)
-#: The series scored: the LLC curve, and the training loss (its milestones come first).
-SERIES = ("llc", "train_loss")
+#: The series scored: the LLC curve online and refitted after training, and the training loss
+#: (its milestones come first).
+SERIES = ("llc", "llc refined", "train_loss")
 MAX_STEPS = 5000
 #: SGLD steps of one estimate: 2 chains of 50 burn-in and 100 draws.
 STEPS_PER_ESTIMATE = 2 * 150
@@ -133,8 +134,10 @@ def main() -> None:
             estimates += len(monitor.history)
             steps = [r["step"] for r in monitor.history]
             print(f"{name} seed {seed}: transitions {transitions}", flush=True)
+            refined = monitor.tracker.detector_of("llc").refined
             for series, total in totals.items():
-                found = [m for m in monitor.milestones if m.series == series]
+                online = [m for m in monitor.milestones if m.series == series]
+                found = refined if series == "llc refined" else online
                 print(f"  {series}: {total.add(transitions, found, steps)}", flush=True)
     for series, total in totals.items():
         print(f"{series}: {total.summary()}")

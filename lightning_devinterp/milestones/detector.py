@@ -408,9 +408,10 @@ class MilestoneDetector:
     def refine(self) -> list[Milestone]:
         """Re-fits the whole history offline and returns the final milestones.
 
-        The series (on the same log-step grid, the open bin included) is fitted with a
-        continuous piecewise-linear function of ``log10(step)`` and each segment judged
-        with the online rules: see :func:`~.refine.refine_milestones`. The result is
+        The series (on the same log-step grid, the open bin included) is fitted with the
+        continuous piecewise-linear function of ``log10(step)`` whose number of knots
+        explains it best (``threshold**2`` noise variances per knot) and each piece judged
+        by its slope: see :func:`~.refine.refine_milestones`. The result is
         stored in :attr:`refined`; :attr:`milestones` is unchanged.
 
         Returns:

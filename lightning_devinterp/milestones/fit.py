@@ -8,12 +8,13 @@ The rules that read these numbers are in :mod:`lightning_devinterp.milestones.ru
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 SUSTAIN = 1.5  # a range is at most this many times the range of the running median
-KNOT_GAP = 2  # bins between two knots of the offline fit
+DESCENT_PASSES = 8  # coordinate-descent passes of the offline fit, at most
 
 
 class LineFit(NamedTuple):
@@ -127,15 +128,6 @@ def _bend_parts(
     return ht @ e, den, r, qy, qh
 
 
-def bend_gain(basis_w: np.ndarray, yw: np.ndarray, hinge_w: np.ndarray) -> np.ndarray:
-    """Weighted residual sum of squares saved by adding each hinge row to the basis.
-
-    All inputs are already multiplied by ``sqrt(w)``.
-    """
-    num, den, *_ = _bend_parts(basis_w, yw, hinge_w)
-    return num * num / den
-
-
 def hinge_scan(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: np.ndarray, base_knot: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -197,74 +189,82 @@ def smoothed_extreme(
 
 
 # ------------------------------------------------------------ offline knot placement
-def _weighted_fit(x: np.ndarray, w: np.ndarray, y: np.ndarray, knots: list[int]) -> np.ndarray:
-    """Least-squares fit of ``y * sqrt(w)`` on the weighted piecewise-linear basis."""
-    a = line_basis(x, knots) * np.sqrt(w)[:, None]
-    beta, *_ = np.linalg.lstsq(a, y * np.sqrt(w), rcond=None)
-    return a @ beta
+def _design(x: np.ndarray, knots: Sequence[float]) -> np.ndarray:
+    """Columns of a continuous piecewise-linear fit bent at ``knots`` (positions in x): 1,
+    centred x, a hinge per knot."""
+    hinge_cols = [np.maximum(x - k, 0.0) for k in knots]
+    return np.stack([np.ones_like(x), x - x.mean(), *hinge_cols], axis=1)
 
 
-def _rss(x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[int]) -> float:
-    res = y * np.sqrt(w) - _weighted_fit(x, w, y, knots)
-    return float(res @ res)
-
-
-def piecewise_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[int]) -> np.ndarray:
-    """Fitted values of the continuous piecewise-linear fit with the given knots."""
-    return _weighted_fit(x, w, y, knots) / np.sqrt(w)
-
-
-def _allowed(n: int, knots: list[int], lo: int, hi: int) -> np.ndarray:
-    """Candidate knots in lo..hi, away from the ends and ``KNOT_GAP`` from every knot."""
-    cands = np.arange(max(lo, 2), min(hi, n - 3) + 1)
-    for k in knots:
-        cands = cands[np.abs(cands - k) >= KNOT_GAP]
-    return cands
-
-
-def _gains(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[int], cands: np.ndarray
-) -> np.ndarray:
-    """:func:`bend_gain` of each candidate knot added to the fit with ``knots``."""
+def bend_scan(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: Sequence[float], grid: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Weighted squared residuals of the fit bent at ``knots``, and of that fit with one more
+    bend at each position of ``grid`` (a bend the data cannot tell apart saves nothing)."""
     sw = np.sqrt(w)
-    return bend_gain(line_basis(x, knots) * sw[:, None], y * sw, hinges(x, cands) * sw[None, :])
+    q, _ = np.linalg.qr(_design(x, knots) * sw[:, None])
+    yw = y * sw
+    e = yw - q @ (q.T @ yw)
+    h = np.maximum(x[None, :] - grid[:, None], 0.0) * sw[None, :]
+    ht = h - (h @ q) @ q.T
+    den = (ht * ht).sum(axis=1)
+    ok = den > 1e-10 * (h * h).sum(axis=1)
+    gain = np.where(ok, (ht @ e) ** 2 / np.where(ok, den, 1.0), 0.0)
+    rss = float(e @ e)
+    return rss, rss - gain
 
 
-def place_knots(x: np.ndarray, y: np.ndarray, w: np.ndarray, min_gain: float) -> list[int]:
-    """Knots of a continuous piecewise-linear fit, each saving more than ``min_gain``.
+def _descend(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[float], grid: np.ndarray
+) -> tuple[float, list[float]]:
+    """Moves one knot at a time to its best grid position until none moves: (rss, knots)."""
+    best = bend_scan(x, y, w, knots, grid[:0])[0]
+    for _ in range(DESCENT_PASSES):
+        moved = False
+        for i in range(len(knots)):
+            others = knots[:i] + knots[i + 1 :]
+            rss = bend_scan(x, y, w, others, grid)[1]
+            j = int(np.argmin(rss))
+            if rss[j] < best * (1 - 1e-9):
+                best, knots, moved = float(rss[j]), sorted([*others, float(grid[j])]), True
+        if not moved:
+            break
+    return best, knots
 
-    Knots are added greedily while the best one saves more than ``min_gain`` of weighted
-    squared residuals, each is then moved (twice over) to its best position between
-    its neighbours, and knots whose removal now costs no more than ``min_gain`` are
-    removed, cheapest first.
 
-    Returns:
-        The knots, as sorted bin indices.
+def knot_path(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray, max_knots: int
+) -> Iterator[tuple[float, list[float]]]:
+    """Best continuous piecewise-linear fits with 0, 1, ... ``max_knots`` knots on ``grid``,
+    one after the other.
+
+    Each size starts twice, from the previous fit plus its best extra knot and from knots
+    spread evenly, and moves its knots by coordinate descent; the better fit is kept.
+
+    Yields:
+        (weighted squared residuals, knot positions) for each number of knots.
     """
-    n = len(x)
-    knots: list[int] = []
-    for _ in range(n // 3):
-        cands = _allowed(n, knots, 2, n - 3)
-        if len(cands) == 0:
-            break
-        gain = _gains(x, y, w, knots, cands)
-        best = int(np.argmax(gain))
-        if gain[best] <= min_gain:
-            break
-        knots = sorted(knots + [int(cands[best])])
-    for _ in range(2):
-        for j in range(len(knots)):
-            others = knots[:j] + knots[j + 1 :]
-            lo = knots[j - 1] + KNOT_GAP if j > 0 else 2
-            hi = knots[j + 1] - KNOT_GAP if j + 1 < len(knots) else n - 3
-            cands = _allowed(n, others, lo, hi)
-            if len(cands):
-                knots[j] = int(cands[int(np.argmax(_gains(x, y, w, others, cands)))])
-    while knots:
-        full = _rss(x, y, w, knots)
-        loss = [_rss(x, y, w, knots[:j] + knots[j + 1 :]) - full for j in range(len(knots))]
-        j = int(np.argmin(loss))
-        if loss[j] > min_gain:
-            break
-        del knots[j]
-    return knots
+    knots: list[float] = []
+    for k in range(max_knots + 1):
+        rss, extra = bend_scan(x, y, w, knots, grid)
+        if k > 0:
+            even = np.linspace(x[0], x[-1], k + 2)[1:-1].tolist()
+            rss, knots = min(_descend(x, y, w, knots, grid), _descend(x, y, w, even, grid))
+            extra = bend_scan(x, y, w, knots, grid)[1]
+        yield rss, knots
+        knots = sorted([*knots, float(grid[int(np.argmin(extra))])])
+
+
+def joint_slopes(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fit bent at ``knots``: fitted values, each piece's slope, and each slope's standard
+    error for unit noise (one observation of variance 1, weights are counts)."""
+    design = _design(x, knots)
+    a = design * np.sqrt(w)[:, None]
+    cov = np.linalg.pinv(a.T @ a)
+    coef = cov @ (a.T @ (y * np.sqrt(w)))
+    pick = np.tril(np.ones((len(knots) + 1, len(knots) + 1)))  # piece j: x slope + j hinges
+    pick = np.concatenate([np.zeros((len(knots) + 1, 1)), pick], axis=1)
+    se = np.sqrt(np.maximum(np.einsum("ip,pq,iq->i", pick, cov, pick), 0.0))
+    return design @ coef, pick @ coef, se

@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from lightning_devinterp.milestones.fit import (
-    line_fit,
+    joint_slopes,
+    knot_path,
     norm_residual,
-    piecewise_fit,
-    place_knots,
     sustained_range,
 )
 from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
-    ROUND,
     mean_slope,
     milestone_kind,
     noise_level,
     too_close,
     transition_kind,
-    trend_verdict,
 )
 from lightning_devinterp.milestones.settings import DetectorSettings
 
+MAX_KNOTS = 10  # knots of the offline fit, at most
+PATIENCE = 2  # knots tried beyond the best number so far before the search stops
+NOISE_PASSES = 3  # rounds of (number of knots, noise from the fit's residuals)
+
 
 class _Segment(NamedTuple):
-    start: int  # its knot (bin)
-    trend: str | None  # None: undecided or unconfirmed
+    start: int  # the bin nearest its knot
+    trend: str | None  # None: too few bins after its knot to confirm
     slope: float
 
 
@@ -50,18 +52,21 @@ def refine_milestones(
     last_step: int,
     settings: DetectorSettings,
 ) -> list[Milestone]:
-    """Milestones of a continuous piecewise-linear fit of the whole series.
+    """Milestones of the continuous piecewise-linear fit of the whole series that explains it
+    best for its number of knots.
 
-    Knots are placed by :func:`~lightning_devinterp.milestones.fit.place_knots` (each
-    saving more than ``threshold**2`` noise variances). Each segment's trend is judged
-    with the online rules on all its bins; an undecided segment, or one with fewer than
-    ``confirm`` bins after its knot, keeps the trend before it, and a first segment
-    that is neither rising, falling nor within the flat band is flat (the series has
-    not moved yet). Trend changes are milestones (``detected_at`` is ``last_step``; a
-    peak or trough sits at the extreme of the fit between the last two settled
-    segments), and changes closer than ``min_separation`` are merged (a rise and a
-    fall merge into a peak at the higher knot; a step from one plateau to another
-    keeps its start; any other change that is undone is dropped).
+    The fits with 0, 1, 2, ... knots (on a grid of ``resolution`` decades, each placed by
+    coordinate descent: :func:`~lightning_devinterp.milestones.fit.knot_path`) are compared by
+    their squared residuals in noise variances plus ``threshold**2`` per knot; the noise is
+    first measured between neighbours, then from the residuals of the chosen fit (offline,
+    every point known on both sides). Each piece of the chosen fit is rising or falling when
+    its slope exceeds ``trend_threshold`` standard errors and the flat band (``flat`` times
+    the series' mean slope), flat otherwise; a piece with fewer than ``confirm`` bins after
+    its knot, or flat over less than ``min_separation`` decades (the round top of a peak or
+    bottom of a trough), keeps the trend before it. Trend changes are milestones at the bin nearest the
+    knot (``detected_at`` is ``last_step``); changes closer than ``min_separation`` are merged
+    (a rise and a fall merge into a peak at the higher knot; a step from one plateau to
+    another keeps its start; any other change that is undone is dropped).
 
     Args:
         x: log10(step) of each bin.
@@ -79,15 +84,15 @@ def refine_milestones(
     c = settings.confirm
     if len(x) < 2 * c + 4:
         return []
-    residuals = norm_residual(x, y, w)
-    sigma = noise_level(residuals, stds, float(np.abs(y).max()), settings, online=False)
+    sigma = noise_level(
+        norm_residual(x, y, w), stds, float(np.abs(y).max()), settings, online=False
+    )
     assert sigma is not None  # residuals exist
-    knots = place_knots(x, y, w, settings.threshold**2 * sigma * sigma)
-    fitted = piecewise_fit(x, y, w, knots)
+    knots, sigma = _best_fit(x, y, w, sigma, stds, settings)
+    fitted, slopes, se = joint_slopes(x, y, w, knots)
     spread = sustained_range(y, float(fitted.max() - fitted.min()), c)
     slope_scale = mean_slope(float(x[0]), float(x[-1]), spread, sigma)
-    segments = _segments(x, y, w, knots, sigma, settings.flat * slope_scale, settings)
-    changes = _changes(segments, x, fitted, settings.min_separation)
+    segments = _segments(x, knots, slopes, se * sigma, settings.flat * slope_scale, settings)
     return [
         Milestone(
             int(steps[ch.at]),
@@ -96,39 +101,62 @@ def refine_milestones(
             float(fitted[ch.at]),
             settings.series,
         )
-        for ch in changes
+        for ch in _changes(segments, x, fitted, settings.min_separation)
     ]
 
 
 def _segments(
     x: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    knots: list[int],
-    sigma: float,
+    knots: list[float],
+    slopes: np.ndarray,
+    errors: np.ndarray,
     band: float,
     settings: DetectorSettings,
 ) -> list[_Segment]:
-    """Each segment's trend, from a line on its own bins."""
-    n = len(x)
-    bounds = [0, *knots, n - 1]
-    out = []
-    previous: tuple[str | None, float | None] = (None, None)  # the last settled segment's
-    for j in range(len(bounds) - 1):
-        lo, hi = bounds[j], bounds[j + 1]
-        bins = x[lo : hi + 1], y[lo : hi + 1], w[lo : hi + 1]
-        line = line_fit(*bins)
-        trend: str | None = None
-        if lo <= n - 1 - settings.confirm:  # else too few bins after the knot to confirm
-            trend = trend_verdict(line, sigma, band, bins, settings, previous)
-            if trend == ROUND:
-                trend = None
-            elif trend is None and j == 0:
-                trend = "flat"  # the series has not moved significantly yet
-        if trend is not None:
-            previous = (trend, line.slope)
-        out.append(_Segment(lo, trend, line.slope))
-    return out
+    """Each piece's trend from its slope and the slope's standard error (see
+    :func:`refine_milestones`)."""
+    edges = [float(x[0]), *knots, float(x[-1])]
+    segments = []
+    for j, (slope, err) in enumerate(zip(slopes, errors, strict=True)):
+        start = int(np.argmin(np.abs(x - edges[j])))
+        bar = max(band, settings.trend_threshold * err)
+        trend = "rising" if slope > bar else "falling" if slope < -bar else "flat"
+        short = trend == "flat" and edges[j + 1] - edges[j] < settings.min_separation
+        confirmed = start <= len(x) - 1 - settings.confirm and not short
+        segments.append(_Segment(start, trend if confirmed else None, float(slope)))
+    return segments
+
+
+def _best_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    sigma: float,
+    stds: Sequence[float],
+    settings: DetectorSettings,
+) -> tuple[list[float], float]:
+    """The knots of the fit with the least squared residuals (in noise variances) plus
+    ``threshold**2`` per knot, and the noise measured from its residuals (a fixed ``noise``
+    stays; ``std_floor`` holds)."""
+    grid = np.arange(x[0] + settings.resolution, x[-1], settings.resolution)
+    penalty = settings.threshold**2
+    path: list[tuple[float, list[float]]] = []
+    best = 0
+    for rss, knots in knot_path(x, y, w, grid, min(MAX_KNOTS, (len(x) - 2) // 3)):
+        path.append((rss, knots))
+        score = [r / sigma**2 + penalty * len(k) for r, k in path]
+        best = int(np.argmin(score))
+        if len(path) - 1 - best > PATIENCE:
+            break
+    floor = sigma * 1e-6
+    if settings.std_floor > 0 and stds:
+        floor = max(floor, settings.std_floor * float(np.median(stds)))
+    for _ in range(NOISE_PASSES):
+        dof = len(x) - 2 - best
+        if dof > 0 and settings.noise is None:
+            sigma = max(math.sqrt(path[best][0] / dof), floor)
+        best = int(np.argmin([r / sigma**2 + penalty * len(k) for r, k in path]))
+    return path[best][1], sigma
 
 
 def _changes(

@@ -76,10 +76,12 @@ strong bend; no edge effect), a straight or gently curving series gives no miles
 the delay is a few points for peaks, troughs and plateau ends, longer for plateau starts
 at high noise (a flat slope needs enough points to be told from a slow rise).
 
-The verdicts below are the rule's single statement: :class:`MilestoneDetector`
-(:mod:`~lightning_devinterp.milestones.detector`) applies them as it reads the series,
-:func:`~lightning_devinterp.milestones.refine.refine_milestones` when it re-fits the whole
-history. Their numeric kernels are in :mod:`~lightning_devinterp.milestones.fit`.
+The verdicts below are the rule's single statement, which :class:`MilestoneDetector`
+(:mod:`~lightning_devinterp.milestones.detector`) applies as it reads the series. The
+offline refit (:func:`~lightning_devinterp.milestones.refine.refine_milestones`), with every
+point known on both sides, instead chooses the number of knots of one fit of the whole series
+and shares the kinds, the separation and the noise measure. The numeric kernels are in
+:mod:`~lightning_devinterp.milestones.fit`.
 """
 
 from __future__ import annotations

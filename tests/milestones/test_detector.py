@@ -242,6 +242,17 @@ def test_online_milestones_close_to_refined(accuracy):
             assert r["ref_precision"] >= 0.85, r
 
 
+def test_the_refit_chooses_its_bends_at_high_noise(accuracy):
+    # the offline refit compares fits with 0, 1, 2, ... knots (measured: 0.76 / 0.84 at 60
+    # points, 0.90 / 0.93 at 200; a refit that adds knots one at a time while each saves
+    # threshold**2 and judges each segment alone reached 0.52 / 0.81 and 0.86 / 0.93)
+    assert accuracy[(0.1, 60)]["ref_recall"] >= 0.72, accuracy[(0.1, 60)]
+    assert accuracy[(0.1, 60)]["ref_precision"] >= 0.8, accuracy[(0.1, 60)]
+    assert accuracy[(0.1, 200)]["ref_recall"] >= 0.88, accuracy[(0.1, 200)]
+    assert accuracy[(0.1, 200)]["ref_precision"] >= 0.9, accuracy[(0.1, 200)]
+    assert accuracy[(0.02, 60)]["ref_recall"] >= 0.98, accuracy[(0.02, 60)]
+
+
 def test_false_alarms_on_series_without_critical_points():
     fa = false_alarm_table()
     print("\nfalse alarms per 100 points:", {k: round(v, 3) for k, v in fa.items()})
