@@ -104,28 +104,29 @@ def is_hump(x: np.ndarray, y: np.ndarray, w: np.ndarray, sigma: float, z: float)
     return zs[0] * zs[1] < 0 and min(abs(zs[0]), abs(zs[1])) > z
 
 
-def line_basis(x: np.ndarray, knots: list[int]) -> np.ndarray:
-    """Columns of a continuous piecewise-linear fit: 1, centred x, a hinge per knot."""
-    hinges = [np.maximum(x - x[k], 0.0) for k in knots]
-    return np.stack([np.ones_like(x), x - x.mean(), *hinges], axis=1)
+def line_basis(x: np.ndarray, knots: Sequence[float]) -> np.ndarray:
+    """Columns of a continuous piecewise-linear fit bent at ``knots`` (positions in x): 1,
+    centred x, a hinge per knot."""
+    return np.stack([np.ones_like(x), x - x.mean(), *hinges(x, np.asarray(knots))], axis=1)
 
 
 def hinges(x: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """One row per index in ``at``: the hinge ``max(x - x[k], 0)`` bending at bin k."""
-    return np.maximum(x[None, :] - x[at][:, None], 0.0)
+    """One row per position in ``at``: the hinge ``max(x - a, 0)`` bending at ``a``."""
+    return np.maximum(x[None, :] - at[:, None], 0.0)
 
 
 def _bend_parts(
     basis_w: np.ndarray, yw: np.ndarray, hinge_w: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """What a bend adds to a weighted fit: (numerator, denominator, r, q'y, hinges' q)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a bend adds to a weighted fit: (numerator, denominator, r, q'y, hinges' q, the
+    residuals without it)."""
     q, r = np.linalg.qr(basis_w)
     qy = q.T @ yw
     e = yw - q @ qy
     qh = hinge_w @ q
     ht = hinge_w - qh @ q.T
     den = np.maximum((ht * ht).sum(axis=1), 1e-300)
-    return ht @ e, den, r, qy, qh
+    return ht @ e, den, r, qy, qh, e
 
 
 def hinge_scan(
@@ -141,8 +142,10 @@ def hinge_scan(
         bend at each knot, and the fitted value at that knot.
     """
     sw = np.sqrt(w)
-    base = line_basis(x, [] if base_knot is None else [base_knot])
-    num, den, r, qy, qh = _bend_parts(base * sw[:, None], y * sw, hinges(x, knots) * sw[None, :])
+    base = line_basis(x, [] if base_knot is None else [x[base_knot]])
+    num, den, r, qy, qh, _ = _bend_parts(
+        base * sw[:, None], y * sw, hinges(x, x[knots]) * sw[None, :]
+    )
     c = num / den
     # fitted value at each knot: base part of (y - c h), since h vanishes at its knot
     coef = np.linalg.solve(r, qy[:, None] - qh.T * c[None, :])
@@ -189,27 +192,16 @@ def smoothed_extreme(
 
 
 # ------------------------------------------------------------ offline knot placement
-def _design(x: np.ndarray, knots: Sequence[float]) -> np.ndarray:
-    """Columns of a continuous piecewise-linear fit bent at ``knots`` (positions in x): 1,
-    centred x, a hinge per knot."""
-    hinge_cols = [np.maximum(x - k, 0.0) for k in knots]
-    return np.stack([np.ones_like(x), x - x.mean(), *hinge_cols], axis=1)
-
-
 def bend_scan(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: Sequence[float], grid: np.ndarray
 ) -> tuple[float, np.ndarray]:
     """Weighted squared residuals of the fit bent at ``knots``, and of that fit with one more
     bend at each position of ``grid`` (a bend the data cannot tell apart saves nothing)."""
     sw = np.sqrt(w)
-    q, _ = np.linalg.qr(_design(x, knots) * sw[:, None])
     yw = y * sw
-    e = yw - q @ (q.T @ yw)
-    h = np.maximum(x[None, :] - grid[:, None], 0.0) * sw[None, :]
-    ht = h - (h @ q) @ q.T
-    den = (ht * ht).sum(axis=1)
-    ok = den > 1e-10 * (h * h).sum(axis=1)
-    gain = np.where(ok, (ht @ e) ** 2 / np.where(ok, den, 1.0), 0.0)
+    h = hinges(x, grid) * sw[None, :]
+    num, den, *_, e = _bend_parts(line_basis(x, knots) * sw[:, None], yw, h)
+    gain = np.where(den > 1e-10 * (h * h).sum(axis=1), num * num / den, 0.0)
     rss = float(e @ e)
     return rss, rss - gain
 
@@ -245,14 +237,14 @@ def knot_path(
         (weighted squared residuals, knot positions) for each number of knots.
     """
     knots: list[float] = []
-    for k in range(max_knots + 1):
-        rss, extra = bend_scan(x, y, w, knots, grid)
-        if k > 0:
-            even = np.linspace(x[0], x[-1], k + 2)[1:-1].tolist()
-            rss, knots = min(_descend(x, y, w, knots, grid), _descend(x, y, w, even, grid))
-            extra = bend_scan(x, y, w, knots, grid)[1]
+    rss, extra = bend_scan(x, y, w, knots, grid)
+    yield rss, knots
+    for k in range(1, max_knots + 1):
+        grown = sorted([*knots, float(grid[int(np.argmin(extra))])])
+        even = np.linspace(x[0], x[-1], k + 2)[1:-1].tolist()
+        rss, knots = min(_descend(x, y, w, grown, grid), _descend(x, y, w, even, grid))
         yield rss, knots
-        knots = sorted([*knots, float(grid[int(np.argmin(extra))])])
+        extra = bend_scan(x, y, w, knots, grid)[1]
 
 
 def joint_slopes(
@@ -260,7 +252,7 @@ def joint_slopes(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fit bent at ``knots``: fitted values, each piece's slope, and each slope's standard
     error for unit noise (one observation of variance 1, weights are counts)."""
-    design = _design(x, knots)
+    design = line_basis(x, knots)
     a = design * np.sqrt(w)[:, None]
     cov = np.linalg.pinv(a.T @ a)
     coef = cov @ (a.T @ (y * np.sqrt(w)))

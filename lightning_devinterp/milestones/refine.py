@@ -63,10 +63,11 @@ def refine_milestones(
     its slope exceeds ``trend_threshold`` standard errors and the flat band (``flat`` times
     the series' mean slope), flat otherwise; a piece with fewer than ``confirm`` bins after
     its knot, or flat over less than ``min_separation`` decades (the round top of a peak or
-    bottom of a trough), keeps the trend before it. Trend changes are milestones at the bin nearest the
-    knot (``detected_at`` is ``last_step``); changes closer than ``min_separation`` are merged
-    (a rise and a fall merge into a peak at the higher knot; a step from one plateau to
-    another keeps its start; any other change that is undone is dropped).
+    bottom of a trough), keeps the trend before it. Trend changes are milestones at the bin
+    nearest the knot (``detected_at`` is ``last_step``); changes closer than
+    ``min_separation`` are merged (a rise and a fall merge into a peak at the higher knot; a
+    step from one plateau to another keeps its start; any other change that is undone is
+    dropped).
 
     Args:
         x: log10(step) of each bin.
@@ -141,11 +142,13 @@ def _best_fit(
     grid = np.arange(x[0] + settings.resolution, x[-1], settings.resolution)
     penalty = settings.threshold**2
     path: list[tuple[float, list[float]]] = []
-    best = 0
-    for rss, knots in knot_path(x, y, w, grid, min(MAX_KNOTS, (len(x) - 2) // 3)):
-        path.append((rss, knots))
-        score = [r / sigma**2 + penalty * len(k) for r, k in path]
-        best = int(np.argmin(score))
+
+    def chosen(sigma: float) -> int:
+        return int(np.argmin([r / sigma**2 + penalty * len(k) for r, k in path]))
+
+    for fit in knot_path(x, y, w, grid, min(MAX_KNOTS, (len(x) - 2) // 3)):
+        path.append(fit)
+        best = chosen(sigma)
         if len(path) - 1 - best > PATIENCE:
             break
     floor = sigma * 1e-6
@@ -155,7 +158,7 @@ def _best_fit(
         dof = len(x) - 2 - best
         if dof > 0 and settings.noise is None:
             sigma = max(math.sqrt(path[best][0] / dof), floor)
-        best = int(np.argmin([r / sigma**2 + penalty * len(k) for r, k in path]))
+        best = chosen(sigma)
     return path[best][1], sigma
 
 
