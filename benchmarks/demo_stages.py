@@ -6,7 +6,8 @@ of the same training at 24 estimates, steps >= 30), and for each head whose refi
 least doubles whether a milestone lies within its rise, 0.15 decades either side (the rise
 read two ways: from the last point below 20% of the change to the first above 80%, and
 between the knots of the head's own three-piece fit); heads whose range stays under 1.5x
-should get none. It also lists the training loss's milestones.
+should get none; the offline refit's milestones (``refine()``, at train end) are judged the
+same way. It also lists the training loss's milestones.
 
 With ``--defaults`` the monitor is ``LLCMonitor(SAMPLER)`` at every other default (30
 log-spaced estimates from step 1, 4 chains x 200 draws, no components), one training per
@@ -14,6 +15,7 @@ seed, its bends those of its own curve (steps >= 30).
 
     python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each
     python benchmarks/demo_stages.py --defaults 0 1 2
+    python benchmarks/demo_stages.py --heads 0 1 2   # the heads only: one training each
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ def bends(history: list[dict]) -> tuple[float, float]:
     return knots(x, y)
 
 
+def verdict(marks: list[int], rise: tuple[float, float], knotted: tuple[float, float]) -> str:
+    """Whether a milestone lies within 0.15 decades of the rise read either way (log10 steps)."""
+    logs = [math.log10(s) for s in marks]
+    near = any(rise[0] - 0.15 <= x <= rise[1] + 0.15 for x in logs)
+    by_knots = any(knotted[0] - 0.15 <= x <= knotted[1] + 0.15 for x in logs)
+    return ("near" if near else "MISSED") + (
+        ", near the knots" if by_knots else ", not near the knots"
+    )
+
+
 def heads_report(monitor: LLCMonitor) -> list[str]:
     """Each head that at least doubles: whether a milestone lies within its rise, 0.15 decades
     either side, the rise read two ways: from the last point under 20% of the change to the
@@ -95,28 +107,32 @@ def heads_report(monitor: LLCMonitor) -> list[str]:
         smooth = np.array([np.median(values[max(0, i - 1) : i + 2]) for i in range(len(values))])
         early, late = np.median(values[:3]), np.median(values[-3:])
         found = [m.step for m in monitor.milestones if m.series == series]
+        refit = [m.step for m in monitor.tracker.detector_of(series).refined]
         if late >= 2 * early:
             low, high = early + 0.2 * (late - early), early + 0.8 * (late - early)
             start = max(int(s) for s, v in zip(steps, smooth, strict=True) if v < low)
             end = min(int(s) for s, v in zip(steps, smooth, strict=True) if s > start and v > high)
-            near = any(start / 10**0.15 <= s <= end * 10**0.15 for s in found)
             first, last = knots(np.log10(steps), values)
-            by_knots = any(first - 0.15 <= math.log10(s) <= last + 0.15 for s in found)
+            rise = (math.log10(start), math.log10(end)), (first, last)
             lines.append(
                 f"  {head}: x{late / early:.1f}, rise {start}-{end}, knots "
-                f"{10**first:.0f}-{10**last:.0f}, milestones {found}: "
-                + ("near" if near else "MISSED")
-                + (", near the knots" if by_knots else ", not near the knots")
+                f"{10**first:.0f}-{10**last:.0f}, milestones {found}: {verdict(found, *rise)}; "
+                f"refit {refit}: {verdict(refit, *rise)}"
             )
         elif smooth.max() < 1.5 * smooth.min():
-            lines.append(f"  {head}: flat, milestones {found}" + (" FALSE ALARM" if found else ""))
+            alarm = " FALSE ALARM" if found else ""
+            lines.append(f"  {head}: flat, milestones {found}{alarm}, refit {refit}")
     return lines
 
 
-def main(seeds: list[int], defaults: bool) -> None:
+def main(seeds: list[int], defaults: bool, heads_only: bool) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     for seed in seeds:
+        if heads_only:
+            print(f"seed {seed}:")
+            print("\n".join(heads_report(train(seed, demo_monitor(seed, 16, heads=True)))))
+            continue
         if defaults:
             monitor = train(seed, LLCMonitor(SAMPLER, seed=seed))
             reference = bends(monitor.history)
@@ -141,4 +157,5 @@ def main(seeds: list[int], defaults: bool) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main([int(s) for s in args if s != "--defaults"] or [0, 1, 2], "--defaults" in args)
+    seeds = [int(s) for s in args if not s.startswith("--")] or [0, 1, 2]
+    main(seeds, "--defaults" in args, "--heads" in args)

@@ -10,7 +10,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_devinterp.callbacks.figures import LiveFigures
-from lightning_devinterp.estimators import Calibration, LLCHealthWarning
+from lightning_devinterp.callbacks.progress import SamplingProgress
+from lightning_devinterp.callbacks.trainer_info import batch_transfer
+from lightning_devinterp.estimators import Calibration, LLCHealthWarning, calibrate_with
 from lightning_devinterp.estimators.calibration import DEFAULT_MAX_STEPS, check_calibrate_options
 from lightning_devinterp.reporting.calibration_figures import (
     plot_calibration_llc,
@@ -101,11 +103,41 @@ class SamplerPlan:
         burnin = max(chains.num_burnin, int(self.calibrated["num_burnin"]))
         return chains.replace(num_burnin=burnin)
 
+    def calibration_job(
+        self, module: Any, data: Any, loss: Any, chains: ChainSettings
+    ) -> CalibrationJob:
+        """The calibration as a job for :func:`run_everywhere` (each process runs it)."""
+        return CalibrationJob(module, data, loss, chains, self.options)
+
     def extra_steps(self) -> int:
         """The SGLD steps the calibration may still cost (its step budget), or 0."""
         if not self.needs_calibration:
             return 0
         return self.options.get("max_steps", DEFAULT_MAX_STEPS) or 0
+
+
+class CalibrationJob:
+    """One process's calibration (:func:`calibrate_with`); the full result is kept in
+    :attr:`result` for the figures, the job returns its record."""
+
+    def __init__(
+        self, module: Any, data: Any, loss: Any, chains: ChainSettings, options: dict[str, Any]
+    ) -> None:
+        self.module, self.data, self.loss, self.chains, self.options = (
+            module, data, loss, chains, options,
+        )  # fmt: skip
+        self.result: Calibration | None = None
+
+    def __call__(self, chain_ids: list[int], progress: SamplingProgress) -> dict[str, Any]:
+        self.result = calibrate_with(
+            self.module,
+            self.data,
+            self.loss,
+            chains=self.chains,
+            transfer=batch_transfer(self.module),
+            **self.options,
+        )
+        return {**self.result.to_record(), "warnings": list(self.result.warnings)}
 
 
 def announce_calibration(

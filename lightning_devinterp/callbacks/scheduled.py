@@ -38,7 +38,7 @@ from lightning_devinterp.callbacks.trainer_info import (
     output_folder,
 )
 from lightning_devinterp.callbacks.trainer_view import check_optimization
-from lightning_devinterp.estimators import calibrate_with, check_inputs
+from lightning_devinterp.estimators import check_inputs
 from lightning_devinterp.milestones import Milestone
 from lightning_devinterp.reporting.recorder import Recorder
 from lightning_devinterp.sampling import SGLD, ChainSettings
@@ -386,27 +386,17 @@ class ScheduledAnalysis(Callback):
         failed (reported like a failed estimate). Every process calibrates; rank 0's choice
         is kept by all."""
         started = time.perf_counter()
-        found = {}
-
-        def run(chain_ids: list[int], progress: SamplingProgress) -> dict[str, Any]:
-            found["result"] = result = calibrate_with(
-                pl_module,
-                self.target.data(trainer),
-                self.target.loss(trainer),
-                chains=self.chains,
-                transfer=batch_transfer(pl_module),
-                **self.plan.options,
-            )
-            return {**result.to_record(), "warnings": list(result.warnings)}
-
+        job = self.plan.calibration_job(
+            pl_module, self.target.data(trainer), self.target.loss(trainer), self.chains
+        )
         parts = self.run_everywhere(
-            trainer, pl_module, step, run, "calibration failed: ", jobs=["calibrate"]
+            trainer, pl_module, step, job, "calibration failed: ", jobs=["calibrate"]
         )
         if parts is not None:
             self.plan.calibrated = {**parts[0], "step": step}
             folder = self.recorder.path.parent if self.recorder.path else None
             announce_calibration(
-                trainer, self.name, self.plan.calibrated, found.get("result"), self.figures, folder
+                trainer, self.name, self.plan.calibrated, job.result, self.figures, folder
             )
         self._calibration_seconds = time.perf_counter() - started
         return parts is not None
