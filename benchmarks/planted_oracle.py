@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_devinterp.milestones.fit import descend_knots  # noqa: E402
 from tests.milestones.test_detector import (  # noqa: E402
     CURVES,
     NOISES,
@@ -34,42 +35,13 @@ from tests.milestones.test_detector import (  # noqa: E402
 )
 
 GRID = 0.01  # knot positions, decades
-SWEEPS = 8  # coordinate-descent passes at most
-
-
-def residual_sum(x: np.ndarray, y: np.ndarray, knots: np.ndarray) -> np.ndarray:
-    """Squared residuals of the least-squares continuous piecewise-linear fit of ``y`` for
-    each row of ``knots`` (shape (fits, k)); one value per row."""
-    hinges = np.maximum(x[None, :, None] - knots[:, None, :], 0.0)
-    ones = np.ones((len(knots), len(x), 1))
-    design = np.concatenate([ones, ones * x[None, :, None], hinges], axis=2)
-    gram = design.transpose(0, 2, 1) @ design + 1e-9 * np.eye(design.shape[2])
-    coef = np.linalg.solve(gram, (design.transpose(0, 2, 1) @ y)[..., None])[..., 0]
-    return (((design @ coef[..., None])[..., 0] - y) ** 2).sum(axis=1)
-
-
-def descend(x: np.ndarray, y: np.ndarray, knots: list[float]) -> tuple[float, list[float]]:
-    """Coordinate descent of the knots on the grid: (squared residuals, knots)."""
-    grid = np.arange(x[0] + GRID, x[-1] - GRID / 2, GRID)
-    best = float(residual_sum(x, y, np.array([knots]))[0])
-    for _ in range(SWEEPS):
-        moved = False
-        for i in range(len(knots)):
-            trials = np.repeat(np.array([knots]), len(grid), axis=0)
-            trials[:, i] = grid
-            sums = residual_sum(x, y, trials)
-            j = int(np.argmin(sums))
-            if sums[j] < best - 1e-12:
-                best, knots, moved = float(sums[j]), sorted(trials[j].tolist()), True
-        if not moved:
-            break
-    return best, knots
 
 
 def oracle_knots(x: np.ndarray, y: np.ndarray, corners: list[float]) -> list[float]:
     """The better of the descents from the true corners and from evenly spread knots."""
+    grid, w = np.arange(x[0] + GRID, x[-1] - GRID / 2, GRID), np.ones_like(x)
     even = list(np.linspace(x[0], x[-1], len(corners) + 2)[1:-1])
-    return min(descend(x, y, list(corners)), descend(x, y, even))[1]
+    return min(descend_knots(x, y, w, list(corners), grid), descend_knots(x, y, w, even, grid))[1]
 
 
 def main() -> None:

@@ -206,7 +206,7 @@ def bend_scan(
     return rss, rss - gain
 
 
-def _descend(
+def descend_knots(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, knots: list[float], grid: np.ndarray
 ) -> tuple[float, list[float]]:
     """Moves one knot at a time to its best grid position until none moves: (rss, knots)."""
@@ -242,7 +242,7 @@ def knot_path(
     for k in range(1, max_knots + 1):
         grown = sorted([*knots, float(grid[int(np.argmin(extra))])])
         even = np.linspace(x[0], x[-1], k + 2)[1:-1].tolist()
-        rss, knots = min(_descend(x, y, w, grown, grid), _descend(x, y, w, even, grid))
+        rss, knots = min(descend_knots(x, y, w, grown, grid), descend_knots(x, y, w, even, grid))
         yield rss, knots
         extra = bend_scan(x, y, w, knots, grid)[1]
 
