@@ -16,14 +16,17 @@ seed, its bends those of its own curve (steps >= 30).
     python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each
     python benchmarks/demo_stages.py --defaults 0 1 2
     python benchmarks/demo_stages.py --heads 0 1 2   # the heads only: one training each
+    python benchmarks/demo_stages.py --save DIR 0    # also keep each run's records in DIR
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -125,20 +128,30 @@ def heads_report(monitor: LLCMonitor) -> list[str]:
     return lines
 
 
-def main(seeds: list[int], defaults: bool, heads_only: bool) -> None:
+def save(folder: str | None, seed: int, monitor: LLCMonitor) -> LLCMonitor:
+    """Keeps the run's records as ``<folder>/seed<seed>.json`` (for replays) when a folder is
+    given."""
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, f"seed{seed}.json").write_text(json.dumps(monitor.history))
+    return monitor
+
+
+def main(seeds: list[int], defaults: bool, heads_only: bool, folder: str | None) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     for seed in seeds:
         if heads_only:
+            monitor = save(folder, seed, train(seed, demo_monitor(seed, 16, heads=True)))
             print(f"seed {seed}:")
-            print("\n".join(heads_report(train(seed, demo_monitor(seed, 16, heads=True)))))
+            print("\n".join(heads_report(monitor)), flush=True)
             continue
         if defaults:
-            monitor = train(seed, LLCMonitor(SAMPLER, seed=seed))
+            monitor = save(folder, seed, train(seed, LLCMonitor(SAMPLER, seed=seed)))
             reference = bends(monitor.history)
         else:
             reference = bends(train(seed, demo_monitor(seed, 24, heads=False)).history)
-            monitor = train(seed, demo_monitor(seed, 16, heads=True))
+            monitor = save(folder, seed, train(seed, demo_monitor(seed, 16, heads=True)))
         llc = [m for m in monitor.milestones if m.series == "llc"]
         print(f"seed {seed}: bends at steps {[round(10**b) for b in reference]}")
         for m in llc:
@@ -157,5 +170,6 @@ def main(seeds: list[int], defaults: bool, heads_only: bool) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    seeds = [int(s) for s in args if not s.startswith("--")] or [0, 1, 2]
-    main(seeds, "--defaults" in args, "--heads" in args)
+    folder = args[args.index("--save") + 1] if "--save" in args else None
+    seeds = [int(s) for s in args if s.isdigit()] or [0, 1, 2]
+    main(seeds, "--defaults" in args, "--heads" in args, folder)
