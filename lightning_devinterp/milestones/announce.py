@@ -8,6 +8,7 @@ is the series' mean slope (:func:`~.rules.mean_slope`), whose ``flat`` times is 
 from __future__ import annotations
 
 import bisect
+import math
 
 from lightning_devinterp.milestones.fit import LineFit, best_knot, line_fit
 from lightning_devinterp.milestones.records import Milestone
@@ -89,18 +90,16 @@ def move_plateau_end(
     knot = best_knot(*st.bins(plateau, end), start - plateau, st.knot - plateau)
     if knot is None:
         return []
-    at, value = plateau + knot[0], knot[1]
-    if st.bin_log_steps[at] - st.bin_log_steps[start] < settings.min_separation:
+    at, value, x = plateau + knot[0], knot[1], knot[2]
+    if x - math.log10(last.step) < settings.min_separation:
         return []  # where it was, near enough
     kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
     before_line = line_fit(*st.bins(plateau, at))
     evidence = slope_change_z(
         (before_line.slope, before_line.root_sxx), line_fit(*st.bins(at, end)), sigma
     )
-    moved = Milestone(
-        st.bin_steps[at], now, kind, value, settings.series, evidence, revises=last.step
-    )
-    st.move_last(moved, st.bin_log_steps[at])
+    moved = Milestone(round(10**x), now, kind, value, settings.series, evidence, revises=last.step)
+    st.move_last(moved, x)
     return [moved]
 
 
@@ -164,16 +163,20 @@ def announce(
     evidence: float | None,
     at: tuple[int, float] | None = None,
 ) -> Milestone | None:
-    """Records the milestone at the current knot (or at ``at``: bin and value), unless it is
-    too close to the last or held back."""
+    """Records the milestone at the current knot (where it lies between bins), or at ``at``
+    (bin and value), unless it is too close to the last or held back."""
     where, value = at if at is not None else (st.knot, st.knot_value)
+    x, step = st.bin_log_steps[where], st.bin_steps[where]
+    if at is None and st.knot_log_step is not None:
+        x, step = st.knot_log_step, round(10**st.knot_log_step)
     gap = settings.min_separation
-    if too_close(st.bin_log_steps[where], st.last_milestone_log_step, gap):
+    if too_close(x, st.last_milestone_log_step, gap):
         return None
     kind = milestone_kind(before, after, line.slope, settings.drop, scale)
     if kind in ("peak", "trough") and st.undecided_from is not None:
         where, value = extremum(st, kind, settings.window)
-        if too_close(st.bin_log_steps[where], st.last_milestone_log_step, gap):
+        x, step = st.bin_log_steps[where], st.bin_steps[where]
+        if too_close(x, st.last_milestone_log_step, gap):
             return None
-    milestone = Milestone(st.bin_steps[where], now, kind, float(value), settings.series, evidence)
-    return milestone if st.record(milestone, after, st.bin_log_steps[where]) else None
+    milestone = Milestone(step, now, kind, float(value), settings.series, evidence)
+    return milestone if st.record(milestone, after, x) else None

@@ -42,7 +42,7 @@ from lightning_devinterp.milestones.rules import (
     pooled_chain_noise,
     trend_verdict,
 )
-from lightning_devinterp.milestones.segments import find_break, segment_line
+from lightning_devinterp.milestones.segments import SegmentFit, find_break, segment_line
 from lightning_devinterp.milestones.settings import (
     DetectorSettings,
     check_point,
@@ -310,10 +310,13 @@ class MilestoneDetector:
         if st.pending:
             # the segment is closed: decide its trend with all its points; if still
             # undecided, it does not change the trend
-            trend, line, _, _ = self._classify(st.knot, k, sigma)
+            trend, fit = self._classify(st.knot, k, sigma)
+            line = fit.line
             if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
                 trend = "flat"  # the series has not moved significantly yet
             if trend is not None:
+                if fit.knot == st.knot:  # placed between bins on all the segment's points
+                    st.knot_log_step = fit.at
                 found = self._settle(trend, line, now, sigma)
             elif st.undecided_from is None:
                 st.undecided_from = st.knot
@@ -322,6 +325,7 @@ class MilestoneDetector:
             line = line_fit(*st.bins(max(st.knot, k - self.window + 1), k))
             st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
         st.prev_knot, st.knot, st.knot_value = st.knot, k, value
+        st.knot_log_step = st.bin_log_steps[k]
         st.pending, st.candidate, st.candidate_count = True, None, 0
         return found
 
@@ -332,18 +336,19 @@ class MilestoneDetector:
         if not st.pending or end - st.knot < self.confirm - 1:
             return []
         early = end - st.knot < self.confirm
-        knot, bins, line, value = segment_line(st, st.knot, end, self._settings())
-        trend = self._verdict(line, bins, sigma)
+        fit = segment_line(st, st.knot, end, self._settings())
+        line = fit.line
+        trend = self._verdict(line, fit.bins, sigma)
         if trend is None:
             return []
         # strong: twice the thresholds, and the same verdict without the last bin
         strong = (
-            self._verdict(line, bins, sigma, STRONG) == trend
+            self._verdict(line, fit.bins, sigma, STRONG) == trend
             and self._classify(st.knot, end - 1, sigma)[0] == trend
         )
         if early and not strong:
             return []
-        st.knot, st.knot_value = knot, value
+        st.knot, st.knot_value, st.knot_log_step = fit.knot, fit.value, fit.at
         if trend == st.candidate:
             st.candidate_count += 1
         else:
@@ -352,14 +357,11 @@ class MilestoneDetector:
             return []
         return self._settle(trend, line, now, sigma)
 
-    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, LineFit, int, float]:
-        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided).
-
-        Returns:
-            (trend or None, the segment's line fit, re-placed knot, fitted value at the knot).
-        """
-        knot, bins, line, value = segment_line(self._state, a, n, self._settings())
-        return self._verdict(line, bins, sigma), line, knot, value
+    def _classify(self, a: int, n: int, sigma: float) -> tuple[str | None, SegmentFit]:
+        """Trend of the segment from knot ``a`` to bin ``n`` (None while undecided), and the
+        segment's fit (its knot re-placed)."""
+        fit = segment_line(self._state, a, n, self._settings())
+        return self._verdict(fit.line, fit.bins, sigma), fit
 
     def _verdict(self, line: LineFit, bins: Bins, sigma: float, margin: float = 1.0) -> str | None:
         """The trend of a segment's ``line`` (None while undecided or a round top), with the
@@ -399,10 +401,11 @@ class MilestoneDetector:
         end = len(st.bin_values) - 1
         if sigma is None or not st.pending or st.candidate is None:
             return found
-        trend, line, st.knot, st.knot_value = self._classify(st.knot, end, sigma)
+        trend, fit = self._classify(st.knot, end, sigma)
+        st.knot, st.knot_value, st.knot_log_step = fit.knot, fit.value, fit.at
         if trend != st.candidate:
             return found
-        return found + self._settle(trend, line, st.last_step, sigma)
+        return found + self._settle(trend, fit.line, st.last_step, sigma)
 
     # ----------------------------------------------------------------- offline
     def refine(self) -> list[Milestone]:

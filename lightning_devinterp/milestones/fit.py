@@ -155,12 +155,12 @@ def hinge_scan(
 
 def best_knot(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, first: int, last: int
-) -> tuple[int, float] | None:
+) -> tuple[int, float, float] | None:
     """Best knot between bins ``first`` and ``last`` of a line bent once (quarter-bin grid).
 
     Returns:
-        (bin nearest the best knot, fitted value at the knot), or None when no grid
-        position gives a solvable fit.
+        (bin nearest the best knot, fitted value at the knot, the knot's position in x), or
+        None when no grid position gives a solvable fit.
     """
     xk = np.linspace(x[first], x[last], 4 * (last - first) + 1)
     d = x[None, :] - xk[:, None]
@@ -174,7 +174,7 @@ def best_knot(
     beta = np.linalg.solve(gram, rhs[..., None])[..., 0]
     res = y[None, :] - np.einsum("kip,kp->ki", design, beta)
     best = int(np.argmin((res * res * w[None, :]).sum(axis=1)))
-    return int(np.argmin(np.abs(x - xk[best]))), float(beta[best, 0])
+    return int(np.argmin(np.abs(x - xk[best]))), float(beta[best, 0]), float(xk[best])
 
 
 def smoothed_extreme(

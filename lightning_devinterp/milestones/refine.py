@@ -31,12 +31,14 @@ NOISE_PASSES = 3  # rounds of (number of knots, noise from the fit's residuals)
 
 class _Segment(NamedTuple):
     start: int  # the bin nearest its knot
+    knot: float  # its knot, log10(step)
     trend: str | None  # None: too few bins after its knot to confirm
     slope: float
 
 
 class _Change(NamedTuple):
     at: int  # bin of the milestone
+    x: float  # its log10(step): the knot, or the bin of a peak's top (a trough's bottom)
     before: str
     after: str
     slope: float  # of the segment after it
@@ -96,7 +98,7 @@ def refine_milestones(
     segments = _segments(x, knots, slopes, se * sigma, settings.flat * slope_scale, settings)
     return [
         Milestone(
-            int(steps[ch.at]),
+            round(10**ch.x),
             last_step,
             milestone_kind(ch.before, ch.after, ch.slope, settings.drop, slope_scale),
             float(fitted[ch.at]),
@@ -124,7 +126,7 @@ def _segments(
         trend = "rising" if slope > bar else "falling" if slope < -bar else "flat"
         short = trend == "flat" and edges[j + 1] - edges[j] < settings.min_separation
         confirmed = start <= len(x) - 1 - settings.confirm and not short
-        segments.append(_Segment(start, trend if confirmed else None, float(slope)))
+        segments.append(_Segment(start, edges[j], trend if confirmed else None, float(slope)))
     return segments
 
 
@@ -169,36 +171,37 @@ def _changes(
     changes: list[_Change] = []
     current: str | None = None
     since = 0  # first knot after the last settled segment
-    for lo, trend, slope in segments:
+    for lo, knot, trend, slope in segments:
         if trend is None:
             continue
         if current is not None and trend != current:
             kind = transition_kind(current, trend)
-            at = lo
+            at, at_x = lo, knot
             if kind in ("peak", "trough"):
                 part = fitted[since : lo + 1]
                 at = since + int(np.argmax(part) if kind == "peak" else np.argmin(part))
-            last_x = float(x[changes[-1].at]) if changes else None
-            if too_close(float(x[at]), last_x, min_separation):
-                _merge(changes, at, trend, slope, fitted)
+                at_x = float(x[at])
+            if too_close(at_x, changes[-1].x if changes else None, min_separation):
+                _merge(changes, _Change(at, at_x, current, trend, slope), fitted)
             else:
-                changes.append(_Change(at, current, trend, slope))
+                changes.append(_Change(at, at_x, current, trend, slope))
         current = trend
         since = lo
     return changes
 
 
-def _merge(changes: list[_Change], at: int, after: str, slope: float, fitted: np.ndarray) -> None:
+def _merge(changes: list[_Change], new: _Change, fitted: np.ndarray) -> None:
     """Merges a change into the previous one, too close to it, or drops both."""
     prev = changes.pop()
+    after = new.after
     if prev.before != after:
         kind = transition_kind(prev.before, after)
-        pick = prev.at
-        if kind == "peak" and fitted[at] > fitted[pick]:
-            pick = at
-        if kind == "trough" and fitted[at] < fitted[pick]:
-            pick = at
-        changes.append(_Change(pick, prev.before, after, slope))
+        pick = prev
+        if kind == "peak" and fitted[new.at] > fitted[prev.at]:
+            pick = new
+        if kind == "trough" and fitted[new.at] < fitted[prev.at]:
+            pick = new
+        changes.append(_Change(pick.at, pick.x, prev.before, after, new.slope))
     elif after == "flat":
         # a step between two plateaus: its start is the milestone, as online
         changes.append(prev)

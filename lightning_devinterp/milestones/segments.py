@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from lightning_devinterp.milestones.fit import (
@@ -50,9 +52,17 @@ def find_break(
     return None, 0.0, n
 
 
-def segment_line(
-    st: DetectorState, a: int, n: int, settings: DetectorSettings
-) -> tuple[int, Bins, LineFit, float]:
+class SegmentFit(NamedTuple):
+    """A segment's knot (bin, and position in log10 step), bins, line and value at the knot."""
+
+    knot: int
+    at: float
+    bins: Bins
+    line: LineFit
+    value: float
+
+
+def segment_line(st: DetectorState, a: int, n: int, settings: DetectorSettings) -> SegmentFit:
     """Line fit of the segment that starts at knot ``a`` and ends at bin ``n``.
 
     The knot is first re-placed at the best position between bins ``a - 2`` and ``a + 2``
@@ -64,10 +74,11 @@ def segment_line(
     and a misplaced knot biases it.
 
     Returns:
-        (knot bin, the bins from it (at most ``window``), their line fit, fitted value at
-        the knot).
+        The knot (nearest bin and position between bins), the bins from it (at most
+        ``window``), their line fit and the fitted value at the knot.
     """
     value = None
+    at = st.bin_log_steps[a]
     prev = st.prev_knot
     lo = max(n - settings.window + 1, 0)
     if prev is not None:
@@ -78,12 +89,12 @@ def segment_line(
         last = max(min(a + 2, n - settings.confirm + 1), first)
         best = best_knot(*st.bins(lo, n), first - lo, last - lo)
         if best is not None:
-            a, value = lo + best[0], best[1]
+            a, value, at = lo + best[0], best[1], best[2]
     bins = st.bins(max(a, n - settings.window + 1), n)
     line = line_fit(*bins)
     if value is None:
-        value = line.at(st.bin_log_steps[a])
-    return a, bins, line, value
+        value = line.at(at)
+    return SegmentFit(a, at, bins, line, value)
 
 
 def extremum(st: DetectorState, kind: str, window: int) -> tuple[int, float]:

@@ -12,10 +12,12 @@ import numpy as np
 from lightning_devinterp.milestones.fit import norm_residual
 from lightning_devinterp.milestones.records import Milestone, Stage
 
-STATE_VERSION = 3
+STATE_VERSION = 4
+#: fields added by version 4 (the knot's place between bins): earlier states start it empty
+_SINCE_4 = {"knot_log_step"}
 #: fields added by version 3 (the chains' noise, the settled slope): earlier states start
 #: them empty
-_SINCE_3 = {
+_SINCE_3 = _SINCE_4 | {
     "last_chains",
     "chain_variances",
     "chain_dofs",
@@ -83,6 +85,7 @@ class DetectorState:
     candidate_count: int = 0  # consecutive bins that gave that verdict
     undecided_from: int | None = None  # first knot of the undecided segments since a trend
     knot_value: float | None = None  # fitted value at the knot (None before the first fit)
+    knot_log_step: float | None = None  # log10(step) of the knot, between bins (None: at one)
     trend: str | None = None  # the last settled trend
     trend_slope: float | None = None  # slope of the line that settled it
     trend_root_sxx: float | None = None  # and its sqrt(sum w (x - xbar)^2)
@@ -197,7 +200,7 @@ class DetectorState:
             ValueError: If ``data`` is not a dict of a known version.
         """
         version = data.get("version") if isinstance(data, dict) else None
-        if version not in (1, 2, STATE_VERSION):
+        if version not in (1, 2, 3, STATE_VERSION):
             raise ValueError(
                 "load_state_dict expects a dict produced by MilestoneDetector.state_dict() "
                 f"(version 1 to {STATE_VERSION}); got {type(data).__name__} with version "
@@ -205,7 +208,7 @@ class DetectorState:
             )
         values = {}
         for f in fields(cls):
-            if version < 3 and f.name in _SINCE_3:
+            if (version < 3 and f.name in _SINCE_3) or (version < 4 and f.name in _SINCE_4):
                 continue  # the dataclass default
             value: Any = data
             for key in _V1_PATHS.get(f.name, (f.name,)) if version == 1 else (f.name,):

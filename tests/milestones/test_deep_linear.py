@@ -142,6 +142,9 @@ def test_each_transition_is_found_online_from_the_llc_curve(run):
 
 
 def test_refined_milestones_agree_with_the_online_ones(run):
+    """Each online milestone near a transition has a refined one within 0.12 decades (both lie
+    at fitted knots, between estimates: the online one from a local fit, the refined one from
+    the whole series; 0.10 at most while both were rounded to the nearest estimate)."""
     _, monitor, transitions = run
     detector = monitor.detectors[0]
     found, false_alarms = score(detector.refined, transitions)
@@ -149,7 +152,7 @@ def test_refined_milestones_agree_with_the_online_ones(run):
     matched = [m for m in detector.milestones if log_distance(m.step, transitions) <= TOL]
     gaps = [min(abs(math.log10(m.step / r.step)) for r in detector.refined) for m in matched]
     print(f"online to refined (decades): {np.round(gaps, 3)}")
-    assert max(gaps) <= 0.1, (detector.milestones, detector.refined)
+    assert max(gaps) <= 0.12, (detector.milestones, detector.refined)
 
 
 def stage_values(monitor: LLCMonitor, transitions: list[int]) -> list[float]:
