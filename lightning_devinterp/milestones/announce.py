@@ -90,15 +90,16 @@ def move_plateau_end(
     knot = best_knot(*st.bins(plateau, end), start - plateau, st.knot - plateau)
     if knot is None:
         return []
-    at, value, x = plateau + knot[0], knot[1], knot[2]
+    _, value, x = knot
     if x - math.log10(last.step) < settings.min_separation:
         return []  # where it was, near enough
     kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
-    before_line = line_fit(*st.bins(plateau, at))
-    evidence = slope_change_z(
-        (before_line.slope, before_line.root_sxx), line_fit(*st.bins(at, end)), sigma
-    )
-    moved = Milestone(round(10**x), now, kind, value, settings.series, evidence, revises=last.step)
+    step = round(10**x)
+    # lines on the bins up to the knot and from it (both hold a bin at the knot itself)
+    before_line = line_fit(*st.bins(plateau, bisect.bisect_right(st.bin_steps, step) - 1))
+    after_line = line_fit(*st.bins(bisect.bisect_left(st.bin_steps, step), end))
+    evidence = slope_change_z((before_line.slope, before_line.root_sxx), after_line, sigma)
+    moved = Milestone(step, now, kind, value, settings.series, evidence, revises=last.step)
     st.move_last(moved, x)
     return [moved]
 
