@@ -180,4 +180,4 @@ def announce(
         if too_close(x, st.last_milestone_log_step, gap):
             return None
     milestone = Milestone(step, now, kind, float(value), settings.series, evidence)
-    return milestone if st.record(milestone, after, x) else None
+    return st.record(milestone, after, x)

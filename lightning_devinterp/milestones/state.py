@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, get_args, get_origin, get_type_hints
 
 import numpy as np
@@ -137,17 +138,23 @@ class DetectorState:
             return math.inf
         return max(abs(self.value_min), abs(self.value_max))
 
-    def record(self, milestone: Milestone, after: str, log_step: float) -> bool:
-        """Keeps a milestone (at ``log_step``) and opens the stage of trend ``after``; one at or
-        before the last transient point is held back instead (returns False)."""
+    def record(self, milestone: Milestone, after: str, log_step: float) -> Milestone | None:
+        """Keeps a milestone (at ``log_step``), opens the stage of trend ``after`` and returns
+        the milestone kept. One at or before the last transient point is held back instead
+        (returns None), except a plateau's start, which moves to the first bin after the
+        transient points (the stable stage that follows a transient excursion starts there)."""
         if self.transient_until is not None and milestone.step <= self.transient_until:
-            self.held_back.append(milestone)
-            return False
+            first = bisect.bisect_right(self.bin_steps, self.transient_until)
+            if milestone.kind != "plateau_start" or first >= len(self.bin_steps):
+                self.held_back.append(milestone)
+                return None
+            milestone = replace(milestone, step=self.bin_steps[first], value=self.bin_values[first])
+            log_step = self.bin_log_steps[first]
         self.milestones.append(milestone)
         self.stage_starts.append(milestone.step)
         self.stage_trends.append(after)
         self.last_milestone_log_step = log_step
-        return True
+        return milestone
 
     def move_last(self, milestone: Milestone, log_step: float) -> None:
         """Puts ``milestone`` (at ``log_step``) in place of the last one, its stage starting
