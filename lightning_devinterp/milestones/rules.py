@@ -59,7 +59,9 @@ How it works:
    the segment's knot (its step ``10**knot``, between estimates where the fit puts it): rising to falling is a ``peak``, falling to rising a ``trough``,
    into flat a ``plateau_start``, out of flat a ``plateau_end`` (or a ``drop`` when
    ``drop`` is set and the series leaves the plateau falling at least ``drop`` times
-   its mean slope: the loss-curve signature of a new stage). ``detected_at`` is the
+   its mean slope: the loss-curve signature of a new stage). One at or before the last
+   transient point is held back, except a plateau's start, which moves to the first point
+   after the transient ones. ``detected_at`` is the
    step of the point whose arrival settled it. A milestone closer than
    ``min_separation`` decades to the previous one is not announced; the current stage
    takes the newer trend instead. A trend that goes on over four times steeper
