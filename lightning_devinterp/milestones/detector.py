@@ -423,7 +423,8 @@ class MilestoneDetector:
         st = self._state
         st.refined = []
         if st.last_step is not None:
+            x, y, w, _ = st.history()
             st.refined = refine_milestones(
-                *st.history(), stds=st.stds, last_step=st.last_step, settings=self._settings()
+                x, y, w, stds=st.stds, last_step=st.last_step, settings=self._settings()
             )
         return list(st.refined)

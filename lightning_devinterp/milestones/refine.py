@@ -48,7 +48,6 @@ def refine_milestones(
     x: np.ndarray,
     y: np.ndarray,
     w: np.ndarray,
-    steps: Sequence[int],
     *,
     stds: Sequence[float],
     last_step: int,
@@ -65,8 +64,9 @@ def refine_milestones(
     its slope exceeds ``trend_threshold`` standard errors and the flat band (``flat`` times
     the series' mean slope), flat otherwise; a piece with fewer than ``confirm`` bins after
     its knot, or flat over less than ``min_separation`` decades (the round top of a peak or
-    bottom of a trough), keeps the trend before it. Trend changes are milestones at the bin
-    nearest the knot (``detected_at`` is ``last_step``); changes closer than
+    bottom of a trough), keeps the trend before it. Trend changes are milestones at the knot
+    (a peak or trough at its highest or lowest bin; ``detected_at`` is ``last_step``); changes
+    closer than
     ``min_separation`` are merged (a rise and a fall merge into a peak at the higher knot; a
     step from one plateau to another keeps its start; any other change that is undone is
     dropped).
@@ -75,7 +75,6 @@ def refine_milestones(
         x: log10(step) of each bin.
         y: Mean value of each bin.
         w: Points in each bin.
-        steps: The step each bin stands for.
         stds: Spreads passed with the recent estimates (noise floor).
         last_step: The last step seen.
         settings: The detector's settings.

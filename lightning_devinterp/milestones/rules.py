@@ -39,8 +39,9 @@ How it works:
    from a line fitted to its bins (stopping before any bend that is building up). Its
    knot is first re-placed at the best position within two bins (a quarter-bin grid: a
    bend between two sparse estimates lies between them), now that data after it exist,
-   and again on all the segment's bins when the next break closes it. ``rising``/``falling`` need a slope beyond ``trend_threshold`` standard
-   errors and beyond the flat band; ``flat`` needs ``|slope| + flat_threshold * se``
+   and again on all the segment's bins when the next break closes it.
+   ``rising``/``falling`` need a slope beyond ``trend_threshold`` standard errors and
+   beyond the flat band; ``flat`` needs ``|slope| + flat_threshold * se``
    inside the flat band, whose half-width is ``flat`` times the series' mean slope
    (range of values so far over their span in decades, at least one decade, at least
    five noise levels). The range is capped at 1.5 times the range of a running median
@@ -56,7 +57,8 @@ How it works:
    at :data:`STRONG` times the thresholds and without the last bin; a segment closed by
    the next break while still undecided leaves the trend unchanged.
 5. **Milestones.** A settled trend that differs from the current one is a milestone at
-   the segment's knot (its step ``10**knot``, between estimates where the fit puts it): rising to falling is a ``peak``, falling to rising a ``trough``,
+   the segment's knot (its step ``10**knot``, between estimates where the fit puts it):
+   rising to falling is a ``peak``, falling to rising a ``trough``,
    into flat a ``plateau_start``, out of flat a ``plateau_end`` (or a ``drop`` when
    ``drop`` is set and the series leaves the plateau falling at least ``drop`` times
    its mean slope: the loss-curve signature of a new stage). One at or before the last
