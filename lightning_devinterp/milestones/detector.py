@@ -363,17 +363,25 @@ class MilestoneDetector:
         fit = segment_line(self._state, a, n, self._settings())
         return self._verdict(fit.line, fit.bins, sigma), fit
 
-    def _verdict(self, line: LineFit, bins: Bins, sigma: float, margin: float = 1.0) -> str | None:
+    def _verdict(
+        self,
+        line: LineFit,
+        bins: Bins,
+        sigma: float,
+        margin: float = 1.0,
+        flat_margin: float | None = None,
+    ) -> str | None:
         """The trend of a segment's ``line`` (None while undecided or a round top), with the
-        trend and flat thresholds times ``margin``."""
+        trend and flat thresholds times ``margin`` (the flat one ``flat_margin`` if given)."""
         band = self.flat * self._mean_slope(sigma)
         previous = (self._state.trend, self._state.trend_slope)
         settings = self._settings()
-        if margin != 1.0:
+        if margin != 1.0 or flat_margin is not None:
+            flat_threshold = margin * max(settings.flat_threshold, 0.5)
             settings = replace(
                 settings,
                 trend_threshold=margin * settings.trend_threshold,
-                flat_threshold=margin * max(settings.flat_threshold, 0.5),
+                flat_threshold=flat_threshold if flat_margin is None else flat_margin,
             )
         trend = trend_verdict(line, sigma, band, bins, settings, previous)
         return None if trend == ROUND else trend
@@ -385,7 +393,8 @@ class MilestoneDetector:
 
     def finish(self) -> list[Milestone]:
         """Ends the series (training is over): the open bin is closed, and the open
-        segment is settled on its last verdict, which no later point can repeat now.
+        segment (``confirm`` bins after its knot or more) is settled on its last verdict,
+        which no later point can repeat now; if that is undecided, on its slope alone.
 
         Returns:
             Milestones this confirmed (their ``detected_at`` is the last step).
@@ -399,11 +408,13 @@ class MilestoneDetector:
             found = self._process(st.last_step)
         sigma = self._noise()
         end = len(st.bin_values) - 1
-        if sigma is None or not st.pending or st.candidate is None:
+        if sigma is None or not st.pending or end - st.knot < self.confirm:
             return found
         trend, fit = self._classify(st.knot, end, sigma)
+        if trend is None:  # no later point can narrow the slope: judged on the slope alone
+            trend = self._verdict(fit.line, fit.bins, sigma, flat_margin=0.0)
         st.knot, st.knot_value, st.knot_log_step = fit.knot, fit.value, fit.at
-        if trend != st.candidate:
+        if trend is None:
             return found
         return found + self._settle(trend, fit.line, st.last_step, sigma)
 

@@ -74,7 +74,10 @@ How it works:
    so far (a new milestone that ``revises`` the first; the demo's LLC leaves its plateau
    with a slow creep and rises in earnest 0.3-0.4 decades later). When
    training ends, :meth:`~.detector.MilestoneDetector.finish` settles the open segment
-   on its last verdict (no later point can repeat it).
+   on its last verdict (no later point can repeat it), once ``confirm`` bins follow its
+   knot; a segment still undecided is then judged on its slope alone (``flat_threshold``
+   0: no later point can narrow its error), so a rise that slows to under a quarter of
+   its rate in the last few estimates ends on a plateau.
 
 So nothing is announced from fewer than ``confirm`` bins after a bend (one fewer for a
 strong bend; no edge effect), a straight or gently curving series gives no milestone, and

@@ -329,6 +329,24 @@ def test_no_milestone_from_the_last_points():
     assert abs(math.log10(det.milestones[0].step) - 3.0) <= 0.05
 
 
+def test_the_last_stretch_is_judged_on_its_slope_alone_at_train_end():
+    """A rise that slows to under a quarter of its rate for the last four estimates: too few
+    for its slope to be told from the flat band's edge while points may still come, so at
+    train end it is judged on the slope alone (a plateau from the bend); a rise that slows
+    to three eighths stays a rise."""
+    steps = np.unique(np.round(np.logspace(1, math.log10(3000), 16)).astype(int))
+    x = np.log10(steps)
+    for creep, kinds in ((1.5, ["plateau_end", "plateau_start"]), (3.0, ["plateau_end"])):
+        values = 5.0 + 8.0 * np.clip(x - 2.4, 0.0, 0.55) + creep * np.maximum(x - 2.95, 0.0)
+        det = run_detector(steps, values, noise=0.3)
+        assert [m.kind for m in det.milestones] == ["plateau_end"], creep
+        det.finish()
+        assert [m.kind for m in det.milestones] == kinds, creep
+        last = det.milestones[-1]
+        assert abs(math.log10(last.step) - (2.4 if creep == 3.0 else 2.95)) <= 0.05
+        assert last.detected_at == steps[-1] or creep == 3.0
+
+
 def test_drop_on_a_loss_curve():
     steps = log_steps(150)
     x = np.log10(steps)
