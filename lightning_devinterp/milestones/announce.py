@@ -51,6 +51,7 @@ def settle(
             st.stage_trends[-2] = "flat"
             found.append(milestone)
     elif trend != prev:
+        found += place_plateau_end_at_close(st, settings, now, sigma)
         milestone = announce(st, settings, prev, trend, line, now, scale, evidence)
         if milestone is None:  # too close to the last one, or held back
             st.stage_trends[-1] = trend  # the stage changes trend
@@ -73,27 +74,74 @@ def move_plateau_end(
     steep (:func:`~.rules.sharper_bend`): the plateau's end (the last milestone, this stage's
     start) was placed at a creep before the move. It moves to where a line bent once best fits
     the plateau and the move so far (searched between it and the knot), as a new milestone
-    that ``revises`` it, when that is ``min_separation`` or more later; its evidence is the
-    change of slope there, between lines on the bins before and after it."""
-    stage_after_plateau = len(st.stage_trends) > 1 and st.stage_trends[-2] == "flat"
-    if not stage_after_plateau or not st.milestones:
-        return []
-    last = st.milestones[-1]
-    if last.kind not in ("plateau_end", "drop") or last.step != st.stage_starts[-1]:
+    that ``revises`` it, when that is ``min_separation`` or more later."""
+    last = last_plateau_end(st)
+    if last is None:
         return []
     span = st.bin_log_steps[st.knot] - st.bin_log_steps[st.prev_knot]
     if not sharper_bend(before, line.slope, span, settings.min_separation):
         return []
-    plateau = bisect.bisect_left(st.bin_steps, st.stage_starts[-2])
     start = bisect.bisect_left(st.bin_steps, last.step)
+    kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
     end = len(st.bin_values) - 1
-    knot = best_knot(*st.bins(plateau, end), start - plateau, st.knot - plateau)
+    return move_to_bend(st, settings, (start, st.knot, end), kind, now, sigma, later_only=True)
+
+
+def place_plateau_end_at_close(
+    st: DetectorState, settings: DetectorSettings, now: int, sigma: float
+) -> list[Milestone]:
+    """The move that left the last plateau is closed by a new trend at the current knot: the
+    plateau's end (placed when the move was confirmed, from its first few points) moves to
+    where a line bent once best fits the plateau and the whole move, when that is
+    ``min_separation`` or more away (a rise that steepens as it goes puts the first
+    placement early)."""
+    last = last_plateau_end(st)
+    if last is None:
+        return []
+    plateau = bisect.bisect_left(st.bin_steps, st.stage_starts[-2])
+    span = (plateau + 1, st.knot - 1, st.knot)
+    return move_to_bend(st, settings, span, last.kind, now, sigma, later_only=False)
+
+
+def last_plateau_end(st: DetectorState) -> Milestone | None:
+    """The last milestone, if it is the end of a plateau that starts the current stage."""
+    if len(st.stage_trends) < 2 or st.stage_trends[-2] != "flat" or not st.milestones:
+        return None
+    last = st.milestones[-1]
+    if last.kind not in ("plateau_end", "drop") or last.step != st.stage_starts[-1]:
+        return None
+    return last
+
+
+def move_to_bend(
+    st: DetectorState,
+    settings: DetectorSettings,
+    span: tuple[int, int, int],
+    kind: str,
+    now: int,
+    sigma: float,
+    *,
+    later_only: bool,
+) -> list[Milestone]:
+    """Moves the plateau's end (:func:`last_plateau_end`) to the best knot between bins
+    ``first`` and ``last`` of a line bent once over the plateau's bins up to ``end`` (``span``),
+    as a new milestone of ``kind`` that ``revises`` it, when that is ``min_separation`` or more
+    from it (``later_only``: after it) and from the plateau's start. Its evidence is the change
+    of slope there, between lines on the bins before and after it."""
+    last = st.milestones[-1]
+    first, last_bin, end = span
+    plateau = bisect.bisect_left(st.bin_steps, st.stage_starts[-2])
+    if last_bin < first:
+        return []
+    knot = best_knot(*st.bins(plateau, end), first - plateau, last_bin - plateau)
     if knot is None:
         return []
     _, value, x = knot
-    if x - math.log10(last.step) < settings.min_separation:
+    shift = x - math.log10(last.step)
+    if (shift if later_only else abs(shift)) < settings.min_separation:
         return []  # where it was, near enough
-    kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
+    if too_close(x, st.bin_log_steps[plateau], settings.min_separation):
+        return []
     step = round(10**x)
     # lines on the bins up to the knot and from it (both hold a bin at the knot itself)
     before_line = line_fit(*st.bins(plateau, bisect.bisect_right(st.bin_steps, step) - 1))

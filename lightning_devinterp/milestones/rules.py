@@ -72,7 +72,10 @@ How it works:
    more at its second knot than at the first, so the plateau's end was placed at a creep
    before the move: it is moved to where a line bent once best fits the plateau and the move
    so far (a new milestone that ``revises`` the first; the demo's LLC leaves its plateau
-   with a slow creep and rises in earnest 0.3-0.4 decades later). When
+   with a slow creep and rises in earnest 0.3-0.4 decades later). When a new trend closes
+   the move, the plateau's end is placed once more where a line bent once best fits the
+   plateau and the whole move, and moved (a revision) if that is ``min_separation`` or more
+   away, either way (a rise that steepens as it goes puts its first placement early). When
    training ends, :meth:`~.detector.MilestoneDetector.finish` settles the open segment
    on its last verdict (no later point can repeat it), once ``confirm`` bins follow its
    knot; a segment still undecided is then judged on its slope alone (``flat_threshold``

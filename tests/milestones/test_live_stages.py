@@ -283,3 +283,45 @@ def test_a_plateau_after_a_transient_dip_starts_at_its_first_trusted_point():
     assert det.held_back and all(m.step <= 185 for m in det.held_back), det.held_back
     ends = [m for m in det.milestones if m.kind == "plateau_end"]
     assert any(abs(math.log10(m.step / 967)) <= math.log10(1.5) for m in ends), det.milestones
+
+
+# The demo's LLC at its 16 estimates (seed 2, two chains; `benchmarks/demo_stages.py`): a
+# plateau at about 5 to ~380, a rise that steepens (6.2 at 306, 6.6 at 448, 8.3 at 655, 10.1
+# at 959), a plateau from ~1030: step, the two chains, transient (the monitor's health flags).
+# The continuous three-piece fit of the curve bends at 381 and 1027.
+DEMO_STEEPENING = [
+    (10, 4.357, 2.644, True),
+    (15, 5.05, 3.5, False),
+    (21, 5.314, 3.874, False),
+    (31, 5.35, 4.258, False),
+    (46, 5.331, 4.769, False),
+    (67, 5.293, 4.994, False),
+    (98, 5.546, 4.771, False),
+    (143, 5.255, 4.527, False),
+    (209, 5.922, 4.771, False),
+    (306, 6.742, 5.712, False),
+    (448, 7.235, 6.029, False),
+    (655, 8.814, 7.714, False),
+    (959, 10.599, 9.636, False),
+    (1402, 10.574, 10.492, False),
+    (2051, 10.763, 10.507, False),
+    (3000, 11.319, 10.438, False),
+]
+
+
+def test_a_plateau_end_placed_early_on_a_steepening_rise_moves_when_the_rise_closes():
+    """When the rise is confirmed (655) its first points put the plateau's end at 253, 0.18
+    decades before the bend; once the next plateau closes the rise, the end is placed again
+    on the plateau and the whole rise, and announced as a revision."""
+    det = MilestoneDetector("llc")
+    announced = []
+    for step, a, b, shaky in DEMO_STEEPENING:
+        std = abs(a - b) / math.sqrt(2)
+        announced += det.update(step, (a + b) / 2, std=std, chains=[a, b], transient=shaky)
+    announced += det.finish()
+    assert [m.kind for m in det.milestones] == ["plateau_end", "plateau_start"], det.milestones
+    end, start = det.milestones
+    assert abs(math.log10(end.step / 381)) <= 0.05 and end.revises is not None, end
+    assert abs(math.log10(end.revises / 381)) > 0.15, end  # where it was first placed
+    assert abs(math.log10(start.step / 1027)) <= 0.1, start
+    assert [m.revises for m in announced].count(None) == 2  # first placed, then moved
