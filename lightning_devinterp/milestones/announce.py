@@ -51,7 +51,8 @@ def settle(
             st.stage_trends[-2] = "flat"
             found.append(milestone)
     elif trend != prev:
-        found += place_plateau_end_at_close(st, settings, now, sigma)
+        if prev in ("rising", "falling") and st.stage_trends[-1] == prev:
+            found += place_plateau_end_at_close(st, settings, now, sigma)
         milestone = announce(st, settings, prev, trend, line, now, scale, evidence)
         if milestone is None:  # too close to the last one, or held back
             st.stage_trends[-1] = trend  # the stage changes trend
