@@ -40,6 +40,7 @@ def settle(
     prev, st.trend = st.trend, trend
     previous_line = (st.trend_slope, st.trend_root_sxx)
     st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
+    st.move_slope = steeper(st.move_slope, line.slope) if trend == prev else line.slope
     evidence = slope_change_z(previous_line, line, sigma)
     if trend == prev and trend in ("rising", "falling") and st.prev_knot is not None:
         found += move_plateau_end(st, settings, previous_line[0], line, now, sigma, scale)
@@ -153,6 +154,11 @@ def move_to_bend(
     return [moved]
 
 
+def steeper(a: float | None, b: float) -> float:
+    """The steeper of two slopes (``b`` if ``a`` is None)."""
+    return b if a is None or abs(b) > abs(a) else a
+
+
 def was_plateau(
     st: DetectorState,
     prev: str,
@@ -196,6 +202,7 @@ def flat_before(
     at = (start, line.at(st.bin_log_steps[start]))
     milestone = announce(st, settings, st.trend, "flat", line, now, scale, evidence, at)
     st.trend, st.trend_slope, st.trend_root_sxx = "flat", line.slope, line.root_sxx
+    st.move_slope = line.slope
     if milestone is None:
         st.stage_trends[-1] = "flat"
         return []

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_devinterp.milestones.announce import settle
+from lightning_devinterp.milestones.announce import settle, steeper
 from lightning_devinterp.milestones.fit import (
     LineFit,
     line_fit,
@@ -324,6 +324,7 @@ class MilestoneDetector:
             # the settled segment is closed: its slope from all its bins
             line = line_fit(*st.bins(max(st.knot, k - self.window + 1), k))
             st.trend_slope, st.trend_root_sxx = line.slope, line.root_sxx
+            st.move_slope = steeper(st.move_slope, line.slope)
         st.prev_knot, st.knot, st.knot_value = st.knot, k, value
         st.knot_log_step = st.bin_log_steps[k]
         st.pending, st.candidate, st.candidate_count = True, None, 0
@@ -374,7 +375,9 @@ class MilestoneDetector:
         """The trend of a segment's ``line`` (None while undecided or a round top), with the
         trend and flat thresholds times ``margin`` (the flat one ``flat_margin`` if given)."""
         band = self.flat * self._mean_slope(sigma)
-        previous = (self._state.trend, self._state.trend_slope)
+        st = self._state
+        moving = st.trend in ("rising", "falling") and st.move_slope is not None
+        previous = (st.trend, st.move_slope if moving else st.trend_slope)
         settings = self._settings()
         if margin != 1.0 or flat_margin is not None:
             flat_threshold = margin * max(settings.flat_threshold, 0.5)

@@ -49,8 +49,8 @@ How it works:
    while the weights cross from one saddle to the next, ten times deeper than the
    steps between plateaus) does not make every later step look flat. A plateau is also
    flat next to its neighbours (:func:`neighbour_band`): after a rise, a segment whose
-   slope is below :data:`RELATIVE` times the rise's, of either sign, is flat (a rise
-   slowing to a creep, or sagging a little), and a plateau is left only by a slope beyond
+   slope is below :data:`RELATIVE` times the rise's steepest, of either sign, is flat (a
+   rise slowing to a creep, at once or in steps, or sagging a little), and a plateau is left only by a slope beyond
    ``1 / RELATIVE`` times its own (both for segments of at least ``min_separation``
    decades, a sag twice that: a shorter turn is the top of a peak or the bottom of a V).
    The same verdict on two consecutive bins settles the trend, or one verdict that holds
@@ -181,8 +181,9 @@ def trend_verdict(
     """The trend a line fitted to a segment's bins shows, next to the trend before it.
 
     A plateau is flat next to its neighbours: after a rise (fall) the band widens to
-    :data:`RELATIVE` times that rise's slope (a rise that slows to under a quarter of its
-    rate has reached a plateau, even if it still creeps up or sags a little), and
+    :data:`RELATIVE` times that rise's steepest slope (a rise that slows to under a quarter
+    of its rate, at once or in steps, has reached a plateau, even if it still creeps up or
+    sags a little), and
     after a plateau a trend needs a slope beyond ``1 / RELATIVE`` times the plateau's (a
     creeping plateau is not left by creeping on). Both only for a segment spanning
     ``min_separation`` decades or more, a sag against the trend before twice that
@@ -194,7 +195,8 @@ def trend_verdict(
         band: Half-width of the flat band (``flat`` times the mean slope).
         bins: The segment's (x, y, w), for the round-top check.
         settings: The detector's settings (``trend_threshold``, ``flat_threshold``).
-        previous: The trend settled before the segment and its slope (None: none yet).
+        previous: The trend settled before the segment and its slope, a rise's or fall's
+            steepest (None: none yet).
 
     Returns:
         ``"rising"`` or ``"falling"`` (slope beyond the band and ``trend_threshold``

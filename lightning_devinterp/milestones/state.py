@@ -13,20 +13,27 @@ import numpy as np
 from lightning_devinterp.milestones.fit import norm_residual
 from lightning_devinterp.milestones.records import Milestone, Stage
 
-STATE_VERSION = 4
-#: fields added by version 4 (the knot's place between bins): earlier states start it empty
-_SINCE_4 = {"knot_log_step"}
-#: fields added by version 3 (the chains' noise, the settled slope): earlier states start
-#: them empty
-_SINCE_3 = _SINCE_4 | {
-    "last_chains",
-    "chain_variances",
-    "chain_dofs",
-    "trend_slope",
-    "trend_root_sxx",
-    "transient_until",
-    "held_back",
+STATE_VERSION = 5
+#: the version that added each field after the first (an earlier state starts it at its
+#: default): 3 the chains' noise and the settled slope, 4 the knot's place between bins, 5
+#: the steepest slope of the current rise or fall
+FIELD_VERSION = {
+    "last_chains": 3,
+    "chain_variances": 3,
+    "chain_dofs": 3,
+    "trend_slope": 3,
+    "trend_root_sxx": 3,
+    "transient_until": 3,
+    "held_back": 3,
+    "knot_log_step": 4,
+    "move_slope": 5,
 }
+
+
+def fields_since(version: int) -> set[str]:
+    """The fields a state of a version before ``version`` lacks."""
+    return {name for name, added in FIELD_VERSION.items() if added >= version}
+
 
 Bins = tuple[np.ndarray, np.ndarray, np.ndarray]  # log10(step), value and count of bins
 
@@ -90,6 +97,7 @@ class DetectorState:
     trend: str | None = None  # the last settled trend
     trend_slope: float | None = None  # slope of the line that settled it
     trend_root_sxx: float | None = None  # and its sqrt(sum w (x - xbar)^2)
+    move_slope: float | None = None  # steepest slope of the current rise or fall
     last_milestone_log_step: float | None = None  # log10(step) of the last milestone
     # results
     milestones: list[Milestone] = field(default_factory=list)  # announced online
@@ -207,7 +215,7 @@ class DetectorState:
             ValueError: If ``data`` is not a dict of a known version.
         """
         version = data.get("version") if isinstance(data, dict) else None
-        if version not in (1, 2, 3, STATE_VERSION):
+        if version not in range(1, STATE_VERSION + 1):
             raise ValueError(
                 "load_state_dict expects a dict produced by MilestoneDetector.state_dict() "
                 f"(version 1 to {STATE_VERSION}); got {type(data).__name__} with version "
@@ -215,7 +223,7 @@ class DetectorState:
             )
         values = {}
         for f in fields(cls):
-            if (version < 3 and f.name in _SINCE_3) or (version < 4 and f.name in _SINCE_4):
+            if version < FIELD_VERSION.get(f.name, 1):
                 continue  # the dataclass default
             value: Any = data
             for key in _V1_PATHS.get(f.name, (f.name,)) if version == 1 else (f.name,):

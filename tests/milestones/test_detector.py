@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage
-from lightning_devinterp.milestones.state import _SINCE_3, _SINCE_4
+from lightning_devinterp.milestones.state import fields_since
 
 TOL = 0.15  # decades of step
 SEEDS = range(8)
@@ -347,6 +347,20 @@ def test_the_last_stretch_is_judged_on_its_slope_alone_at_train_end():
         assert last.detected_at == steps[-1] or creep == 3.0
 
 
+def test_a_rise_that_slows_in_steps_reaches_a_plateau_against_its_steepest_slope():
+    """A rise at 10 per decade slows to 4 (0.4 of it: still a rise), then to 1.5 (0.375 of the
+    4, but 0.15 of the rise's steepest slope): a plateau from the second bend. Slowing to 3
+    instead (0.3 of the steepest) stays a rise. (Against the last slope alone, neither.)"""
+    steps = np.unique(np.round(np.geomspace(1, 3000, 30)).astype(int))
+    x = np.log10(steps)
+    for late, kinds in ((1.5, ["plateau_end", "plateau_start"]), (3.0, ["plateau_end"])):
+        values = 5.0 + 10.0 * np.clip(x - 2.3, 0, 0.4) + 4.0 * np.clip(x - 2.7, 0.0, 0.3)
+        det = run_detector(steps, values + late * np.maximum(x - 3.0, 0.0), noise=0.08)
+        det.finish()
+        assert [m.kind for m in det.milestones] == kinds, (late, det.milestones)
+        assert abs(math.log10(det.milestones[-1].step) - (3.0 if late < 2 else 2.3)) <= 0.05
+
+
 def test_drop_on_a_loss_curve():
     steps = log_steps(150)
     x = np.log10(steps)
@@ -452,7 +466,7 @@ def without(state: dict, keys: set[str]) -> dict:
     return {k: v for k, v in state.items() if k not in keys and k != "version"}
 
 
-since_3 = _SINCE_3
+since_3 = fields_since(3)
 
 
 def test_a_version_1_state_dict_resumes_the_same_run():
@@ -476,9 +490,11 @@ def test_a_version_1_state_dict_resumes_the_same_run():
         assert resumed.refine() == full.refine()
 
 
-def test_a_version_3_state_dict_resumes_the_same_run():
-    """Version 3 did not keep the knot's place between bins: it starts unknown (the knot's bin)
-    and is set again at the next verdict."""
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_version_3_or_4_state_dict_resumes_the_same_run(version):
+    """Version 3 did not keep the knot's place between bins (it starts unknown: the knot's bin,
+    set again at the next verdict), nor version 4 the steepest slope of the current move (the
+    last settled slope stands for it until the next one)."""
     steps = log_steps(200)
     kx, ky = CURVES["llc-like"]
     values = np.interp(np.log10(steps), kx, ky)
@@ -486,10 +502,10 @@ def test_a_version_3_state_dict_resumes_the_same_run():
     full = run_detector(steps, values)
     cut = len(steps) // 2
     state = run_detector(steps[:cut], values[:cut]).state_dict()
-    state = {**without(state, _SINCE_4), "version": 3}
+    state = {**without(state, fields_since(version + 1)), "version": version}
     resumed = MilestoneDetector()
     resumed.load_state_dict(json.loads(json.dumps(state)))
-    assert resumed.state_dict()["knot_log_step"] is None
+    assert all(resumed.state_dict()[name] is None for name in fields_since(version + 1))
     for s, v in zip(steps[cut:], values[cut:], strict=True):
         resumed.update(int(s), float(v))
     assert [m.kind for m in resumed.milestones] == [m.kind for m in full.milestones]

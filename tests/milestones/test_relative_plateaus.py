@@ -144,8 +144,10 @@ def test_a_plateau_left_by_a_creep_ends_where_the_rise_steepens():
     (a rise on its own) and rises at 10 per decade 0.5 decades later. The plateau's end is
     announced at the creep, then moved to where a line bent once best fits the plateau and the
     move (a new milestone that ``revises`` the first; measured: moved on 7 of 10 seeds, to
-    0.2-0.45 decades after the creep's start; none moved without the rule). A move that only
-    goes on 1.5 times as steep keeps its plateau's end."""
+    0.2-0.45 decades after the creep's start; none moved without the rule), as the move goes
+    on or when the next plateau closes it (then 9 of 10, to 0.24-0.41 decades). A move that
+    only goes on 1.5 times as steep keeps its plateau's end while it goes on; the fit on the
+    whole move, once closed, may place it again (measured: 1 of 10 seeds, 100 to 141)."""
     creep, steep = math.log10(100), math.log10(316)
     curve = [1, creep, steep, FLAT, math.log10(3000)]
     moved = 0
@@ -159,15 +161,28 @@ def test_a_plateau_left_by_a_creep_ends_where_the_rise_steepens():
             assert abs(math.log10(end.step) - creep) <= 0.15, (seed, end)
             continue
         moved += 1
-        assert abs(math.log10(end.revises) - creep) <= 0.15, (seed, end)
+        # from the creep, or from a first move as the rise went on
+        assert creep - 0.15 <= math.log10(end.revises) < math.log10(end.step), (seed, end)
         assert creep + 0.1 <= math.log10(end.step) <= steep + 0.05, (seed, end)
         assert det.stages[1].start == end.step and det.stages[0].trend == "flat"
-        # its evidence is the bend where it now is, as the detector saw it then
+        # its evidence is the bend where it now is, as the detector saw it then, on the move
+        # so far or, once the next plateau closed it, up to its estimate nearest that plateau
         then, _ = estimate(curve, [5, 5, 6.5, top, top], seed, 30, until=end.detected_at)
-        z = bend_evidence(then, det.stages[0].start, end.step, end.detected_at)
+        closed_at = end.detected_at
+        if det.milestones[-1].detected_at == end.detected_at != det.milestones[-1].step:
+            nearest = min(
+                then.points, key=lambda p: abs(math.log10(p[0] / det.milestones[-1].step))
+            )
+            closed_at = nearest[0]
+        z = bend_evidence(then, det.stages[0].start, end.step, closed_at)
         assert end.evidence == pytest.approx(z), (seed, end, z)
     assert moved >= 6
+    placed_again = 0
     for seed in SEEDS:
         top = 6.5 + 4.5 * (FLAT - steep)
         det, _ = estimate(curve, [5, 5, 6.5, top, top], seed, 30)
-        assert all(m.revises is None for m in det.milestones), (seed, det.milestones)
+        end, start = det.milestones
+        assert end.revises is None or end.detected_at == start.detected_at, det.milestones
+        placed_again += end.revises is not None
+        assert abs(math.log10(end.step) - creep) <= 0.16, (seed, end)
+    assert placed_again <= 2
