@@ -50,9 +50,10 @@ How it works:
    steps between plateaus) does not make every later step look flat. A plateau is also
    flat next to its neighbours (:func:`neighbour_band`): after a rise, a segment whose
    slope is below :data:`RELATIVE` times the rise's steepest, of either sign, is flat (a
-   rise slowing to a creep, at once or in steps, or sagging a little), and a plateau is left only by a slope beyond
-   ``1 / RELATIVE`` times its own (both for segments of at least ``min_separation``
-   decades, a sag twice that: a shorter turn is the top of a peak or the bottom of a V).
+   rise slowing to a creep, at once or in steps, or sagging a little), and a plateau is
+   left only by a slope beyond ``1 / RELATIVE`` times its own (both for segments of at
+   least ``min_separation`` decades, a sag twice that: a shorter turn is the top of a peak
+   or the bottom of a V).
    The same verdict on two consecutive bins settles the trend, or one verdict that holds
    at :data:`STRONG` times the thresholds and without the last bin; a segment closed by
    the next break while still undecided leaves the trend unchanged.
