@@ -309,16 +309,21 @@ class MilestoneDetector:
         found: list[Milestone] = []
         if st.pending:
             # the segment is closed: decide its trend with all its points; if still
-            # undecided, it does not change the trend
+            # undecided, it does not change the trend; nor, and it is not even undecided,
+            # when fewer than ``confirm`` bins follow its knot (as when a segment is judged:
+            # a one-estimate excursion is no peak and trough)
+            short = k - st.knot < self.confirm
             trend, fit = self._classify(st.knot, k, sigma)
             line = fit.line
+            if short:
+                trend = None
             if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
                 trend = "flat"  # the series has not moved significantly yet
             if trend is not None:
                 if fit.knot == st.knot:  # placed between bins on all the segment's points
                     st.knot_log_step = fit.at
                 found = self._settle(trend, line, now, sigma)
-            elif st.undecided_from is None:
+            elif st.undecided_from is None and not short:
                 st.undecided_from = st.knot
         elif st.trend in ("rising", "falling"):
             # the settled segment is closed: its slope from all its bins

@@ -56,7 +56,9 @@ How it works:
    or the bottom of a V).
    The same verdict on two consecutive bins settles the trend, or one verdict that holds
    at :data:`STRONG` times the thresholds and without the last bin; a segment closed by
-   the next break while still undecided leaves the trend unchanged.
+   the next break is judged on all its bins, and leaves the trend unchanged while still
+   undecided, or when fewer than ``confirm`` bins follow its knot (then it is not even
+   undecided: a one-estimate excursion is no peak and trough).
 5. **Milestones.** A settled trend that differs from the current one is a milestone at
    the segment's knot (its step ``10**knot``, between estimates where the fit puts it):
    rising to falling is a ``peak``, falling to rising a ``trough``,

@@ -325,3 +325,59 @@ def test_a_plateau_end_placed_early_on_a_steepening_rise_moves_when_the_rise_clo
     assert abs(math.log10(end.revises / 381)) > 0.15, end  # where it was first placed
     assert abs(math.log10(start.step / 1027)) <= 0.1, start
     assert [m.revises for m in announced].count(None) == 2  # first placed, then moved
+
+
+# The demo's LLC at the defaults (30 estimates, four chains; seed 1 of `benchmarks/demo_stages.py
+# --defaults`): step, the chains, transient. The estimate at step 62 lies 0.5 above both
+# neighbours on every chain (a real excursion of the weights, one estimate long); the curve's
+# three-piece fit bends at 315 and 951.
+DEMO_EXCURSION = [
+    (1, [1.191, 1.219, 0.822, 0.48], False),
+    (2, [1.881, 1.85, 1.638, 1.221], False),
+    (3, [2.517, 2.426, 2.418, 1.978], False),
+    (4, [2.951, 2.857, 2.964, 2.579], False),
+    (5, [3.044, 2.929, 3.036, 2.783], False),
+    (6, [3.222, 2.978, 3.018, 2.966], False),
+    (8, [4.276, 3.67, 3.579, 3.944], False),
+    (10, [4.757, 4.036, 3.946, 4.416], False),
+    (13, [5.35, 4.788, 4.926, 4.851], False),
+    (17, [5.674, 5.311, 5.45, 4.84], False),
+    (22, [5.693, 5.708, 5.912, 5.367], False),
+    (29, [5.88, 5.799, 6.274, 5.485], False),
+    (37, [5.806, 5.847, 6.366, 5.846], False),
+    (48, [5.827, 5.859, 6.618, 5.516], False),
+    (62, [6.525, 6.47, 6.831, 6.165], False),
+    (81, [6.311, 5.675, 6.334, 5.813], False),
+    (104, [5.974, 5.799, 6.639, 5.564], False),
+    (135, [5.673, 5.661, 6.641, 5.714], False),
+    (175, [6.323, 5.914, 6.704, 6.125], False),
+    (227, [6.54, 5.965, 6.841, 6.022], False),
+    (294, [6.521, 6.436, 7.17, 6.467], False),
+    (380, [7.475, 7.067, 7.938, 7.118], False),
+    (492, [8.225, 8.188, 8.833, 7.854], False),
+    (637, [9.797, 9.57, 9.714, 9.337], False),
+    (825, [10.95, 10.715, 11.48, 10.607], False),
+    (1068, [11.479, 11.152, 12.14, 11.48], False),
+    (1382, [11.738, 11.518, 12.252, 11.459], False),
+    (1790, [12.301, 11.627, 12.46, 11.693], False),
+    (2317, [12.402, 12.23, 13.076, 12.499], False),
+    (3000, [12.289, 12.171, 12.709, 11.944], False),
+]
+
+
+def test_a_one_estimate_excursion_is_no_peak_and_trough():
+    """The excursion at step 62 gave a peak at 62 and a trough at 92: the segment from 62 to
+    the next knot, two estimates long, was judged falling when that knot closed it. A segment
+    closed before ``confirm`` bins follow its knot now leaves the trend unchanged (as one
+    still undecided), as when it is judged; the two bends are announced."""
+    det = MilestoneDetector("llc")
+    for step, chains, shaky in DEMO_EXCURSION:
+        mean = float(np.mean(chains))
+        det.update(step, mean, std=float(np.std(chains, ddof=1)), chains=chains, transient=shaky)
+    det.finish()
+    assert not any(m.kind in ("peak", "trough") for m in det.milestones), det.milestones
+    assert sum(m.step < 150 for m in det.milestones) <= 1, det.milestones
+    for kind, bend in (("plateau_end", 315), ("plateau_start", 951)):
+        assert any(
+            m.kind == kind and abs(math.log10(m.step / bend)) <= 0.15 for m in det.milestones
+        ), (kind, det.milestones)
