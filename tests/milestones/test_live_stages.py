@@ -368,8 +368,8 @@ DEMO_EXCURSION = [
 def test_a_one_estimate_excursion_is_no_peak_and_trough():
     """The excursion at step 62 gave a peak at 62 and a trough at 92: the segment from 62 to
     the next knot, two estimates long, was judged falling when that knot closed it. A segment
-    closed before ``confirm`` bins follow its knot now leaves the trend unchanged (as one
-    still undecided), as when it is judged; the two bends are announced."""
+    closed before ``confirm`` bins follow its knot now leaves the trend unchanged (a segment
+    is judged only once ``confirm`` follow its knot); the two bends are announced."""
     det = MilestoneDetector("llc")
     for step, chains, shaky in DEMO_EXCURSION:
         mean = float(np.mean(chains))
