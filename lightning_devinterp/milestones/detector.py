@@ -308,23 +308,7 @@ class MilestoneDetector:
         st = self._state
         found: list[Milestone] = []
         if st.pending:
-            # the segment is closed: decide its trend with all its points; if still
-            # undecided, it does not change the trend; nor, and it is not even undecided,
-            # when fewer than ``confirm`` bins follow its knot (as when a segment is judged:
-            # a one-estimate excursion is no peak and trough)
-            short = k - st.knot < self.confirm
-            trend, fit = self._classify(st.knot, k, sigma)
-            line = fit.line
-            if short:
-                trend = None
-            if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
-                trend = "flat"  # the series has not moved significantly yet
-            if trend is not None:
-                if fit.knot == st.knot:  # placed between bins on all the segment's points
-                    st.knot_log_step = fit.at
-                found = self._settle(trend, line, now, sigma)
-            elif st.undecided_from is None and not short:
-                st.undecided_from = st.knot
+            found = self._close(k, now, sigma)
         elif st.trend in ("rising", "falling"):
             # the settled segment is closed: its slope from all its bins
             line = line_fit(*st.bins(max(st.knot, k - self.window + 1), k))
@@ -334,6 +318,25 @@ class MilestoneDetector:
         st.knot_log_step = st.bin_log_steps[k]
         st.pending, st.candidate, st.candidate_count = True, None, 0
         return found
+
+    def _close(self, k: int, now: int, sigma: float) -> list[Milestone]:
+        """The open segment is closed at knot ``k``: its trend is decided with all its points;
+        if still undecided, it does not change the trend. One closed before ``confirm`` bins
+        follow its knot is not judged, as while it was open (a one-estimate excursion is no
+        peak and trough)."""
+        st = self._state
+        if k - st.knot < self.confirm:
+            return []
+        trend, fit = self._classify(st.knot, k, sigma)
+        if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
+            trend = "flat"  # the series has not moved significantly yet
+        if trend is None:
+            if st.undecided_from is None:
+                st.undecided_from = st.knot
+            return []
+        if fit.knot == st.knot:  # placed between bins on all the segment's points
+            st.knot_log_step = fit.at
+        return self._settle(trend, fit.line, now, sigma)
 
     def _judge(self, end: int, now: int, sigma: float) -> list[Milestone]:
         """Judges the open segment on bins up to ``end``; settles it on a repeated verdict,
