@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from lightning_devinterp.callbacks.schedule import log_spaced_steps
-from lightning_devinterp.milestones import MilestoneDetector, MilestoneTracker, Stage, stage_view
+from lightning_devinterp.milestones import (
+    Milestone,
+    MilestoneDetector,
+    MilestoneTracker,
+    Stage,
+    stage_view,
+)
 from lightning_devinterp.milestones.rules import (
     chain_step_variance,
     chi2_quantile,
@@ -232,6 +238,18 @@ def test_record_helpers_find_estimates_and_transient_points():
     assert transient({**r, "llc/health/rhat": 2.0}, "llc")
 
 
+def replay_recorded(rows) -> tuple[MilestoneDetector, list[Milestone]]:
+    """A detector fed a recorded curve's rows (step, the chains' values, transient) as a monitor
+    feeds it, then finished; with every milestone announced on the way (revisions included)."""
+    det = MilestoneDetector("llc")
+    announced = []
+    for step, *values, shaky in rows:
+        chains = np.ravel(values).tolist()
+        mean, std = float(np.mean(chains)), float(np.std(chains, ddof=1))
+        announced += det.update(step, mean, std=std, chains=chains, transient=shaky)
+    return det, announced + det.finish()
+
+
 # A deep linear network's LLC at the monitor's 30 estimates (widths 16-4-4-16, teacher
 # (3, 1, 0.33), seed 4; transitions at steps 193 and 967): step, the two chains, transient.
 # The first transition crosses a one-point dip to -70 (transient) onto a plateau at 9.
@@ -273,10 +291,7 @@ def test_a_plateau_after_a_transient_dip_starts_at_its_first_trusted_point():
     """The plateau reached through the dip is announced at its first estimate after the
     transient ones (243), not held back with the dip: before this rule that curve lost its
     first transition (found on 16 of 24 such runs, seeds 4-6; 22 with it)."""
-    det = MilestoneDetector("llc")
-    for step, a, b, shaky in DLN_DIP:
-        det.update(step, (a + b) / 2, std=abs(a - b) / math.sqrt(2), chains=[a, b], transient=shaky)
-    det.finish()
+    det, _ = replay_recorded(DLN_DIP)
     starts = [m for m in det.milestones if m.kind == "plateau_start"]
     assert starts[0].step == 243 and starts[0].value > 8, det.milestones
     assert all(m.step > 185 for m in det.milestones), det.milestones  # the dip is held back
@@ -313,12 +328,7 @@ def test_a_plateau_end_placed_early_on_a_steepening_rise_moves_when_the_rise_clo
     """When the rise is confirmed (655) its first points put the plateau's end at 253, 0.18
     decades before the bend; once the next plateau closes the rise, the end is placed again
     on the plateau and the whole rise, and announced as a revision."""
-    det = MilestoneDetector("llc")
-    announced = []
-    for step, a, b, shaky in DEMO_STEEPENING:
-        std = abs(a - b) / math.sqrt(2)
-        announced += det.update(step, (a + b) / 2, std=std, chains=[a, b], transient=shaky)
-    announced += det.finish()
+    det, announced = replay_recorded(DEMO_STEEPENING)
     assert [m.kind for m in det.milestones] == ["plateau_end", "plateau_start"], det.milestones
     end, start = det.milestones
     assert abs(math.log10(end.step / 381)) <= 0.05 and end.revises is not None, end
@@ -370,11 +380,7 @@ def test_a_one_estimate_excursion_is_no_peak_and_trough():
     the next knot, two estimates long, was judged falling when that knot closed it. A segment
     closed before ``confirm`` bins follow its knot now leaves the trend unchanged (a segment
     is judged only once ``confirm`` follow its knot); the two bends are announced."""
-    det = MilestoneDetector("llc")
-    for step, chains, shaky in DEMO_EXCURSION:
-        mean = float(np.mean(chains))
-        det.update(step, mean, std=float(np.std(chains, ddof=1)), chains=chains, transient=shaky)
-    det.finish()
+    det, _ = replay_recorded(DEMO_EXCURSION)
     assert not any(m.kind in ("peak", "trough") for m in det.milestones), det.milestones
     assert sum(m.step < 150 for m in det.milestones) <= 1, det.milestones
     for kind, bend in (("plateau_end", 315), ("plateau_start", 951)):
