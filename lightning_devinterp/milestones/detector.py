@@ -406,6 +406,8 @@ class MilestoneDetector:
         """Ends the series (training is over): the open bin is closed, and the open
         segment (``confirm`` bins after its knot or more) is settled on its last verdict,
         which no later point can repeat now; if that is undecided, on its slope alone.
+        A rise or fall settled on its first bins is judged again on all of them: flat
+        there, it starts a plateau (a rise that slowed to a creep over the last stretch).
 
         Returns:
             Milestones this confirmed (their ``detected_at`` is the last step).
@@ -419,8 +421,10 @@ class MilestoneDetector:
             found = self._process(st.last_step)
         sigma = self._noise()
         end = len(st.bin_values) - 1
-        if sigma is None or not st.pending or end - st.knot < self.confirm:
+        if sigma is None or end - st.knot < self.confirm:
             return found
+        if not st.pending:
+            return found + self._rejudge_last(end, sigma)
         trend, fit = self._classify(st.knot, end, sigma)
         if trend is None:  # no later point can narrow the slope: judged on the slope alone
             trend = self._verdict(fit.line, fit.bins, sigma, flat_margin=0.0)
@@ -428,6 +432,18 @@ class MilestoneDetector:
         if trend is None:
             return found
         return found + self._settle(trend, fit.line, st.last_step, sigma)
+
+    def _rejudge_last(self, end: int, sigma: float) -> list[Milestone]:
+        """A settled rise or fall judged again on all its bins, up to ``end``: a plateau's
+        start if flat there (against the move's steepest slope, see the rules' step 4)."""
+        st = self._state
+        if st.trend not in ("rising", "falling"):
+            return []
+        trend, fit = self._classify(st.knot, end, sigma)
+        if trend != "flat":
+            return []
+        st.knot, st.knot_value, st.knot_log_step = fit.knot, fit.value, fit.at
+        return self._settle(trend, fit.line, st.last_step, sigma)
 
     # ----------------------------------------------------------------- offline
     def refine(self) -> list[Milestone]:

@@ -83,7 +83,10 @@ How it works:
    on its last verdict (no later point can repeat it), once ``confirm`` bins follow its
    knot; a segment still undecided is then judged on its slope alone (``flat_threshold``
    0: no later point can narrow its error), so a rise that slows to under a quarter of
-   its rate in the last few estimates ends on a plateau.
+   its rate in the last few estimates ends on a plateau; a rise or fall settled on its
+   first bins is judged once more on all of them, so a move that slows to a creep after
+   its first few estimates past the bend (settled, but at just over a quarter of the
+   rise's rate) ends on a plateau too.
 
 So nothing is announced from fewer than ``confirm`` bins after a bend (one fewer for a
 strong bend; no edge effect), a straight or gently curving series gives no milestone, and

@@ -387,3 +387,53 @@ def test_a_one_estimate_excursion_is_no_peak_and_trough():
         assert any(
             m.kind == kind and abs(math.log10(m.step / bend)) <= 0.15 for m in det.milestones
         ), (kind, det.milestones)
+
+
+# The demo's LLC at the user's defaults (30 estimates, 4 chains; seed 5): flat near 5.3 to
+# step 227, rising to 10.3 by 637 (steepest 15 per decade), then creeping to 12.4 by 3000.
+# Its bends (a three-piece fit) at 268 and 705. Step, the chains' values, transient.
+DEMO_CREEP = [
+    (1, [2.414, -0.859, 1.389, 1.351], False),
+    (2, [2.927, -0.335, 1.947, 1.949], False),
+    (3, [3.381, 0.265, 2.543, 2.457], False),
+    (4, [3.738, 0.966, 3.121, 2.899], False),
+    (5, [3.924, 1.618, 3.547, 3.177], False),
+    (6, [3.857, 2.119, 3.696, 3.271], False),
+    (8, [3.694, 2.858, 3.788, 3.628], False),
+    (10, [4.123, 3.446, 4.19, 4.362], False),
+    (13, [4.696, 3.668, 4.408, 4.873], False),
+    (17, [4.944, 3.965, 4.457, 4.892], False),
+    (22, [5.224, 4.274, 4.968, 4.902], False),
+    (29, [5.487, 4.535, 5.205, 4.9], False),
+    (37, [5.463, 5.001, 5.116, 5.381], False),
+    (48, [5.239, 4.95, 5.169, 5.098], False),
+    (62, [5.562, 4.827, 5.122, 5.456], False),
+    (81, [5.764, 5.11, 5.205, 5.492], False),
+    (104, [5.359, 5.162, 5.036, 5.653], False),
+    (135, [5.395, 5.296, 5.264, 5.471], False),
+    (175, [5.577, 5.308, 5.085, 5.427], False),
+    (227, [6.088, 5.337, 5.168, 5.402], False),
+    (294, [6.146, 6.086, 5.888, 6.658], False),
+    (380, [7.55, 6.716, 6.66, 6.887], False),
+    (492, [8.854, 8.203, 8.488, 8.773], False),
+    (637, [10.806, 9.866, 9.874, 10.691], False),
+    (825, [10.906, 10.441, 10.43, 11.001], False),
+    (1068, [11.256, 11.733, 10.75, 11.304], False),
+    (1382, [11.566, 11.673, 10.858, 11.639], False),
+    (1790, [12.431, 12.461, 11.555, 11.972], False),
+    (2317, [12.478, 12.695, 11.297, 12.047], False),
+    (3000, [12.81, 12.617, 11.476, 12.577], False),
+]
+
+
+def test_a_rise_settled_early_ends_on_a_plateau_when_its_whole_stretch_is_flat():
+    """After the rise, the first three estimates climb 4.2 per decade, over a quarter of the
+    rise's 15, so the stretch settled rising at step 1068; on all its bins it climbs about
+    3 per decade, a creep. At train end the last stretch is judged again on all its bins,
+    and the second bend is announced as the plateau's start."""
+    det, _ = replay_recorded(DEMO_CREEP)
+    assert [m.kind for m in det.milestones][-2:] == ["plateau_end", "plateau_start"], det.milestones
+    end, start = det.milestones[-2:]
+    assert abs(math.log10(end.step / 268)) <= 0.15, end
+    assert abs(math.log10(start.step / 705)) <= 0.15 and start.detected_at == 3000, start
+    assert sum(m.step < 150 for m in det.milestones) <= 1, det.milestones
