@@ -292,11 +292,14 @@ def test_a_resumed_run_takes_the_same_extra_estimates(whole_run, tmp_path):
 
 def test_extra_estimates_stay_within_max_overhead(tmp_path):
     """Extra estimates are asked for like scheduled ones: the budget defers or skips them, and
-    the monitor's share of the run stays within max_overhead."""
+    the monitor's share of the run stays within max_overhead up to each estimate (its record's
+    overhead). The whole run's share also counts the estimate forced at train end, which runs
+    whatever the budget (about 0.04 s of this run's 1.3 s: 0.03 more, or up to 0.05 on a busy
+    machine); without the budget the share is 0.33."""
     monitor = adaptive_monitor(max_overhead=0.2)
     dln_fit(tmp_path, [monitor], max_steps=801)
-    assert monitor.budget.share <= 0.22, monitor.budget.share
     assert all(r["llc/overhead"] < 0.2 for r in monitor.history)
+    assert monitor.budget.share <= 0.25, monitor.budget.share
     assert any(r["llc/why"] == "adaptive" for r in monitor.history)
 
 

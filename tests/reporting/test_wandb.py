@@ -20,13 +20,16 @@ HEADER = 7  # ":W&B", magic, version
 
 
 def wandb_records(path: Path) -> list:
-    """The protobuf records of a .wandb file (a LevelDB-style log of 32 KiB blocks)."""
+    """The protobuf records of a .wandb file (a LevelDB-style log of 32 KiB blocks), up to
+    the last one written whole (the file may still be growing)."""
     data, pos, records, pending = path.read_bytes(), HEADER, [], b""
     while pos + 7 <= len(data):
         if BLOCK - pos % BLOCK < 7:
             pos += BLOCK - pos % BLOCK
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):
+            break  # its bytes are still being written
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 2):  # full, first
             pending = chunk
