@@ -347,6 +347,21 @@ def test_the_last_stretch_is_judged_on_its_slope_alone_at_train_end():
         assert last.detected_at == steps[-1] or creep == 3.0
 
 
+def test_a_one_estimate_dip_just_before_train_end_is_no_step():
+    """A plateau with one estimate 1.0 below it, three estimates before the end: the two short
+    segments around it are not judged while training runs, and at train end the series is
+    back at its level, so the move out of the dip is no step (no milestone after the first
+    plateau's start)."""
+    steps = np.unique(np.round(np.geomspace(1, 5000, 21)).astype(int))
+    values = np.zeros(len(steps))
+    values[:4] = [-3.0, -2.0, -1.0, -0.5]
+    values[-4] = -1.0
+    values += 0.01 * np.random.default_rng(0).standard_normal(len(steps))
+    det = run_detector(steps, values, noise=0.01)
+    det.finish()
+    assert [m.kind for m in det.milestones] == ["plateau_start"], det.milestones
+
+
 def test_a_rise_that_slows_in_steps_reaches_a_plateau_against_its_steepest_slope():
     """A rise at 10 per decade slows to 4 (0.4 of it: still a rise), then to 1.5 (0.375 of the
     4, but 0.15 of the rise's steepest slope): a plateau from the second bend. Slowing to 3

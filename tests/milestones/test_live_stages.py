@@ -437,3 +437,52 @@ def test_a_rise_settled_early_ends_on_a_plateau_when_its_whole_stretch_is_flat()
     assert abs(math.log10(end.step / 268)) <= 0.15, end
     assert abs(math.log10(start.step / 705)) <= 0.15 and start.detected_at == 3000, start
     assert sum(m.step < 150 for m in det.milestones) <= 1, det.milestones
+
+
+# A deep linear network's LLC with the adaptive schedule (21 estimates and the extra ones the
+# training loss asked for; widths 16-4-4-16, teacher (3, 0.75, 0.19), seed 6; transitions at
+# steps 248, 1564 and 3373). The third moves the LLC from 12.66 to 13.25, late in the run.
+DLN_LATE_STEP = [
+    (1, [0.067, -0.03], False),
+    (2, [0.067, -0.03], False),
+    (3, [0.067, -0.031], False),
+    (5, [0.067, -0.032], False),
+    (8, [0.068, -0.032], False),
+    (11, [0.068, -0.033], False),
+    (17, [0.069, -0.035], False),
+    (26, [0.071, -0.037], False),
+    (38, [0.075, -0.041], False),
+    (58, [0.082, -0.047], False),
+    (87, [0.099, -0.058], False),
+    (130, [0.15, -0.096], False),
+    (195, [0.295, -0.997], True),
+    (264, [10.148, 9.459], False),
+    (292, [10.229, 9.469], False),
+    (317, [10.217, 9.468], False),
+    (439, [10.211, 9.457], False),
+    (658, [10.232, 9.476], False),
+    (987, [10.227, 9.475], False),
+    (1481, [10.404, 9.246], False),
+    (1585, [12.529, 11.387], False),
+    (1738, [12.987, 12.288], False),
+    (1906, [12.983, 12.306], False),
+    (2222, [13.006, 12.307], False),
+    (3333, [13.384, 12.578], False),
+    (3803, [13.697, 12.793], False),
+    (4169, [13.705, 12.797], False),
+    (5000, [13.713, 12.794], False),
+]
+
+
+def test_a_step_too_late_to_confirm_is_announced_at_train_end():
+    """The third transition rises through one estimate (12.98 at 3333) onto a plateau that has
+    two estimates after its knot when training ends: the rise, closed before ``confirm``
+    estimates followed its knot, was not judged, and the plateau after it was settled flat
+    next to the one before. At train end the short move is judged, and the series stayed at
+    its new level: the plateau's end is announced there."""
+    det, _ = replay_recorded(DLN_LATE_STEP)
+    last = det.milestones[-1]
+    assert last.kind == "plateau_end" and last.detected_at == 5000, det.milestones
+    assert abs(math.log10(last.step / 3373)) <= math.log10(1.5), last
+    for transition in (248, 1564):
+        assert any(abs(math.log10(m.step / transition)) <= math.log10(1.5) for m in det.milestones)
