@@ -408,6 +408,8 @@ class MilestoneDetector:
         which no later point can repeat now; if that is undecided, on its slope alone.
         A rise or fall settled on its first bins is judged again on all of them: flat
         there, it starts a plateau (a rise that slowed to a creep over the last stretch).
+        A short move left unjudged before the current segment is judged too: a step if the
+        series stayed at its new level.
 
         Returns:
             Milestones this confirmed (their ``detected_at`` is the last step).

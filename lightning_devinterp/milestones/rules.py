@@ -86,7 +86,10 @@ How it works:
    its rate in the last few estimates ends on a plateau; a rise or fall settled on its
    first bins is judged once more on all of them, so a move that slows to a creep after
    its first few estimates past the bend (settled, but at just over a quarter of the
-   rise's rate) ends on a plateau too.
+   rise's rate) ends on a plateau too. A short move left unjudged between two stretches of
+   one trend (closed before ``confirm`` bins followed its knot) is judged then: a rise or
+   fall after which the series stays at its new level is a step the run ended too soon to
+   confirm (the plateau's end at its knot); back at the old level, an excursion.
 
 So nothing is announced from fewer than ``confirm`` bins after a bend (one fewer for a
 strong bend; no edge effect), a straight or gently curving series gives no milestone, and
