@@ -164,6 +164,11 @@ class DetectorState:
         self.last_milestone_log_step = log_step
         return milestone
 
+    def place_knot(self, index: int, value: float, log_step: float) -> None:
+        """Puts the current knot at bin ``index``, its fitted ``value`` and its place
+        ``log_step`` between bins."""
+        self.knot, self.knot_value, self.knot_log_step = index, value, log_step
+
     def move_last(self, milestone: Milestone, log_step: float) -> None:
         """Puts ``milestone`` (at ``log_step``) in place of the last one, its stage starting
         there (the last milestone moved by later points)."""
