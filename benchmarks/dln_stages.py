@@ -7,6 +7,7 @@ Prints the lines of each run and the totals of each series.
 
     python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run
     python benchmarks/dln_stages.py --num-estimates 21 --extra-estimates 9   # adaptive
+    python benchmarks/dln_stages.py --spectrum 4 1.5 0.5 --spectrum 2 0.7 0.25  # other teachers
 
 The totals line also gives the estimates taken and the SGLD steps they cost (the adaptive
 schedule's budget is compared with the fixed one's there).
@@ -123,12 +124,19 @@ def main() -> None:
     parser.add_argument("--num-estimates", type=int, default=30)
     parser.add_argument("--extra-estimates", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument(
+        "--spectrum", type=float, nargs="+", action="append", metavar="S",
+        help="a teacher's singular values, largest first (repeat for several; default: SPECTRA)",
+    )  # fmt: skip
     args = parser.parse_args()
+    spectra = SPECTRA
+    if args.spectrum:
+        spectra = {" ".join(f"{s:g}" for s in values): tuple(values) for values in args.spectrum}
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     totals = {series: Totals() for series in SERIES}
     estimates = 0
-    for name, spectrum in SPECTRA.items():
+    for name, spectrum in spectra.items():
         for seed in args.seeds:
             transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
             estimates += len(monitor.history)

@@ -19,6 +19,7 @@ from lightning_devinterp.milestones.rules import (
     slope_change_z,
     steepened,
     too_close,
+    trend_verdict,
 )
 from lightning_devinterp.milestones.segments import extremum
 from lightning_devinterp.milestones.settings import DetectorSettings
@@ -35,6 +36,10 @@ def settle(
     scale: float,
 ) -> list[Milestone]:
     """The current segment's trend is known: the milestones it makes (confirmed at ``now``)."""
+    if trend == "flat" and st.trend == "flat":
+        step = step_between_plateaus(st, settings, line, now, sigma, scale)
+        if step is not None:
+            return step
     st.pending = False
     found = flat_before(st, settings, line, now, sigma, scale) if trend == st.trend else []
     prev, st.trend = st.trend, trend
@@ -61,6 +66,39 @@ def settle(
             found.append(milestone)
     st.undecided_from = None
     return found
+
+
+def step_between_plateaus(
+    st: DetectorState,
+    settings: DetectorSettings,
+    after: LineFit,
+    now: int,
+    sigma: float,
+    scale: float,
+) -> list[Milestone] | None:
+    """A plateau settled after a plateau, ``after`` its line, with a short move between them
+    (closed before ``confirm`` bins followed its knot, so never judged: a one-estimate
+    excursion is no peak and trough): if the move rises or falls, against the old plateau's
+    slope on its last ``confirm`` bins (its settled line may hold the move's first estimate),
+    it is a step. The old plateau ends at the move's knot, the new one starts at the current
+    knot (unless too close); None when there is no such step (nothing is settled then)."""
+    a, b = st.prev_knot, st.knot
+    if a is None or b - a >= settings.confirm or st.stage_trends[-1] != "flat":
+        return None
+    lo = max(a - settings.confirm, bisect.bisect_left(st.bin_steps, st.stage_starts[-1]))
+    if lo >= a:
+        return None  # a milestone lies at or after the move's start
+    bins = st.bins(a, b)
+    move = line_fit(*bins)
+    previous = ("flat", line_fit(*st.bins(lo, a)).slope)
+    trend = trend_verdict(move, sigma, settings.flat * scale, bins, settings, previous)
+    if trend not in ("rising", "falling"):
+        return None
+    x = st.bin_log_steps
+    st.place_knot(a, move.at(x[a]), x[a])
+    found = settle(st, settings, trend, move, now, sigma, scale)
+    st.place_knot(b, after.at(x[b]), x[b])
+    return found + settle(st, settings, "flat", after, now, sigma, scale)
 
 
 def move_plateau_end(

@@ -347,19 +347,40 @@ def test_the_last_stretch_is_judged_on_its_slope_alone_at_train_end():
         assert last.detected_at == steps[-1] or creep == 3.0
 
 
-def test_a_one_estimate_dip_just_before_train_end_is_no_step():
-    """A plateau with one estimate 1.0 below it, three estimates before the end: the two short
-    segments around it are not judged while training runs, and at train end the series is
-    back at its level, so the move out of the dip is no step (no milestone after the first
-    plateau's start)."""
+@pytest.mark.parametrize("at", [-4, -12])
+def test_a_one_estimate_dip_is_no_step(at):
+    """A plateau with one estimate 1.0 below it (mid-run, or three estimates before the end):
+    the two short segments around it are never judged on their own, and the series is back
+    at its level after it, so the move out of the dip is no step (no milestone after the
+    first plateau's start, online or at train end)."""
     steps = np.unique(np.round(np.geomspace(1, 5000, 21)).astype(int))
     values = np.zeros(len(steps))
     values[:4] = [-3.0, -2.0, -1.0, -0.5]
-    values[-4] = -1.0
+    values[at] = -1.0
     values += 0.01 * np.random.default_rng(0).standard_normal(len(steps))
     det = run_detector(steps, values, noise=0.01)
     det.finish()
     assert [m.kind for m in det.milestones] == ["plateau_start"], det.milestones
+
+
+def test_a_step_between_two_estimates_is_announced_when_the_plateau_after_it_settles():
+    """A jump by 10 onto a plateau of three estimates, then a step by 2.5 between two
+    estimates onto a second plateau. The first plateau, settled flat next to the jump, holds
+    the step's first estimate in its line (its slope sets the bar to leave it), and the step,
+    one estimate long, is never judged on its own. Judged when the plateau after it settles,
+    against the first plateau's own last bins, it is a step: the plateau's end is announced
+    online, 0.4 decades after it, not at train end."""
+    steps = np.unique(np.round(np.geomspace(1, 5000, 21)).astype(int))
+    values = np.zeros(len(steps))
+    values[10:] = 10.0
+    values[13:] = 12.5
+    values += 0.05 * np.random.default_rng(0).standard_normal(len(steps))
+    det = run_detector(steps, values, noise=0.05)
+    kinds = [m.kind for m in det.milestones]
+    assert kinds == ["plateau_end", "plateau_start"] * 2, det.milestones
+    end, start = det.milestones[2:]
+    assert (end.step, start.step) == (steps[12], steps[13])
+    assert end.detected_at == start.detected_at <= steps[16] < steps[-1]
 
 
 def test_a_rise_that_slows_in_steps_reaches_a_plateau_against_its_steepest_slope():

@@ -475,14 +475,64 @@ DLN_LATE_STEP = [
 
 
 def test_a_step_too_late_to_confirm_is_announced_at_train_end():
-    """The third transition rises through one estimate (12.98 at 3333) onto a plateau that has
-    two estimates after its knot when training ends: the rise, closed before ``confirm``
-    estimates followed its knot, was not judged, and the plateau after it was settled flat
-    next to the one before. At train end the short move is judged, and the series stayed at
-    its new level: the plateau's end is announced there."""
+    """The third transition rises through one estimate (12.98 at 3333) onto a plateau whose
+    third estimate is the run's last: the rise, closed before ``confirm`` estimates followed
+    its knot, is not judged on its own; when the plateau after it settles, with that last
+    estimate, the short move is judged and rises against the first plateau's last
+    estimates, so the plateau's end is announced there."""
     det, _ = replay_recorded(DLN_LATE_STEP)
     last = det.milestones[-1]
     assert last.kind == "plateau_end" and last.detected_at == 5000, det.milestones
     assert abs(math.log10(last.step / 3373)) <= math.log10(1.5), last
     for transition in (248, 1564):
         assert any(abs(math.log10(m.step / transition)) <= math.log10(1.5) for m in det.milestones)
+
+
+# A deep linear network's LLC with the adaptive schedule (teacher (4, 1.5, 0.5), seed 9, a
+# spectrum the detector was not tuned on; transitions at steps 193, 413 and 3149): step, the
+# two chains, transient. The second transition lifts the LLC from 10.9 to 16.1 between two
+# scheduled estimates (292 and 439).
+DLN_STEP = [
+    (1, [-0.06, -0.444], True),
+    (2, [-0.06, -0.445], True),
+    (3, [-0.06, -0.446], True),
+    (5, [-0.059, -0.448], True),
+    (8, [-0.059, -0.451], True),
+    (11, [-0.059, -0.455], True),
+    (17, [-0.058, -0.462], True),
+    (26, [-0.059, -0.475], True),
+    (38, [-0.062, -0.494], True),
+    (58, [-0.075, -0.535], True),
+    (87, [-0.125, -0.626], True),
+    (130, [-0.546, -0.989], True),
+    (195, [-2.939, -1.811], True),
+    (219, [10.223, 11.489], False),
+    (240, [10.377, 11.607], False),
+    (292, [10.332, 11.502], False),
+    (439, [15.428, 16.871], False),
+    (479, [15.437, 16.909], False),
+    (525, [15.43, 16.903], False),
+    (658, [15.409, 16.894], False),
+    (987, [15.424, 16.891], False),
+    (1481, [15.41, 16.881], False),
+    (2222, [15.415, 16.859], False),
+    (3163, [16.386, 17.51], False),
+    (3333, [16.968, 18.243], False),
+    (3803, [16.953, 18.223], False),
+    (5000, [16.945, 18.226], False),
+]
+
+
+def test_a_step_between_two_estimates_is_announced_online():
+    """The plateau at 10.9 was settled flat next to the jump onto it with the step's first
+    estimate (16.1 at 439) in its line, 18 per decade, a bar of 72 per decade to leave it;
+    the step, 30 per decade, one estimate long, was never judged on its own, and the second
+    transition was never announced. Judged when the plateau after it settles, against the
+    first plateau's last estimates (0.3 per decade), it is a step: the plateau's end at 292,
+    announced online at step 525."""
+    det, _ = replay_recorded(DLN_STEP)
+    ends = [m for m in det.milestones if m.kind == "plateau_end"]
+    assert ends, det.milestones
+    end = ends[0]
+    assert abs(math.log10(end.step / 413)) <= math.log10(1.5), end
+    assert end.detected_at <= 658, end
