@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 import math
 
+import numpy as np
+
 from lightning_devinterp.milestones.fit import LineFit, best_knot, line_fit
 from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
@@ -64,7 +66,7 @@ def settle(
             st.stage_trends[-1] = trend  # the stage changes trend
         else:
             found.append(milestone)
-    st.undecided_from = None
+    st.undecided_from = st.short_since = None
     return found
 
 
@@ -77,13 +79,16 @@ def step_between_plateaus(
     scale: float,
 ) -> list[Milestone] | None:
     """A plateau settled after a plateau, ``after`` its line, with a short move between them
-    (closed before ``confirm`` bins followed its knot, so never judged: a one-estimate
-    excursion is no peak and trough): if the move rises or falls, against the old plateau's
-    slope on its last ``confirm`` bins (its settled line may hold the move's first estimate),
-    it is a step. The old plateau ends at the move's knot, the new one starts at the current
-    knot (unless too close); None when there is no such step (nothing is settled then)."""
-    a, b = st.prev_knot, st.knot
-    if a is None or b - a >= settings.confirm or st.stage_trends[-1] != "flat":
+    (the segments since ``short_since``, each closed before ``confirm`` bins followed its
+    knot, so never judged: a one-estimate excursion is no peak and trough). The move is a
+    step if it rises or falls against the old plateau's slope on its last ``confirm`` bins
+    (its settled line may hold the move's first estimate) and the new plateau lies
+    ``threshold`` noise levels or more from those bins in the move's direction (an excursion
+    returns to the old level): the old plateau ends at the move's first knot, the new one
+    starts at the current knot (unless too close). None when there is no such step (nothing
+    is settled then)."""
+    a, b = st.short_since, st.knot
+    if a is None or st.stage_trends[-1] != "flat":
         return None
     lo = max(a - settings.confirm, bisect.bisect_left(st.bin_steps, st.stage_starts[-1]))
     if lo >= a:
@@ -92,8 +97,11 @@ def step_between_plateaus(
     move = line_fit(*bins)
     previous = ("flat", line_fit(*st.bins(lo, a)).slope)
     trend = trend_verdict(move, sigma, settings.flat * scale, bins, settings, previous)
-    if trend not in ("rising", "falling"):
+    jump = after.ybar - float(np.mean(st.bin_values[lo : a + 1]))
+    if trend not in ("rising", "falling") or (jump > 0) != (trend == "rising"):
         return None
+    if abs(jump) < settings.threshold * sigma:
+        return None  # back at the old level: an excursion
     x = st.bin_log_steps
     st.place_knot(a, move.at(x[a]), x[a])
     found = settle(st, settings, trend, move, now, sigma, scale)

@@ -327,6 +327,8 @@ class MilestoneDetector(SeriesEnd):
         peak and trough)."""
         st = self._state
         if k - st.knot < self.confirm:
+            if st.short_since is None:
+                st.short_since = st.knot
             return []
         trend, fit = self._classify(st.knot, k, sigma)
         if trend is None and st.trend is None and k - st.knot >= 2 * self.confirm:
@@ -334,6 +336,7 @@ class MilestoneDetector(SeriesEnd):
         if trend is None:
             if st.undecided_from is None:
                 st.undecided_from = st.knot
+            st.short_since = None
             return []
         if fit.knot == st.knot:  # placed between bins on all the segment's points
             st.knot_log_step = fit.at

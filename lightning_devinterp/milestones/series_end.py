@@ -13,13 +13,12 @@ if TYPE_CHECKING:
 
 class SeriesEnd:
     """The train-end part of :class:`~.detector.MilestoneDetector` (mixed into it). It reads
-    the detector's state (``_state``) and settings (``confirm``, ``threshold``, ``window``)
+    the detector's state (``_state``) and settings (``confirm``, ``window``)
     and judges through the detector's own steps (``_process``, ``_noise``, ``_classify``,
     ``_verdict``, ``_settle``), so the end of a series follows the same rules as the rest."""
 
     _state: DetectorState
     confirm: int
-    threshold: float
     window: int
 
     def finish(self) -> list[Milestone]:

@@ -13,10 +13,10 @@ import numpy as np
 from lightning_devinterp.milestones.fit import norm_residual
 from lightning_devinterp.milestones.records import Milestone, Stage
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 #: the version that added each field after the first (an earlier state starts it at its
 #: default): 3 the chains' noise and the settled slope, 4 the knot's place between bins, 5
-#: the steepest slope of the current rise or fall
+#: the steepest slope of the current rise or fall, 6 the first knot of the short segments
 FIELD_VERSION = {
     "last_chains": 3,
     "chain_variances": 3,
@@ -27,6 +27,7 @@ FIELD_VERSION = {
     "held_back": 3,
     "knot_log_step": 4,
     "move_slope": 5,
+    "short_since": 6,
 }
 
 
@@ -92,6 +93,7 @@ class DetectorState:
     candidate: str | None = None  # the current segment's latest verdict
     candidate_count: int = 0  # consecutive bins that gave that verdict
     undecided_from: int | None = None  # first knot of the undecided segments since a trend
+    short_since: int | None = None  # first knot of the short segments just before this one
     knot_value: float | None = None  # fitted value at the knot (None before the first fit)
     knot_log_step: float | None = None  # log10(step) of the knot, between bins (None: at one)
     trend: str | None = None  # the last settled trend

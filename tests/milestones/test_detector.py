@@ -526,11 +526,12 @@ def test_a_version_1_state_dict_resumes_the_same_run():
         assert resumed.refine() == full.refine()
 
 
-@pytest.mark.parametrize("version", [3, 4])
-def test_a_version_3_or_4_state_dict_resumes_the_same_run(version):
+@pytest.mark.parametrize("version", [3, 4, 5])
+def test_a_version_3_to_5_state_dict_resumes_the_same_run(version):
     """Version 3 did not keep the knot's place between bins (it starts unknown: the knot's bin,
     set again at the next verdict), nor version 4 the steepest slope of the current move (the
-    last settled slope stands for it until the next one)."""
+    last settled slope stands for it until the next one), nor version 5 the first knot of the
+    short segments just before the current one (none, until the next short one)."""
     steps = log_steps(200)
     kx, ky = CURVES["llc-like"]
     values = np.interp(np.log10(steps), kx, ky)

@@ -536,3 +536,47 @@ def test_a_step_between_two_estimates_is_announced_online():
     end = ends[0]
     assert abs(math.log10(end.step / 413)) <= math.log10(1.5), end
     assert end.detected_at <= 658, end
+
+
+# The same with teacher (2, 0.7, 0.25), seed 9 (transitions at steps 381 and 872): the LLC
+# climbs from 6.9 to 9.2 and 9.34 over two estimates (913 and 987, the second an extra one).
+DLN_TWO_PIECE_STEP = [
+    (1, [0.126, -0.046], False),
+    (2, [0.127, -0.046], False),
+    (3, [0.127, -0.046], False),
+    (5, [0.127, -0.046], False),
+    (8, [0.127, -0.047], False),
+    (11, [0.127, -0.047], False),
+    (17, [0.128, -0.048], False),
+    (26, [0.128, -0.05], False),
+    (38, [0.129, -0.052], False),
+    (58, [0.13, -0.056], False),
+    (87, [0.129, -0.064], False),
+    (130, [0.127, -0.077], False),
+    (195, [0.116, -0.104], False),
+    (292, [-0.017, -0.197], True),
+    (399, [6.421, 7.098], False),
+    (439, [6.533, 7.283], False),
+    (480, [6.532, 7.284], False),
+    (658, [6.538, 7.254], False),
+    (913, [8.693, 9.646], False),
+    (987, [8.82, 9.862], False),
+    (1098, [8.811, 9.856], False),
+    (1481, [8.814, 9.861], False),
+    (2222, [8.812, 9.864], False),
+    (3333, [8.815, 9.857], False),
+    (5000, [8.809, 9.811], False),
+]
+
+
+def test_a_step_over_two_short_segments_is_announced_online():
+    """The second transition's climb lies in two segments (knots at 658 and 987), each
+    closed before ``confirm`` estimates followed its knot, so neither is judged on its own,
+    and the plateau after them (from 1098) settles flat like the one before. Judged together
+    as one move, from the first short segment's knot, it is a step: the plateau's end at 658,
+    announced online (step 2222)."""
+    det, _ = replay_recorded(DLN_TWO_PIECE_STEP)
+    ends = [m for m in det.milestones if m.kind == "plateau_end" and m.step > 500]
+    assert ends, det.milestones
+    assert abs(math.log10(ends[0].step / 872)) <= math.log10(1.5), ends
+    assert ends[0].detected_at < 5000, ends
