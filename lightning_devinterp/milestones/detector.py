@@ -324,7 +324,8 @@ class MilestoneDetector(SeriesEnd):
         """The open segment is closed at knot ``k``: its trend is decided with all its points;
         if still undecided, it does not change the trend. One closed before ``confirm`` bins
         follow its knot is not judged, as while it was open (a one-estimate excursion is no
-        peak and trough)."""
+        peak and trough); the first knot of such short segments is kept until the next
+        judgment, which weighs them as one move if a plateau then follows a plateau."""
         st = self._state
         if k - st.knot < self.confirm:
             if st.short_since is None:
