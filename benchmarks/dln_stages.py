@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import warnings
 
 import lightning as L
@@ -68,7 +69,7 @@ def run(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=f"/tmp/dln_stages_{seed}",
+        default_root_dir=tempfile.mkdtemp(prefix=f"dln_stages_{seed}_"),  # one per run
     )
     loader = DataLoader(data, batch_size=256, shuffle=True, collate_fn=TeacherData.collate)
     trainer.fit(model, loader)

@@ -78,17 +78,23 @@ def step_between_plateaus(
     sigma: float,
     scale: float,
 ) -> list[Milestone] | None:
-    """A plateau settled after a plateau, ``after`` its line, with a short move between them
-    (the segments since ``short_since``, each closed before ``confirm`` bins followed its
-    knot, so never judged: a one-estimate excursion is no peak and trough). The move is a
-    step if it rises or falls against the old plateau's slope on its last ``confirm`` bins
+    """A plateau settled after a plateau, ``after`` its line, with a move between them that was
+    never judged: the segments since ``short_since`` (each closed before ``confirm`` bins
+    followed its knot: a one-estimate excursion is no peak and trough), or else the largest
+    change between neighbouring bins of the segment before (:func:`jump_inside`). The move is
+    a step if it rises or falls against the old plateau's slope on its last ``confirm`` bins
     (its settled line may hold the move's first estimate) and the new plateau lies
     ``threshold`` noise levels or more from those bins in the move's direction (an excursion
-    returns to the old level): the old plateau ends at the move's first knot, the new one
-    starts at the current knot (unless too close). None when there is no such step (nothing
-    is settled then)."""
-    a, b = st.short_since, st.knot
-    if a is None or st.stage_trends[-1] != "flat":
+    returns to the old level): the old plateau ends at the move's first bin, the new one
+    starts at its last (unless too close). None when there is no such step (nothing is
+    settled then)."""
+    if st.stage_trends[-1] != "flat":
+        return None
+    if st.short_since is not None:
+        a, b = st.short_since, st.knot
+    elif (inside := jump_inside(st, after, settings.confirm)) is not None:
+        a, b = inside
+    else:
         return None
     lo = max(a - settings.confirm, bisect.bisect_left(st.bin_steps, st.stage_starts[-1]))
     if lo >= a:
@@ -107,6 +113,23 @@ def step_between_plateaus(
     found = settle(st, settings, trend, move, now, sigma, scale)
     st.place_knot(b, after.at(x[b]), x[b])
     return found + settle(st, settings, "flat", after, now, sigma, scale)
+
+
+def jump_inside(st: DetectorState, after: LineFit, confirm: int) -> tuple[int, int] | None:
+    """The two neighbouring bins of the segment before the current knot (on the plateau's
+    stage) between which the series changes most toward the level of the plateau ``after``
+    it: a step between two estimates that a continuous fit, one bend at a time, follows only
+    with a bend on each side of it, so the segment, settled flat before the step arrived,
+    kept it."""
+    if st.prev_knot is None:
+        return None
+    start = max(st.prev_knot, bisect.bisect_left(st.bin_steps, st.stage_starts[-1]))
+    if st.knot - start < 1:
+        return None
+    y = np.asarray(st.bin_values[start : st.knot + 1])
+    toward = 1.0 if after.ybar > float(np.mean(y[:confirm])) else -1.0
+    j = start + 1 + int(np.argmax(toward * np.diff(y)))
+    return j - 1, j
 
 
 def move_plateau_end(

@@ -86,14 +86,16 @@ How it works:
    its rate in the last few estimates ends on a plateau; a rise or fall settled on its
    first bins is judged once more on all of them, so a move that slows to a creep after
    its first few estimates past the bend (settled, but at just over a quarter of the
-   rise's rate) ends on a plateau too. A short move between two plateaus (one or more
-   segments, each closed before ``confirm`` bins followed its knot, so never judged on its
-   own) is judged when the plateau after it settles, online or at train end
+   rise's rate) ends on a plateau too. A move between two plateaus that was never judged
+   (one or more segments, each closed before ``confirm`` bins followed its knot; or, with
+   none, the largest change between neighbouring bins of the segment before, a plateau
+   settled before a step arrived, which a continuous fit follows only with a bend on each
+   side) is judged when the plateau after it settles, online or at train end
    (:func:`~.announce.step_between_plateaus`): if it rises or falls against the first
    plateau's slope on that plateau's last bins (its settled line may hold the move's first
    estimate, which sets the bar to leave it too high), and the new plateau lies
    ``threshold`` noise levels or more from those bins, in the move's direction, it is a
-   step: the first plateau's end at the move's first knot, the second's start after it. An
+   step: the first plateau's end at the move's first bin, the second's start at its last. An
    excursion of an estimate or two returns to the old level, so it is no step.
 
 So nothing is announced from fewer than ``confirm`` bins after a bend (one fewer for a

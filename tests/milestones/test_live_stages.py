@@ -580,3 +580,53 @@ def test_a_step_over_two_short_segments_is_announced_online():
     assert ends, det.milestones
     assert abs(math.log10(ends[0].step / 872)) <= math.log10(1.5), ends
     assert ends[0].detected_at < 5000, ends
+
+
+# The same at the monitor's 30 fixed estimates, teacher (3, 1.6, 0.6), seed 7 (transitions at
+# steps 232, 631 and 1338): the LLC steps from 14.6 to 16.46 between 1266 and 1666.
+DLN_STEP_IN_PLATEAU = [
+    (1, [-0.088, -0.633], True),
+    (2, [-0.088, -0.633], True),
+    (3, [-0.087, -0.634], True),
+    (4, [-0.086, -0.634], True),
+    (5, [-0.086, -0.634], True),
+    (7, [-0.085, -0.633], True),
+    (9, [-0.084, -0.634], True),
+    (12, [-0.082, -0.636], True),
+    (16, [-0.081, -0.637], True),
+    (21, [-0.079, -0.638], True),
+    (27, [-0.076, -0.641], True),
+    (36, [-0.073, -0.646], True),
+    (47, [-0.068, -0.656], True),
+    (62, [-0.064, -0.672], True),
+    (81, [-0.063, -0.701], True),
+    (107, [-0.077, -0.771], True),
+    (141, [-0.183, -0.991], True),
+    (185, [-2.074, -3.149], True),
+    (243, [8.159, 9.022], False),
+    (320, [8.42, 9.21], False),
+    (422, [8.457, 9.168], False),
+    (555, [8.612, 8.795], False),
+    (731, [13.838, 14.817], False),
+    (962, [13.867, 14.805], False),
+    (1266, [14.2, 14.976], False),
+    (1666, [16.006, 16.913], False),
+    (2193, [16.001, 16.913], False),
+    (2886, [15.989, 16.921], False),
+    (3799, [16.004, 16.907], False),
+    (5000, [15.99, 16.916], False),
+]
+
+
+def test_a_step_inside_a_settled_plateau_is_announced_online():
+    """The plateau at 14.3 settles flat on three estimates (731, 962, 1266) before the third
+    transition's step arrives; a continuous fit follows a jump only with a bend on each side,
+    so the break that ends the plateau, found at 3799, lies past the step (2047), and no short
+    segment lies between the two plateaus. When the plateau after it settles, the largest
+    change between neighbouring estimates of the plateau's segment (1266 -> 1666) is judged
+    as the move: a step, the plateau's end at 1266, announced online."""
+    det, _ = replay_recorded(DLN_STEP_IN_PLATEAU)
+    ends = [m for m in det.milestones if m.kind == "plateau_end" and m.step > 1000]
+    assert ends, det.milestones
+    assert abs(math.log10(ends[0].step / 1338)) <= math.log10(1.5), ends
+    assert ends[0].detected_at < 5000, ends
