@@ -61,18 +61,19 @@ def run(
         extra_estimates=extra_estimates,
     )
     torch.manual_seed(seed)
-    trainer = L.Trainer(
-        max_steps=MAX_STEPS,
-        callbacks=[monitor],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.mkdtemp(prefix=f"dln_stages_{seed}_"),  # one per run
-    )
     loader = DataLoader(data, batch_size=256, shuffle=True, collate_fn=TeacherData.collate)
-    trainer.fit(model, loader)
+    with tempfile.TemporaryDirectory(prefix=f"dln_stages_{seed}_") as root:  # one per run
+        trainer = L.Trainer(
+            max_steps=MAX_STEPS,
+            callbacks=[monitor],
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+        )
+        trainer.fit(model, loader)
     return [t for t in transition_steps(model.modes) if t is not None], monitor
 
 

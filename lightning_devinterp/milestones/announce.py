@@ -96,7 +96,7 @@ def step_between_plateaus(
         a, b = inside
     else:
         return None
-    lo = max(a - settings.confirm, bisect.bisect_left(st.bin_steps, st.stage_starts[-1]))
+    lo = max(a - settings.confirm, st.first_bin_from(st.stage_starts[-1]))
     if lo >= a:
         return None  # a milestone lies at or after the move's start
     bins = st.bins(a, b)
@@ -123,7 +123,7 @@ def jump_inside(st: DetectorState, after: LineFit, confirm: int) -> tuple[int, i
     kept it."""
     if st.prev_knot is None:
         return None
-    start = max(st.prev_knot, bisect.bisect_left(st.bin_steps, st.stage_starts[-1]))
+    start = max(st.prev_knot, st.first_bin_from(st.stage_starts[-1]))
     if st.knot - start < 1:
         return None
     y = np.asarray(st.bin_values[start : st.knot + 1])
@@ -152,7 +152,7 @@ def move_plateau_end(
     span = st.bin_log_steps[st.knot] - st.bin_log_steps[st.prev_knot]
     if not sharper_bend(before, line.slope, span, settings.min_separation):
         return []
-    start = bisect.bisect_left(st.bin_steps, last.step)
+    start = st.first_bin_from(last.step)
     kind = milestone_kind("flat", st.trend, line.slope, settings.drop, scale)
     end = len(st.bin_values) - 1
     return move_to_bend(st, settings, (start, st.knot, end), kind, now, sigma, later_only=True)
@@ -169,7 +169,7 @@ def place_plateau_end_at_close(
     last = last_plateau_end(st)
     if last is None:
         return []
-    plateau = bisect.bisect_left(st.bin_steps, st.stage_starts[-2])
+    plateau = st.first_bin_from(st.stage_starts[-2])
     span = (plateau + 1, st.knot - 1, st.knot)
     return move_to_bend(st, settings, span, last.kind, now, sigma, later_only=False)
 
@@ -201,7 +201,7 @@ def move_to_bend(
     of slope there, between lines on the bins before and after it."""
     last = st.milestones[-1]
     first, last_bin, end = span
-    plateau = bisect.bisect_left(st.bin_steps, st.stage_starts[-2])
+    plateau = st.first_bin_from(st.stage_starts[-2])
     if last_bin < first:
         return []
     knot = best_knot(*st.bins(plateau, end), first - plateau, last_bin - plateau)
@@ -216,7 +216,7 @@ def move_to_bend(
     step = round(10**x)
     # lines on the bins up to the knot and from it (both hold a bin at the knot itself)
     before_line = line_fit(*st.bins(plateau, bisect.bisect_right(st.bin_steps, step) - 1))
-    after_line = line_fit(*st.bins(bisect.bisect_left(st.bin_steps, step), end))
+    after_line = line_fit(*st.bins(st.first_bin_from(step), end))
     evidence = slope_change_z((before_line.slope, before_line.root_sxx), after_line, sigma)
     moved = Milestone(step, now, kind, value, settings.series, evidence, revises=last.step)
     st.move_last(moved, x)

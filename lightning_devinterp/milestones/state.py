@@ -166,6 +166,10 @@ class DetectorState:
         self.last_milestone_log_step = log_step
         return milestone
 
+    def first_bin_from(self, step: int) -> int:
+        """Index of the first closed bin at or after ``step`` (the number of bins if none)."""
+        return bisect.bisect_left(self.bin_steps, step)
+
     def place_knot(self, index: int, value: float, log_step: float) -> None:
         """Puts the current knot at bin ``index``, its fitted ``value`` and its place
         ``log_step`` between bins."""
