@@ -225,6 +225,17 @@ class ScheduledAnalysis(Callback):
         self.recorder = Recorder(
             path, type(self).__name__, trainer.loggers, enabled=trainer.is_global_zero
         )
+        self.recorder.claim()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.recorder.release()
+
+    @override
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        self.recorder.release()
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no check for a second writer
+    fcntl = None  # type: ignore[assignment]
 
 
 class JsonlWriter:
@@ -19,6 +25,43 @@ class JsonlWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: IO[str] | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        """``<file>.lock``: held by the process writing the file, with its pid inside."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    def claim(self) -> None:
+        """Hold :attr:`lock_path` until :meth:`release` (or this process ends), so that a
+        second run writing the same file at the same time is refused instead of mixing its
+        records into this one's."""
+        if fcntl is None or self._lock is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_path.open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise RuntimeError(
+                f"{self.path} is being written by another training run (process {holder}). "
+                "Give each run that trains at the same time its own folder: "
+                "Trainer(default_root_dir=...), a logger (each version is a folder of its own) "
+                "or the monitor's output_dir=..."
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let another run write the file (the lock file stays behind: only a held lock counts)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def rewrite(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Make the file hold exactly ``records``, keeping any other content in a backup.

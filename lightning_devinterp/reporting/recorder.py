@@ -58,6 +58,16 @@ class Recorder:
             layout.update(curve_layout(self.groups, family))
         return layout
 
+    def claim(self) -> None:
+        """Refuse to share the file with another run writing it now (:meth:`JsonlWriter.claim`)."""
+        if self.enabled and self.writer is not None:
+            self.writer.claim()
+
+    def release(self) -> None:
+        """Let another run write the file."""
+        if self.writer is not None:
+            self.writer.release()
+
     def rewrite(self, history: Iterable[Mapping[str, Any]]) -> None:
         """Make the file hold exactly ``history`` (a resumed run drops later, lost records)."""
         if self.enabled and self.writer is not None:

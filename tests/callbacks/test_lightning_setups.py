@@ -1,7 +1,11 @@
 """Training setups a user already has: manual optimization, a training_step that reads the
-trainer, true-precision plugins, steps that jump, two monitors, a Hugging Face model."""
+trainer, true-precision plugins, steps that jump, two monitors, two runs in one folder, a
+Hugging Face model."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import lightning as L
 import pytest
@@ -10,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp.reporting import read_jsonl
 from tests.helpers import RegressionModule, mse_loss, trainer
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=8)
@@ -117,6 +122,51 @@ def test_two_monitors_with_one_name_get_an_error_naming_name(tmp_path):
     named = [LLCMonitor(every_n_steps=3, **FAST), LLCMonitor(every_n_steps=2, name="b", **FAST)]
     fit(tmp_path / "named", RegressionModule, named)
     assert [len(m.history) for m in named] == [2, 3]
+
+
+HOLD_THE_FILE = """
+import sys
+from lightning_devinterp.reporting.jsonl import JsonlWriter
+writer = JsonlWriter(sys.argv[1])
+writer.claim()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_run_writing_the_same_folder_is_refused_naming_the_fix(tmp_path):
+    path = tmp_path / "devinterp" / "llc.jsonl"
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_FILE, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"another training run \(process {other.pid}\)"):
+            fit(tmp_path, RegressionModule, [LLCMonitor(every_n_steps=3, **FAST)])
+        assert not path.exists()
+    finally:
+        other.communicate("")
+    monitor = LLCMonitor(every_n_steps=3, **FAST)
+    fit(tmp_path, RegressionModule, [monitor])
+    assert len(read_jsonl(path)) == len(monitor.history) == 2
+
+
+class FailsAtStep4(RegressionModule):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise RuntimeError("the user's bug")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_run_lets_the_next_run_write_its_folder(tmp_path):
+    failed = LLCMonitor(every_n_steps=3, **FAST)
+    with pytest.raises(RuntimeError, match="the user's bug"):
+        fit(tmp_path, FailsAtStep4, [failed])
+    assert [r["step"] for r in failed.history] == [3]
+    monitor = LLCMonitor(every_n_steps=3, **FAST)
+    fit(tmp_path, RegressionModule, [monitor])
+    assert [r["step"] for r in read_jsonl(tmp_path / "devinterp" / "llc.jsonl")] == [3, 6]
 
 
 class TinyGPT2(L.LightningModule):
