@@ -8,6 +8,12 @@ Prints the lines of each run and the totals of each series.
     python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run
     python benchmarks/dln_stages.py --num-estimates 21 --extra-estimates 9   # adaptive
     python benchmarks/dln_stages.py --spectrum 4 1.5 0.5 --spectrum 2 0.7 0.25  # other teachers
+    python benchmarks/dln_stages.py --save runs/      # also keep each run's records
+    python benchmarks/dln_stages.py --replay runs/    # score the LLC detector on them again
+
+``--replay`` trains nothing: it feeds the saved records to a fresh detector (a change to the
+LLC's milestone rule is scored in seconds) and reports the training loss's milestones as
+saved (the adaptive schedule follows them, so a change there needs the runs trained again).
 
 The totals line also gives the estimates taken and the SGLD steps they cost (the adaptive
 schedule's budget is compared with the fixed one's there).
@@ -16,9 +22,11 @@ schedule's budget is compared with the fixed one's there).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -32,7 +40,7 @@ from lightning_devinterp.demos.deep_linear import (
     half_mse,
     transition_steps,
 )
-from lightning_devinterp.milestones import Milestone
+from lightning_devinterp.milestones import Milestone, MilestoneTracker
 
 SPECTRA = {"ratio 3": (3.0, 1.0, 0.33), "ratio 4": (3.0, 0.75, 0.19), "ratio 2.5": (3.0, 1.2, 0.48)}
 TOL = math.log10(1.5)
@@ -121,6 +129,48 @@ class Totals:
         )
 
 
+def trained_runs(args: argparse.Namespace):
+    """Train each (spectrum, seed); yield its name, transitions, records and milestones (saved
+    to ``args.save`` when given)."""
+    spectra = SPECTRA
+    if args.spectrum:
+        spectra = {" ".join(f"{s:g}" for s in values): tuple(values) for values in args.spectrum}
+    for name, spectrum in spectra.items():
+        for seed in args.seeds:
+            transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
+            label = f"{name} seed {seed}"
+            found = {s: [m for m in monitor.milestones if m.series == s] for s in SERIES}
+            found["llc refined"] = monitor.tracker.detector_of("llc").refined
+            if args.save:
+                saved = {
+                    "label": label,
+                    "transitions": transitions,
+                    "history": monitor.history,
+                    "train_loss": [m.to_dict() for m in found["train_loss"]],
+                }
+                path = Path(args.save) / f"{label.replace(' ', '_')}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(saved))
+            yield label, transitions, monitor.history, found
+
+
+def replayed_runs(folder: str):
+    """The runs saved in ``folder``, their LLC milestones found again from the records."""
+    for path in sorted(Path(folder).glob("*.json")):
+        saved = json.loads(path.read_text())
+        tracker = MilestoneTracker("llc")
+        for record in saved["history"]:
+            tracker.update(record["step"], record)
+        tracker.finish()
+        detector = tracker.detector_of("llc")
+        found = {
+            "llc": detector.milestones,
+            "llc refined": detector.refine(),
+            "train_loss": [Milestone.from_dict(m) for m in saved["train_loss"]],
+        }
+        yield saved["label"], saved["transitions"], saved["history"], found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num-estimates", type=int, default=30)
@@ -130,25 +180,20 @@ def main() -> None:
         "--spectrum", type=float, nargs="+", action="append", metavar="S",
         help="a teacher's singular values, largest first (repeat for several; default: SPECTRA)",
     )  # fmt: skip
+    parser.add_argument("--save", metavar="DIR", help="keep each run's records in DIR")
+    parser.add_argument("--replay", metavar="DIR", help="score the runs saved in DIR")
     args = parser.parse_args()
-    spectra = SPECTRA
-    if args.spectrum:
-        spectra = {" ".join(f"{s:g}" for s in values): tuple(values) for values in args.spectrum}
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     totals = {series: Totals() for series in SERIES}
     estimates = 0
-    for name, spectrum in spectra.items():
-        for seed in args.seeds:
-            transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
-            estimates += len(monitor.history)
-            steps = [r["step"] for r in monitor.history]
-            print(f"{name} seed {seed}: transitions {transitions}", flush=True)
-            refined = monitor.tracker.detector_of("llc").refined
-            for series, total in totals.items():
-                online = [m for m in monitor.milestones if m.series == series]
-                found = refined if series == "llc refined" else online
-                print(f"  {series}: {total.add(transitions, found, steps)}", flush=True)
+    runs = replayed_runs(args.replay) if args.replay else trained_runs(args)
+    for label, transitions, history, found in runs:
+        estimates += len(history)
+        steps = [r["step"] for r in history]
+        print(f"{label}: transitions {transitions}", flush=True)
+        for series, total in totals.items():
+            print(f"  {series}: {total.add(transitions, found[series], steps)}", flush=True)
     for series, total in totals.items():
         print(f"{series}: {total.summary()}")
     print(f"{estimates} estimates, {estimates * STEPS_PER_ESTIMATE} SGLD steps")

@@ -96,7 +96,10 @@ def step_between_plateaus(
         a, b = inside
     else:
         return None
-    lo = max(a - settings.confirm, st.first_bin_from(st.stage_starts[-1]))
+    start = st.first_bin_from(st.stage_starts[-1])
+    if len(st.stage_starts) > 1 and st.milestones[-1].kind != "plateau_start":
+        start += 1  # a stage that turned flat after its milestone: that bin is the corner
+    lo = max(a - settings.confirm, start)
     if lo >= a:
         return None  # a milestone lies at or after the move's start
     bins = st.bins(a, b)
@@ -202,6 +205,8 @@ def move_to_bend(
     last = st.milestones[-1]
     first, last_bin, end = span
     plateau = st.first_bin_from(st.stage_starts[-2])
+    if st.plateau_transient_until is not None:  # the plateau's transient points stay in it
+        first = max(first, bisect.bisect_right(st.bin_steps, st.plateau_transient_until) - 1)
     if last_bin < first:
         return []
     knot = best_knot(*st.bins(plateau, end), first - plateau, last_bin - plateau)

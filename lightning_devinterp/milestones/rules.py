@@ -66,7 +66,10 @@ How it works:
    ``drop`` is set and the series leaves the plateau falling at least ``drop`` times
    its mean slope: the loss-curve signature of a new stage). One at or before the last
    transient point is held back, except a plateau's start, which moves to the first point
-   after the transient ones. ``detected_at`` is the
+   after the transient ones, and a plateau's end at that point itself: a plateau of
+   transient estimates (a network's first saddle, where the LLC reads negative) ended
+   there, and every point that confirms it came after; the placements below never move it
+   back among its plateau's transient points. ``detected_at`` is the
    step of the point whose arrival settled it. A milestone closer than
    ``min_separation`` decades to the previous one is not announced; the current stage
    takes the newer trend instead. A trend that goes on over four times steeper
@@ -95,8 +98,10 @@ How it works:
    plateau's slope on that plateau's last bins (its settled line may hold the move's first
    estimate, which sets the bar to leave it too high), and the new plateau lies
    ``threshold`` noise levels or more from those bins, in the move's direction, it is a
-   step: the first plateau's end at the move's first bin, the second's start at its last. An
-   excursion of an estimate or two returns to the old level, so it is no step.
+   step: the first plateau's end at the move's first bin, the second's start at its last
+   (a first plateau whose start was too close to the milestone before it to be announced is
+   judged from the bin after that milestone, the corner below it). An excursion of an
+   estimate or two returns to the old level, so it is no step.
 
 So nothing is announced from fewer than ``confirm`` bins after a bend (one fewer for a
 strong bend; no edge effect), a straight or gently curving series gives no milestone, and

@@ -13,10 +13,11 @@ import numpy as np
 from lightning_devinterp.milestones.fit import norm_residual
 from lightning_devinterp.milestones.records import Milestone, Stage
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 #: the version that added each field after the first (an earlier state starts it at its
 #: default): 3 the chains' noise and the settled slope, 4 the knot's place between bins, 5
-#: the steepest slope of the current rise or fall, 6 the first knot of the short segments
+#: the steepest slope of the current rise or fall, 6 the first knot of the short segments,
+#: 7 the last transient point of the plateau the last milestone ended
 FIELD_VERSION = {
     "last_chains": 3,
     "chain_variances": 3,
@@ -28,6 +29,7 @@ FIELD_VERSION = {
     "knot_log_step": 4,
     "move_slope": 5,
     "short_since": 6,
+    "plateau_transient_until": 7,
 }
 
 
@@ -107,6 +109,7 @@ class DetectorState:
     stage_trends: list[str] = field(default_factory=list)  # trend of each stage
     refined: list[Milestone] = field(default_factory=list)  # of the last refine()
     transient_until: int | None = None  # last step whose estimate was transient
+    plateau_transient_until: int | None = None  # the same, in the plateau the last milestone ended
     held_back: list[Milestone] = field(default_factory=list)  # found among transient points
 
     def add_point(
@@ -152,14 +155,19 @@ class DetectorState:
         """Keeps a milestone (at ``log_step``), opens the stage of trend ``after`` and returns
         the milestone kept. One at or before the last transient point is held back instead
         (returns None), except a plateau's start, which moves to the first bin after the
-        transient points (the stable stage that follows a transient excursion starts there)."""
-        if self.transient_until is not None and milestone.step <= self.transient_until:
-            first = bisect.bisect_right(self.bin_steps, self.transient_until)
+        transient points (the stable stage that follows a transient excursion starts there),
+        and a plateau's end at that point itself (the transient stage ended there; every point
+        that confirmed it came after)."""
+        ends = milestone.kind in ("plateau_end", "drop")
+        until = self.transient_until
+        if until is not None and (milestone.step < until or (milestone.step == until and not ends)):
+            first = bisect.bisect_right(self.bin_steps, until)
             if milestone.kind != "plateau_start" or first >= len(self.bin_steps):
                 self.held_back.append(milestone)
                 return None
             milestone = replace(milestone, step=self.bin_steps[first], value=self.bin_values[first])
             log_step = self.bin_log_steps[first]
+        self.plateau_transient_until = until if ends else None
         self.milestones.append(milestone)
         self.stage_starts.append(milestone.step)
         self.stage_trends.append(after)

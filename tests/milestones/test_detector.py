@@ -386,6 +386,25 @@ def test_a_step_between_two_estimates_is_announced_when_the_plateau_after_it_set
     assert end.detected_at == start.detected_at <= steps[13 + gap] < steps[-1]
 
 
+def test_a_step_after_a_plateau_too_short_to_announce_is_judged_from_that_plateau():
+    """A jump by 10 at the seventh of 30 estimates, then a step by 2.5 two estimates later.
+    The plateau between them starts too close to the jump's plateau end to be announced, so
+    its stage starts at that milestone, on the corner bin below the jump: the step is judged
+    against the plateau's own bins from the one after it, not a slope that holds the jump."""
+    steps = np.unique(np.round(np.geomspace(1, 5000, 30)).astype(int))
+    values = np.zeros(len(steps))
+    values[6:] = 10.0
+    values[8:] = 12.5
+    values += 0.05 * np.random.default_rng(0).standard_normal(len(steps))
+    det = run_detector(steps, values, noise=0.05)
+    found = [(m.kind, m.step) for m in det.milestones]
+    assert found == [
+        ("plateau_end", steps[5]),
+        ("plateau_end", steps[7]),
+        ("plateau_start", steps[8]),
+    ], det.milestones
+
+
 def test_a_rise_that_slows_in_steps_reaches_a_plateau_against_its_steepest_slope():
     """A rise at 10 per decade slows to 4 (0.4 of it: still a rise), then to 1.5 (0.375 of the
     4, but 0.15 of the rise's steepest slope): a plateau from the second bend. Slowing to 3
@@ -529,12 +548,13 @@ def test_a_version_1_state_dict_resumes_the_same_run():
         assert resumed.refine() == full.refine()
 
 
-@pytest.mark.parametrize("version", [3, 4, 5])
-def test_a_version_3_to_5_state_dict_resumes_the_same_run(version):
+@pytest.mark.parametrize("version", [3, 4, 5, 6])
+def test_a_version_3_to_6_state_dict_resumes_the_same_run(version):
     """Version 3 did not keep the knot's place between bins (it starts unknown: the knot's bin,
     set again at the next verdict), nor version 4 the steepest slope of the current move (the
     last settled slope stands for it until the next one), nor version 5 the first knot of the
-    short segments just before the current one (none, until the next short one)."""
+    short segments just before the current one (none, until the next short one), nor version
+    6 the last transient point of the plateau the last milestone ended (none)."""
     steps = log_steps(200)
     kx, ky = CURVES["llc-like"]
     values = np.interp(np.log10(steps), kx, ky)

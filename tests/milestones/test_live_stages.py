@@ -523,19 +523,74 @@ DLN_STEP = [
 ]
 
 
+def test_the_end_of_a_transient_plateau_is_announced_at_its_last_transient_estimate():
+    """The LLC is negative (transient) up to step 195, then 10.9 from 219: the plateau of
+    transient estimates ended at 195, and every estimate that confirms it came after. It is
+    announced there (the first transition, 193), not held back with the transient ones."""
+    det, _ = replay_recorded(DLN_STEP)
+    first = det.milestones[0]
+    assert (first.kind, first.step, first.detected_at) == ("plateau_end", 195, 240), first
+    assert not det.held_back, det.held_back
+
+
 def test_a_step_between_two_estimates_is_announced_online():
     """The plateau at 10.9 was settled flat next to the jump onto it with the step's first
     estimate (16.1 at 439) in its line, 18 per decade, a bar of 72 per decade to leave it;
     the step, 30 per decade, one estimate long, was never judged on its own, and the second
     transition was never announced. Judged when the plateau after it settles, against the
     first plateau's last estimates (0.3 per decade), it is a step: the plateau's end at 292,
-    announced online at step 525."""
+    announced online at step 525. (The plateau at 10.9 starts too close to the transient
+    plateau's end at 195 to be announced: its stage is judged from the estimate after 195.)"""
     det, _ = replay_recorded(DLN_STEP)
-    ends = [m for m in det.milestones if m.kind == "plateau_end"]
+    ends = [m for m in det.milestones if m.kind == "plateau_end" and m.step > 195]
     assert ends, det.milestones
     end = ends[0]
     assert abs(math.log10(end.step / 413)) <= math.log10(1.5), end
     assert end.detected_at <= 658, end
+
+
+# Teacher (3.5, 1.2, 0.3), seed 12, adaptive schedule (transitions at 277, 533 and 3193): the
+# LLC slightly negative (transient) up to 195, 11 from 292, 15.4 from 603.
+DLN_TRANSIENT_END = [
+    (1, [0.118, -0.13], True),
+    (2, [0.118, -0.13], True),
+    (3, [0.119, -0.13], True),
+    (5, [0.118, -0.131], True),
+    (8, [0.119, -0.132], True),
+    (11, [0.118, -0.132], True),
+    (17, [0.118, -0.134], True),
+    (26, [0.119, -0.137], True),
+    (38, [0.119, -0.141], True),
+    (58, [0.12, -0.151], True),
+    (87, [0.123, -0.166], True),
+    (130, [0.129, -0.198], True),
+    (195, [0.064, -0.296], True),
+    (292, [10.834, 11.071], False),
+    (317, [10.943, 11.078], False),
+    (347, [10.958, 11.033], False),
+    (439, [11.053, 10.433], False),
+    (550, [14.998, 14.825], False),
+    (603, [15.287, 15.471], False),
+    (658, [15.261, 15.47], False),
+    (987, [15.259, 15.47], False),
+    (1481, [15.258, 15.479], False),
+    (2222, [15.254, 15.459], False),
+    (3163, [15.691, 15.924], False),
+    (3333, [16.399, 16.498], False),
+    (3803, [16.472, 16.601], False),
+    (5000, [16.477, 16.603], False),
+]
+
+
+def test_the_end_of_a_transient_plateau_is_not_moved_into_it():
+    """The transient plateau's end, announced at its last estimate (195), is placed again when
+    the rise closes (at 1481) by a line bent once over the plateau and the whole rise, which
+    would move it to 149, among the transient estimates (no transition there): the plateau's
+    transient estimates stay in it, so the end stays at 195 (the transition at 277)."""
+    det, announced = replay_recorded(DLN_TRANSIENT_END)
+    ends = [m for m in announced if m.kind == "plateau_end" and m.step < 277]
+    assert [(m.step, m.detected_at) for m in ends] == [(195, 317)], announced
+    assert det.milestones[0] == ends[0], det.milestones
 
 
 # The same with teacher (2, 0.7, 0.25), seed 9 (transitions at steps 381 and 872): the LLC
