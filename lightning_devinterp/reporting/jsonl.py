@@ -42,7 +42,7 @@ class JsonlWriter:
         lock = self.lock_path.open("a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             lock.close()
@@ -52,6 +52,9 @@ class JsonlWriter:
                 "Trainer(default_root_dir=...), a logger (each version is a folder of its own) "
                 "or the monitor's output_dir=..."
             ) from None
+        except OSError:  # a file system without locks (some network mounts): no check
+            lock.close()
+            return
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
         lock.flush()
