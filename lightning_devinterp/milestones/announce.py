@@ -104,9 +104,10 @@ def step_between_plateaus(
         return None  # a milestone lies at or after the move's start
     bins = st.bins(a, b)
     move = line_fit(*bins)
-    previous = ("flat", line_fit(*st.bins(lo, a)).slope)
+    before = line_fit(*st.bins(lo, a))  # the old plateau's last bins, weighted as the new one's
+    previous = ("flat", before.slope)
     trend = trend_verdict(move, sigma, settings.flat * scale, bins, settings, previous)
-    jump = after.ybar - float(np.mean(st.bin_values[lo : a + 1]))
+    jump = after.ybar - before.ybar
     if trend not in ("rising", "falling") or (jump > 0) != (trend == "rising"):
         return None
     if abs(jump) < settings.threshold * sigma:
