@@ -8,6 +8,7 @@ Prints the lines of each run and the totals of each series.
     python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run
     python benchmarks/dln_stages.py --num-estimates 21 --extra-estimates 9   # adaptive
     python benchmarks/dln_stages.py --spectrum 4 1.5 0.5 --spectrum 2 0.7 0.25  # other teachers
+    python benchmarks/dln_stages.py --max-steps 15000 --lr 0.01  # a slower run, transitions later
     python benchmarks/dln_stages.py --save runs/      # also keep each run's records
     python benchmarks/dln_stages.py --replay runs/    # score the LLC detector on them again
 
@@ -48,15 +49,21 @@ TOL = math.log10(1.5)
 #: (its milestones come first).
 SERIES = ("llc", "llc refined", "train_loss")
 MAX_STEPS = 5000
+LR = 0.03
 #: SGLD steps of one estimate: 2 chains of 50 burn-in and 100 draws.
 STEPS_PER_ESTIMATE = 2 * 150
 
 
 def run(
-    seed: int, spectrum: tuple[float, ...], num_estimates: int = 30, extra_estimates: int = 0
+    seed: int,
+    spectrum: tuple[float, ...],
+    num_estimates: int = 30,
+    extra_estimates: int = 0,
+    max_steps: int = MAX_STEPS,
+    lr: float = LR,
 ) -> tuple[list[int], LLCMonitor]:
     data = TeacherData(4096, input_dim=16, output_dim=16, singular_values=spectrum, seed=seed)
-    model = DeepLinearNetwork((16, 4, 4, 16), init_scale=0.03, lr=0.03, seed=seed, data=data)
+    model = DeepLinearNetwork((16, 4, 4, 16), init_scale=0.03, lr=lr, seed=seed, data=data)
     monitor = LLCMonitor(
         SGLD(lr=8e-4, nbeta=30.0, localization=100.0),
         num_chains=2,
@@ -72,7 +79,7 @@ def run(
     loader = DataLoader(data, batch_size=256, shuffle=True, collate_fn=TeacherData.collate)
     with tempfile.TemporaryDirectory(prefix=f"dln_stages_{seed}_") as root:  # one per run
         trainer = L.Trainer(
-            max_steps=MAX_STEPS,
+            max_steps=max_steps,
             callbacks=[monitor],
             accelerator="cpu",
             logger=False,
@@ -137,7 +144,9 @@ def trained_runs(args: argparse.Namespace):
         spectra = {" ".join(f"{s:g}" for s in values): tuple(values) for values in args.spectrum}
     for name, spectrum in spectra.items():
         for seed in args.seeds:
-            transitions, monitor = run(seed, spectrum, args.num_estimates, args.extra_estimates)
+            transitions, monitor = run(
+                seed, spectrum, args.num_estimates, args.extra_estimates, args.max_steps, args.lr
+            )
             label = f"{name} seed {seed}"
             found = {s: [m for m in monitor.milestones if m.series == s] for s in SERIES}
             found["llc refined"] = monitor.tracker.detector_of("llc").refined
@@ -180,6 +189,8 @@ def main() -> None:
         "--spectrum", type=float, nargs="+", action="append", metavar="S",
         help="a teacher's singular values, largest first (repeat for several; default: SPECTRA)",
     )  # fmt: skip
+    parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
+    parser.add_argument("--lr", type=float, default=LR, help="the network's learning rate")
     parser.add_argument("--save", metavar="DIR", help="keep each run's records in DIR")
     parser.add_argument("--replay", metavar="DIR", help="score the runs saved in DIR")
     args = parser.parse_args()
