@@ -15,6 +15,7 @@ import numpy as np
 from lightning_devinterp.milestones.fit import LineFit, best_knot, line_fit
 from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
+    RELATIVE,
     flat_next_to,
     milestone_kind,
     sharper_bend,
@@ -80,8 +81,11 @@ def step_between_plateaus(
 ) -> list[Milestone] | None:
     """A plateau settled after a plateau, ``after`` its line, with a move between them that was
     never judged: the segments since ``short_since`` (each closed before ``confirm`` bins
-    followed its knot: a one-estimate excursion is no peak and trough), or else the largest
-    change between neighbouring bins of the segment before (:func:`jump_inside`). The move is
+    followed its knot: a one-estimate excursion is no peak and trough), unless the first
+    plateau's own bins hold a change between neighbours that those segments move less than
+    :data:`RELATIVE` times (:func:`largest_change`; the short segments are then the new
+    plateau's first bins, a creep after the step), or, with no short segment, the largest
+    change between neighbouring bins of the segment before. The move is
     a step if it rises or falls against the old plateau's slope on its last ``confirm`` bins
     (its settled line may hold the move's first estimate) and the new plateau lies
     ``threshold`` noise levels or more from those bins in the move's direction (an excursion
@@ -90,15 +94,20 @@ def step_between_plateaus(
     settled then)."""
     if st.stage_trends[-1] != "flat":
         return None
-    if st.short_since is not None:
-        a, b = st.short_since, st.knot
-    elif (inside := jump_inside(st, after, settings.confirm)) is not None:
-        a, b = inside
-    else:
-        return None
     start = st.first_bin_from(st.stage_starts[-1])
     if len(st.stage_starts) > 1 and st.milestones[-1].kind != "plateau_start":
         start += 1  # a stage that turned flat after its milestone: that bin is the corner
+    if st.short_since is not None:
+        a, b = st.short_since, st.knot
+        inside = largest_change(st, after, start, a, settings.confirm)
+        if change(st, a, b) < RELATIVE * change(st, *inside):
+            a, b = inside
+    elif st.prev_knot is not None:
+        a, b = largest_change(st, after, max(st.prev_knot, start), st.knot, settings.confirm)
+    else:
+        return None
+    if b <= a:
+        return None
     lo = max(a - settings.confirm, start)
     if lo >= a:
         return None  # a milestone lies at or after the move's start
@@ -119,21 +128,24 @@ def step_between_plateaus(
     return found + settle(st, settings, "flat", after, now, sigma, scale)
 
 
-def jump_inside(st: DetectorState, after: LineFit, confirm: int) -> tuple[int, int] | None:
-    """The two neighbouring bins of the segment before the current knot (on the plateau's
-    stage) between which the series changes most toward the level of the plateau ``after``
-    it: a step between two estimates that a continuous fit, one bend at a time, follows only
-    with a bend on each side of it, so the segment, settled flat before the step arrived,
-    kept it."""
-    if st.prev_knot is None:
-        return None
-    start = max(st.prev_knot, st.first_bin_from(st.stage_starts[-1]))
-    if st.knot - start < 1:
-        return None
-    y = np.asarray(st.bin_values[start : st.knot + 1])
+def largest_change(
+    st: DetectorState, after: LineFit, start: int, end: int, confirm: int
+) -> tuple[int, int]:
+    """The two neighbouring bins between bins ``start`` and ``end`` between which the series
+    changes most toward the level of the plateau ``after`` them (``(end, end)`` when there is
+    one bin): a step between two estimates, which a continuous fit, one bend at a time, follows
+    only with a bend on each side of it, so the segment settled flat before it kept it."""
+    if end - start < 1:
+        return end, end
+    y = np.asarray(st.bin_values[start : end + 1])
     toward = 1.0 if after.ybar > float(np.mean(y[:confirm])) else -1.0
     j = start + 1 + int(np.argmax(toward * np.diff(y)))
     return j - 1, j
+
+
+def change(st: DetectorState, a: int, b: int) -> float:
+    """How far the series moves from bin ``a`` to bin ``b``."""
+    return abs(st.bin_values[b] - st.bin_values[a])
 
 
 def move_plateau_end(

@@ -93,7 +93,9 @@ How it works:
    (one or more segments, each closed before ``confirm`` bins followed its knot; or, with
    none, the largest change between neighbouring bins of the segment before, a plateau
    settled before a step arrived, which a continuous fit follows only with a bend on each
-   side) is judged when the plateau after it settles, online or at train end
+   side; or that change in the first plateau's bins when the short segments after it move
+   less than :data:`RELATIVE` times as far, a creep onto the new level) is judged when the
+   plateau after it settles, online or at train end
    (:func:`~.announce.step_between_plateaus`): if it rises or falls against the first
    plateau's slope on that plateau's last bins (its settled line may hold the move's first
    estimate, which sets the bar to leave it too high), and the new plateau lies

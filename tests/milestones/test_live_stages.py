@@ -549,6 +549,44 @@ def test_a_step_between_two_estimates_is_announced_online():
     assert end.detected_at <= 658, end
 
 
+# Teacher (3, 1, 0.33), seed 1, a slower training (10,000 steps, lr 0.015; transitions at 576
+# and 1182), the monitor's 30 estimates: a plateau at 8.4 on two estimates (690, 928), a step
+# to 11.8 at 1250, a creep to 12.04 at 1682, flat after.
+DLN_STEP_BEFORE_A_CREEP = [
+    *[(s, [-0.09, 0.085], True) for s in (1, 2, 3, 4, 6, 8, 11, 14, 20, 26, 35, 48, 64, 86)],
+    (116, [-0.094, 0.087], True),
+    (156, [-0.097, 0.087], True),
+    (210, [-0.103, 0.087], True),
+    (283, [-0.12, 0.085], True),
+    (381, [-0.195, 0.056], True),
+    (512, [-5.107, -4.721], True),
+    (690, [8.952, 8.017], False),
+    (928, [8.912, 7.782], False),
+    (1250, [12.181, 11.384], False),
+    (1682, [12.436, 11.641], False),
+    (2264, [12.435, 11.639], False),
+    (3047, [12.437, 11.637], False),
+    (4101, [12.439, 11.643], False),
+    (5520, [12.436, 11.647], False),
+    (7430, [12.445, 11.654], False),
+    (10000, [12.552, 11.763], False),
+]
+
+
+def test_a_step_inside_a_plateau_before_a_short_creep_is_the_move():
+    """The plateau at 8.4 ends in its own segment with the step (928 -> 1250); the creep after
+    it (1250 -> 1682) is a short segment. Judged as the move, the creep (0.26) is no step; the
+    step inside the plateau's bins, larger, is: the plateau's end at 928 for the transition at
+    1182, the next plateau's start at 1250, online at step 3047."""
+    det, _ = replay_recorded(DLN_STEP_BEFORE_A_CREEP)
+    found = [(m.kind, m.step, m.detected_at) for m in det.milestones]
+    assert found == [
+        ("plateau_start", 690, 1682),
+        ("plateau_end", 928, 3047),
+        ("plateau_start", 1250, 3047),
+    ], det.milestones
+
+
 # Teacher (3.5, 1.2, 0.3), seed 12, adaptive schedule (transitions at 277, 533 and 3193): the
 # LLC slightly negative (transient) up to 195, 11 from 292, 15.4 from 603.
 DLN_TRANSIENT_END = [
