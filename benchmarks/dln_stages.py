@@ -9,6 +9,7 @@ Prints the lines of each run and the totals of each series.
     python benchmarks/dln_stages.py --num-estimates 21 --extra-estimates 9   # adaptive
     python benchmarks/dln_stages.py --spectrum 4 1.5 0.5 --spectrum 2 0.7 0.25  # other teachers
     python benchmarks/dln_stages.py --max-steps 15000 --lr 0.01  # a slower run, transitions later
+    python benchmarks/dln_stages.py --every-n-steps 100   # a linear schedule (50 estimates)
     python benchmarks/dln_stages.py --save runs/      # also keep each run's records
     python benchmarks/dln_stages.py --replay runs/    # score the LLC detector on them again
 
@@ -61,6 +62,7 @@ def run(
     extra_estimates: int = 0,
     max_steps: int = MAX_STEPS,
     lr: float = LR,
+    every_n_steps: int | None = None,
 ) -> tuple[list[int], LLCMonitor]:
     data = TeacherData(4096, input_dim=16, output_dim=16, singular_values=spectrum, seed=seed)
     model = DeepLinearNetwork((16, 4, 4, 16), init_scale=0.03, lr=lr, seed=seed, data=data)
@@ -72,7 +74,8 @@ def run(
         init_loss_batches=4,
         loss_fn=half_mse,
         seed=seed,
-        num_estimates=num_estimates,
+        num_estimates=None if every_n_steps else num_estimates,
+        every_n_steps=every_n_steps,
         extra_estimates=extra_estimates,
     )
     torch.manual_seed(seed)
@@ -145,7 +148,13 @@ def trained_runs(args: argparse.Namespace):
     for name, spectrum in spectra.items():
         for seed in args.seeds:
             transitions, monitor = run(
-                seed, spectrum, args.num_estimates, args.extra_estimates, args.max_steps, args.lr
+                seed,
+                spectrum,
+                args.num_estimates,
+                args.extra_estimates,
+                args.max_steps,
+                args.lr,
+                args.every_n_steps,
             )
             label = f"{name} seed {seed}"
             found = {s: [m for m in monitor.milestones if m.series == s] for s in SERIES}
@@ -190,6 +199,9 @@ def main() -> None:
         help="a teacher's singular values, largest first (repeat for several; default: SPECTRA)",
     )  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
+    parser.add_argument(
+        "--every-n-steps", type=int, help="a linear schedule instead of --num-estimates"
+    )
     parser.add_argument("--lr", type=float, default=LR, help="the network's learning rate")
     parser.add_argument("--save", metavar="DIR", help="keep each run's records in DIR")
     parser.add_argument("--replay", metavar="DIR", help="score the runs saved in DIR")
