@@ -7,7 +7,6 @@ is the series' mean slope (:func:`~.rules.mean_slope`), whose ``flat`` times is 
 
 from __future__ import annotations
 
-import bisect
 import math
 
 import numpy as np
@@ -219,7 +218,7 @@ def move_to_bend(
     first, last_bin, end = span
     plateau = st.first_bin_from(st.stage_starts[-2])
     if st.plateau_transient_until is not None:  # the plateau's transient points stay in it
-        first = max(first, bisect.bisect_right(st.bin_steps, st.plateau_transient_until) - 1)
+        first = max(first, st.last_bin_to(st.plateau_transient_until))
     if last_bin < first:
         return []
     knot = best_knot(*st.bins(plateau, end), first - plateau, last_bin - plateau)
@@ -233,7 +232,7 @@ def move_to_bend(
         return []
     step = round(10**x)
     # lines on the bins up to the knot and from it (both hold a bin at the knot itself)
-    before_line = line_fit(*st.bins(plateau, bisect.bisect_right(st.bin_steps, step) - 1))
+    before_line = line_fit(*st.bins(plateau, st.last_bin_to(step)))
     after_line = line_fit(*st.bins(st.first_bin_from(step), end))
     evidence = slope_change_z((before_line.slope, before_line.root_sxx), after_line, sigma)
     moved = Milestone(step, now, kind, value, settings.series, evidence, revises=last.step)

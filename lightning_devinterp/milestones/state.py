@@ -161,7 +161,7 @@ class DetectorState:
         ends = milestone.kind in ("plateau_end", "drop")
         until = self.transient_until
         if until is not None and (milestone.step < until or (milestone.step == until and not ends)):
-            first = bisect.bisect_right(self.bin_steps, until)
+            first = self.last_bin_to(until) + 1
             if milestone.kind != "plateau_start" or first >= len(self.bin_steps):
                 self.held_back.append(milestone)
                 return None
@@ -177,6 +177,10 @@ class DetectorState:
     def first_bin_from(self, step: int) -> int:
         """Index of the first closed bin at or after ``step`` (the number of bins if none)."""
         return bisect.bisect_left(self.bin_steps, step)
+
+    def last_bin_to(self, step: int) -> int:
+        """Index of the last closed bin at or before ``step`` (-1 if none)."""
+        return bisect.bisect_right(self.bin_steps, step) - 1
 
     def place_knot(self, index: int, value: float, log_step: float) -> None:
         """Puts the current knot at bin ``index``, its fitted ``value`` and its place
