@@ -7,7 +7,9 @@ show a few hundredths of a decade after they happen, long before a sparse LLC cu
 confirm its own. Its :class:`MilestoneDetector` (:func:`train_loss_detector`) announces them,
 and each bend it confirms soon after it can plan a few extra estimates from that step on,
 closely spaced: the LLC curve gets points right after the bend, where its own detector needs
-them to place and confirm it (the adaptive part of a schedule).
+them to place and confirm it (the adaptive part of a schedule). A bend late in the run gets
+its extra estimates closer together, all before the run's last step: a transition in the run's
+last tenth of a decade is otherwise left with the train-end estimate alone after it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from lightning_devinterp.milestones import Milestone, MilestoneDetector, train_l
 PER_BEND = 3
 #: Their spacing, in decades of step (log10 units).
 SPACING = 0.04
+#: The closest spacing, for a bend so late that :data:`SPACING` would pass the run's end: the
+#: LLC detector's bins are 0.01 decades wide (closer estimates would share one).
+MIN_SPACING = 0.01
 #: A bend confirmed later than this after it (decades) gets none: the schedule's own points
 #: (0.12-0.18 decades apart at 20-30 estimates over 3-4 decades) already follow it.
 LATE = 0.15
@@ -157,16 +162,21 @@ class LossBends:
 
     def _plan(self, step: int, bend: Milestone, scheduled: FirstDue,
               last_step: float) -> None:  # fmt: skip
-        """Plan the extra estimates of a bend confirmed soon after it, from ``step`` on."""
+        """Plan the extra estimates of a bend confirmed soon after it, from ``step`` on: up to
+        :data:`PER_BEND` on a grid of :data:`SPACING` decades, passing over grid steps that the
+        schedule has nearby, and closer (down to :data:`MIN_SPACING`) when that grid would run
+        past the run's last step."""
         late = math.log10(bend.detected_at / max(bend.step, 1)) > LATE
-        if late or self.used >= self.max_extra:
+        wanted = min(PER_BEND, self.max_extra - self.used)
+        if late or wanted <= 0 or step >= last_step:
             return
-        steps = []
-        for k in range(PER_BEND):
-            candidate = round(step * 10 ** (k * SPACING))
-            if len(steps) + self.used >= self.max_extra or candidate > last_step:
+        spacing = max(min(SPACING, math.log10(last_step / step) / PER_BEND), MIN_SPACING)
+        steps: list[int] = []
+        for k in range(2 * PER_BEND):
+            candidate = round(step * 10 ** (k * spacing))
+            if len(steps) == wanted or candidate > last_step:
                 break
-            if not _scheduled_near(candidate, scheduled) and candidate not in self.planned:
+            if not _scheduled_near(candidate, scheduled, spacing) and candidate not in self.planned:
                 steps.append(candidate)
         if not steps:
             return
@@ -211,7 +221,7 @@ class LossBends:
         self._count, self._sum = int(state["count"]), float(state["sum"])
 
 
-def _scheduled_near(step: int, scheduled: FirstDue) -> bool:
-    """Whether the schedule has a step within half a spacing of ``step``."""
-    low, high = step * 10 ** (-SPACING / 2), step * 10 ** (SPACING / 2)
+def _scheduled_near(step: int, scheduled: FirstDue, spacing: float) -> bool:
+    """Whether the schedule has a step within half a ``spacing`` of ``step``."""
+    low, high = step * 10 ** (-spacing / 2), step * 10 ** (spacing / 2)
     return scheduled(math.ceil(low) - 1, math.floor(high)) is not None

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from lightning_devinterp import SGLD, LLCMonitor
 from lightning_devinterp.callbacks.loss_bends import (
     LATE,
+    MIN_SPACING,
     PER_BEND,
     SPACING,
     LossBends,
@@ -116,13 +117,20 @@ def test_the_cap_the_schedule_and_the_run_end_limit_the_extra_estimates():
     assert len(capped.planned) == 2
     free = LossBends(3, "llc")
     feed(free, losses, steps)
-    first = free.planned[1]
-    near = LossBends(3, "llc")  # a scheduled step next to the second extra one replaces it
-    feed(near, losses, steps, scheduled={first + 1})
-    assert first not in near.planned and near.planned[0] == free.planned[0]
-    short = LossBends(3, "llc")  # none planned after the run's last step
-    feed(short, losses, steps, last_step=free.planned[1])
-    assert short.planned == free.planned[:2]
+    first, second, third = free.planned
+    near = LossBends(3, "llc")  # a scheduled step next to the second: the grid's fourth instead
+    feed(near, losses, steps, scheduled={second + 1})
+    fourth = round(first * 10 ** (3 * SPACING))
+    assert near.planned == [first, third, fourth]
+    short = LossBends(3, "llc")  # a run ending at the second: all three before it, closer
+    feed(short, losses, steps, last_step=second)
+    assert len(short.planned) == 3 and short.planned[0] == first and short.planned[-1] < second
+    gaps = np.diff(np.log10(short.planned))
+    assert np.allclose(gaps, SPACING / 3, atol=0.004)  # steps near 130 are rounded
+    shorter = LossBends(3, "llc")  # never closer than MIN_SPACING: two fit before its end
+    end = round(first * 10 ** (1.5 * MIN_SPACING))
+    feed(shorter, losses, steps, last_step=end)
+    assert shorter.planned == [first, round(first * 10**MIN_SPACING)]
 
 
 def test_the_state_round_trips_and_the_watch_goes_on_as_if_uninterrupted():
