@@ -79,6 +79,9 @@ class LossBends:
     Attributes:
         planned: steps still to estimate at, in order.
         used: extra estimates planned so far (never more than ``max_extra``).
+        covered: the last extra step planned so far (0: none); a bend at or before it is the
+            same move as the bend that planned it (a drop, then the new plateau the loss
+            reaches while its estimates run) and plans none.
         bends: the training loss's confirmed milestones, as ``(kind, step, detected_at)``.
     """
 
@@ -91,6 +94,7 @@ class LossBends:
         self.detector = detector if detector is not None else train_loss_detector(name)
         self.planned: list[int] = []
         self.used = 0
+        self.covered = 0
         #: False once a bin's loss could not be read (the watch stops).
         self.readable = True
         self.bends: list[tuple[str, int, int]] = []
@@ -165,10 +169,11 @@ class LossBends:
         """Plan the extra estimates of a bend confirmed soon after it, from ``step`` on: up to
         :data:`PER_BEND` on a grid of :data:`SPACING` decades, passing over grid steps that the
         schedule has nearby, and closer (down to :data:`MIN_SPACING`) when that grid would run
-        past the run's last step."""
+        past the run's last step. A bend at or before the last extra step planned (the same
+        move as the bend that planned it) plans none."""
         late = math.log10(bend.detected_at / max(bend.step, 1)) > LATE
         wanted = min(PER_BEND, self.max_extra - self.used)
-        if late or wanted <= 0 or step >= last_step:
+        if late or wanted <= 0 or step >= last_step or bend.step <= self.covered:
             return
         spacing = max(min(SPACING, math.log10(last_step / step) / PER_BEND), MIN_SPACING)
         steps: list[int] = []
@@ -181,6 +186,7 @@ class LossBends:
         if not steps:
             return
         self.used += len(steps)
+        self.covered = steps[-1]
         self.planned = sorted({*self.planned, *steps})
         rank_zero_info(
             f"LLCMonitor({self.name}): the training loss bends at step {bend.step} "
@@ -203,6 +209,7 @@ class LossBends:
             "detector": None if self.shared else self.detector.state_dict(),
             "planned": list(self.planned),
             "used": self.used,
+            "covered": self.covered,
             "readable": self.readable,
             "bends": [list(b) for b in self.bends],
             "bin": self._bin,
@@ -216,6 +223,7 @@ class LossBends:
             self.detector.load_state_dict(state["detector"])
         self.planned = [int(s) for s in state["planned"]]
         self.used, self.readable = int(state["used"]), bool(state.get("readable", True))
+        self.covered = int(state.get("covered", 0))
         self.bends = [(str(k), int(s), int(d)) for k, s, d in state["bends"]]
         self._bin, self._last_step = state["bin"], int(state["last_step"])
         self._count, self._sum = int(state["count"]), float(state["sum"])

@@ -133,17 +133,32 @@ def test_the_cap_the_schedule_and_the_run_end_limit_the_extra_estimates():
     assert shorter.planned == [first, round(first * 10**MIN_SPACING)]
 
 
-def test_the_state_round_trips_and_the_watch_goes_on_as_if_uninterrupted():
-    steps, losses = dropping_loss(1)
-    whole = LossBends(3, "llc")
+@pytest.mark.parametrize("seed", range(5))
+def test_the_new_plateau_after_a_drop_is_the_same_move(seed):
+    """The loss reaches its new level (a plateau's start) while the drop's extra estimates
+    run: no more are planned for it, and the rest are kept for later bends."""
+    steps, losses = dropping_loss(seed, last=2000)
+    bends = LossBends(9, "llc")
+    feed(bends, losses, steps)
+    assert [kind for kind, _, _ in bends.bends] == ["drop", "plateau_start"], bends.bends
+    assert bends.bends[1][1] <= bends.covered == bends.planned[-1]
+    assert len(bends.planned) == bends.used == PER_BEND
+
+
+@pytest.mark.parametrize("cut", [110, 140])
+def test_the_state_round_trips_and_the_watch_goes_on_as_if_uninterrupted(cut):
+    """Saved before the drop, or after it and before the new plateau."""
+    steps, losses = dropping_loss(1, last=2000)
+    whole = LossBends(9, "llc")
     feed(whole, losses, steps)
-    first = LossBends(3, "llc")
-    feed(first, losses[:110], steps[:110])
+    first = LossBends(9, "llc")
+    feed(first, losses[:cut], steps[:cut])
     state = json.loads(json.dumps(first.state_dict()))
-    resumed = LossBends(3, "llc")
+    resumed = LossBends(9, "llc")
     resumed.load_state_dict(state)
-    feed(resumed, losses[110:], steps[110:])
+    feed(resumed, losses[cut:], steps[cut:])
     assert resumed.planned == whole.planned and resumed.bends == whole.bends
+    assert resumed.used == whole.used and resumed.covered == whole.covered
 
 
 def test_a_loss_that_cannot_be_read_stops_the_watch_and_says_why(caplog):
