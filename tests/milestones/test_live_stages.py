@@ -488,6 +488,57 @@ def test_a_step_too_late_to_confirm_is_announced_at_train_end():
         assert any(abs(math.log10(m.step / transition)) <= math.log10(1.5) for m in det.milestones)
 
 
+# A deep linear network's LLC with the adaptive schedule (teacher (3, 1, 0.33), seed 2;
+# transitions at steps 204, 1008 and 4327): step, the two chains, transient. The third
+# transition steps the LLC from 13.8 to 15.0 between 3333 and 4568 (extra estimates at 4366,
+# 4568 and 4779, closer together for a bend late in the run); the plateau after it has two
+# estimates after its start when training ends.
+DLN_LATE_PLATEAU = [
+    (1, [-0.219069, -0.401301], True),
+    (2, [-0.219309, -0.402395], True),
+    (3, [-0.219387, -0.403209], True),
+    (5, [-0.21957, -0.404727], True),
+    (8, [-0.220051, -0.407757], True),
+    (11, [-0.220587, -0.41058], True),
+    (17, [-0.221885, -0.416528], True),
+    (26, [-0.224201, -0.426741], True),
+    (38, [-0.227838, -0.441466], True),
+    (58, [-0.237894, -0.476589], True),
+    (87, [-0.262093, -0.559877], True),
+    (130, [-0.382607, -0.977438], True),
+    (195, [-70.2613, -74.8432], True),
+    (219, [10.5716, 9.61945], False),
+    (240, [10.5758, 9.62117], False),
+    (263, [10.6004, 9.63326], False),
+    (292, [10.6005, 9.60636], False),
+    (439, [10.6014, 9.60235], False),
+    (658, [10.591, 9.57184], False),
+    (987, [9.67436, 8.14049], False),
+    (1048, [14.2512, 13.2587], False),
+    (1149, [14.3185, 13.2876], False),
+    (1260, [14.3271, 13.2808], False),
+    (1481, [14.3118, 13.2793], False),
+    (2222, [14.3152, 13.2795], False),
+    (3333, [14.3279, 13.2856], False),
+    (4366, [15.0524, 14.1281], False),
+    (4568, [15.3647, 14.631], False),
+    (4779, [15.3943, 14.6503], False),
+    (5000, [15.386, 14.6474], False),
+]
+
+
+def test_a_step_onto_a_plateau_one_estimate_short_is_announced_at_train_end():
+    """At train end the new plateau is one estimate short of ``confirm``: nothing else is
+    settled from so few estimates, but the step between the two plateaus is judged, and it
+    is a step (the old plateau's end at 3333, the new one's start at 4568)."""
+    det, _ = replay_recorded(DLN_LATE_PLATEAU)
+    *_, end, start = det.milestones
+    assert (end.kind, start.kind) == ("plateau_end", "plateau_start"), det.milestones
+    assert end.detected_at == start.detected_at == 5000
+    assert end.step == 3333 and start.step == 4568
+    assert abs(math.log10(end.step / 4327)) <= math.log10(1.5)
+
+
 # A deep linear network's LLC with the adaptive schedule (teacher (4, 1.5, 0.5), seed 9, a
 # spectrum the detector was not tuned on; transitions at steps 193, 413 and 3149): step, the
 # two chains, transient. The second transition lifts the LLC from 10.9 to 16.1 between two
