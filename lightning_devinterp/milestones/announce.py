@@ -7,6 +7,7 @@ is the series' mean slope (:func:`~.rules.mean_slope`), whose ``flat`` times is 
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -225,6 +226,7 @@ def move_to_bend(
     if knot is None:
         return []
     _, value, x = knot
+    x = inside_gap(st, x, settings.min_separation)
     shift = x - math.log10(last.step)
     if (shift if later_only else abs(shift)) < settings.min_separation:
         return []  # where it was, near enough
@@ -316,6 +318,9 @@ def announce(
     if too_close(x, st.last_milestone_log_step, gap):
         return None
     kind = milestone_kind(before, after, line.slope, settings.drop, scale)
+    if kind in ("plateau_end", "drop"):
+        x = inside_gap(st, x, settings.min_separation)
+        step = round(10**x)
     if kind in ("peak", "trough") and st.undecided_from is not None:
         where, value = extremum(st, kind, settings.window)
         x, step = st.bin_log_steps[where], st.bin_steps[where]
@@ -323,3 +328,13 @@ def announce(
             return None
     milestone = Milestone(step, now, kind, float(value), settings.series, evidence)
     return st.record(milestone, after, x)
+
+
+def inside_gap(st: DetectorState, x: float, min_separation: float) -> float:
+    """A plateau's end at ``x``, moved to the middle of the gap after it when it lies on a bin
+    followed by a gap wider than ``2 * min_separation`` (the data cannot place it within)."""
+    xs = st.bin_log_steps
+    k = bisect.bisect_left(xs, x - 1e-9)
+    if k + 1 < len(xs) and abs(xs[k] - x) < 1e-9 and xs[k + 1] - xs[k] > 2 * min_separation:
+        return (xs[k] + xs[k + 1]) / 2
+    return x

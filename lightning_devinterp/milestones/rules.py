@@ -64,7 +64,11 @@ How it works:
    rising to falling is a ``peak``, falling to rising a ``trough``,
    into flat a ``plateau_start``, out of flat a ``plateau_end`` (or a ``drop`` when
    ``drop`` is set and the series leaves the plateau falling at least ``drop`` times
-   its mean slope: the loss-curve signature of a new stage). One at or before the last
+   its mean slope: the loss-curve signature of a new stage). A plateau's end that the fit
+   puts on an estimate followed by a gap wider than twice ``min_separation`` lies in the
+   middle of that gap (a sparse schedule: the plateau ended somewhere in it, and a line bent
+   at its last estimate fits a step across the gap best), also where it is placed again
+   later. One at or before the last
    transient point is held back, except a plateau's start, which moves to the first point
    after the transient ones, and a plateau's end at that point itself: a plateau of
    transient estimates (a network's first saddle, where the LLC reads negative) ended

@@ -539,6 +539,50 @@ def test_a_step_onto_a_plateau_one_estimate_short_is_announced_at_train_end():
     assert abs(math.log10(end.step / 4327)) <= math.log10(1.5)
 
 
+# A deep linear network's LLC with a sparse adaptive schedule (16 estimates + up to 8 extra,
+# 0.25 decades apart; teacher (3, 1.2, 0.48), seed 5; transitions at steps 312, 861 and 2341):
+# step, the two chains, transient. The second transition steps the LLC from 9.39 (516) to
+# 13.79 (910) with no estimate between.
+DLN_SPARSE_STEP = [
+    (1, [-0.0125044, 0.026129], False),
+    (2, [-0.0119704, 0.0260244], False),
+    (3, [-0.0115826, 0.0258172], False),
+    (5, [-0.0107876, 0.0255333], False),
+    (10, [-0.00905943, 0.0249112], False),
+    (17, [-0.0065948, 0.0239981], False),
+    (30, [-0.00100536, 0.0220954], False),
+    (53, [0.00882754, 0.0182762], False),
+    (94, [0.0318133, 0.0083077], False),
+    (166, [0.0974127, -0.0351996], False),
+    (292, [-33.3447, -36.1668], True),
+    (332, [8.83426, 9.82302], False),
+    (364, [8.88268, 9.88123], False),
+    (399, [8.87168, 9.89761], False),
+    (516, [8.86993, 9.90922], False),
+    (910, [13.1907, 14.3797], False),
+    (1001, [13.1948, 14.4727], False),
+    (1098, [13.174, 14.4709], False),
+    (1204, [13.1812, 14.4675], False),
+    (1606, [13.1756, 14.4734], False),
+    (2399, [14.4181, 16.196], False),
+    (2630, [14.6789, 16.3618], False),
+    (2834, [14.6761, 16.37], False),
+    (5000, [14.679, 16.3613], False),
+]
+
+
+def test_a_plateau_end_before_a_wide_gap_lies_in_the_gap():
+    """The plateau ended somewhere between its last estimate (516) and the next (910), 0.25
+    decades later: the end is placed in the middle of that gap (on 516 it was 1.67 times
+    before the transition), and the line bent once over the plateau and the move, which
+    puts it on 516 again, does not move it back."""
+    det, announced = replay_recorded(DLN_SPARSE_STEP)
+    ends = [m for m in announced if m.kind == "plateau_end" and 400 < m.step < 1000]
+    assert [(m.step, m.detected_at) for m in ends] == [(685, 1001)], announced
+    assert ends[0] in det.milestones
+    assert abs(math.log10(ends[0].step / 861)) <= math.log10(1.5)
+
+
 # A deep linear network's LLC with the adaptive schedule (teacher (4, 1.5, 0.5), seed 9, a
 # spectrum the detector was not tuned on; transitions at steps 193, 413 and 3149): step, the
 # two chains, transient. The second transition lifts the LLC from 10.9 to 16.1 between two
