@@ -67,7 +67,8 @@ How it works:
    its mean slope: the loss-curve signature of a new stage). A plateau's end that the fit
    puts on an estimate followed by a gap wider than twice ``min_separation`` lies in the
    middle of that gap (a sparse schedule: the plateau ended somewhere in it, and a line bent
-   at its last estimate fits a step across the gap best), also where it is placed again
+   at its last estimate fits a step across the gap best; from twice, so that a plateau's
+   start on the estimate after the gap is still announced), also where it is placed again
    later. One at or before the last
    transient point is held back, except a plateau's start, which moves to the first point
    after the transient ones, and a plateau's end at that point itself: a plateau of
