@@ -318,9 +318,8 @@ def announce(
     if too_close(x, st.last_milestone_log_step, gap):
         return None
     kind = milestone_kind(before, after, line.slope, settings.drop, scale)
-    if kind in ("plateau_end", "drop"):
-        x = inside_gap(st, x, settings.min_separation)
-        step = round(10**x)
+    if kind in ("plateau_end", "drop") and (moved := inside_gap(st, x, gap)) != x:
+        x, step = moved, round(10**moved)
     if kind in ("peak", "trough") and st.undecided_from is not None:
         where, value = extremum(st, kind, settings.window)
         x, step = st.bin_log_steps[where], st.bin_steps[where]

@@ -100,11 +100,12 @@ How it works:
    settled before a step arrived, which a continuous fit follows only with a bend on each
    side; or that change in the first plateau's bins when the short segments after it move
    less than :data:`RELATIVE` times as far, a creep onto the new level) is judged when the
-   plateau after it settles, online or at train end, where a plateau one bin short of
-   ``confirm`` bins after its knot is judged for that step alone (nothing else is settled
-   from so few bins at train end) (:func:`~.announce.step_between_plateaus`): if it rises or falls against the first
-   plateau's slope on that plateau's last bins (its settled line may hold the move's first
-   estimate, which sets the bar to leave it too high), and the new plateau lies
+   plateau after it settles, online or at train end
+   (:func:`~.announce.step_between_plateaus`; at train end also a plateau one bin short of
+   ``confirm`` bins after its knot, for that step alone: nothing else is settled from so few
+   bins): if it rises or falls against the first plateau's slope on that plateau's last
+   bins (its settled line may hold the move's first estimate, which sets the bar to leave
+   it too high), and the new plateau lies
    ``threshold`` noise levels or more from those bins, in the move's direction, it is a
    step: the first plateau's end at the move's first bin, the second's start at its last
    (a first plateau whose start was too close to the milestone before it to be announced is
