@@ -188,10 +188,12 @@ class LossBends:
         self.used += len(steps)
         self.covered = steps[-1]
         self.planned = sorted({*self.planned, *steps})
+        spent = "; none left for later bends: a larger extra_estimates follows more of them"
         rank_zero_info(
             f"LLCMonitor({self.name}): the training loss bends at step {bend.step} "
             f"({bend.kind}); extra estimates at steps {', '.join(map(str, steps))} "
-            f"({self.used} of {self.max_extra} extra estimates used)."
+            f"({self.used} of {self.max_extra} extra estimates used"
+            f"{spent if self.used == self.max_extra else ''})."
         )
 
     def first_due(self, after: int | None, step: int) -> int | None:

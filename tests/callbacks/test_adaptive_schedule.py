@@ -110,13 +110,20 @@ def test_a_bend_seen_late_plans_nothing(seed):
     assert bends.planned == [] and bends.used == 0
 
 
-def test_the_cap_the_schedule_and_the_run_end_limit_the_extra_estimates():
+def test_the_cap_the_schedule_and_the_run_end_limit_the_extra_estimates(caplog):
     steps, losses = dropping_loss(0)
     capped = LossBends(2, "llc")
     feed(capped, losses, steps)
     assert len(capped.planned) == 2
+    spent = "(2 of 2 extra estimates used; none left for later bends: a larger extra_estimates"
+    assert spent in caplog.text
+    caplog.clear()
     free = LossBends(3, "llc")
     feed(free, losses, steps)
+    assert "(3 of 3 extra estimates used; none left" in caplog.text
+    roomy = LossBends(4, "llc")
+    feed(roomy, losses, steps)
+    assert "(3 of 4 extra estimates used)." in caplog.text
     first, second, third = free.planned
     near = LossBends(3, "llc")  # a scheduled step next to the second: the grid's fourth instead
     feed(near, losses, steps, scheduled={second + 1})
