@@ -818,3 +818,58 @@ def test_a_step_inside_a_settled_plateau_is_announced_online():
     assert ends, det.milestones
     assert abs(math.log10(ends[0].step / 1338)) <= math.log10(1.5), ends
     assert ends[0].detected_at < 5000, ends
+
+
+# A deep linear network with a five-mode teacher (5, 3, 1.5, 0.8, 0.4), seed 25, a spectrum
+# none of the rules was tuned on, 21 estimates and up to 9 extra (`adaptive` rows lie right
+# after the training loss's bends): transitions at 194, 330, 801 and 1477, a staircase
+# 12 -> 20.4 -> 24.9 -> 26.9 -> 27.8 (one dip to 10.6 at 292): step, the two chains, transient.
+DLN_STAIRCASE = [
+    (1, [-0.446197, -0.896842], True),
+    (2, [-0.444753, -0.894554], True),
+    (3, [-0.443411, -0.89326], True),
+    (5, [-0.441502, -0.890098], True),
+    (8, [-0.438048, -0.885238], True),
+    (11, [-0.434631, -0.879678], True),
+    (17, [-0.427865, -0.868839], True),
+    (26, [-0.418369, -0.85303], True),
+    (38, [-0.406911, -0.833102], True),
+    (58, [-0.385664, -0.796885], True),
+    (87, [-0.349351, -0.742227], True),
+    (130, [-0.248078, -0.895511], True),
+    (195, [-24.14, -25.3195], True),
+    (219, [11.8176, 11.2914], False),  # adaptive
+    (240, [12.0888, 11.6996], False),  # adaptive
+    (263, [11.849, 11.7863], False),  # adaptive
+    (292, [9.48435, 11.7218], False),
+    (364, [20.8907, 20.0047], False),  # adaptive
+    (399, [20.8281, 19.9892], False),  # adaptive
+    (439, [20.87, 19.9775], False),
+    (480, [20.8064, 19.9699], False),  # adaptive
+    (658, [20.8133, 19.8198], False),
+    (871, [25.0597, 24.8123], False),  # adaptive
+    (987, [25.0468, 24.6841], False),
+    (1047, [25.0977, 24.6987], False),  # adaptive
+    (1148, [25.0894, 24.7017], False),  # adaptive
+    (1481, [27.1956, 26.5155], False),
+    (2222, [28.2754, 27.3781], False),
+    (3333, [28.2603, 27.3693], False),
+    (5000, [28.2454, 27.3706], False),
+]
+
+
+def test_a_staircase_of_four_steps_is_announced_step_by_step():
+    """Each of the four transitions gets a milestone within a factor 1.5, the first three
+    online, and every milestone lies near a transition (no false alarm)."""
+    det, _ = replay_recorded(DLN_STAIRCASE)
+    transitions = [194, 330, 801, 1477]
+    near = [
+        [m for m in det.milestones if abs(math.log10(m.step / t)) <= math.log10(1.5)]
+        for t in transitions
+    ]
+    assert all(near), det.milestones
+    assert all(any(m.detected_at < 5000 for m in found) for found in near[:3]), det.milestones
+    assert all(
+        any(abs(math.log10(m.step / t)) <= math.log10(1.5) for t in transitions)
+        for m in det.milestones
+    ), det.milestones
