@@ -19,6 +19,7 @@ import numpy as np
 from lightning_devinterp.milestones.records import Milestone, Stage
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 #: Shading of a stage by what the series does in it.
@@ -158,12 +159,30 @@ def plot_curve(
         shaded.add(stage.trend)
         color = TREND_COLORS.get(stage.trend, "tab:olive")
         ax.axvspan(start, end, color=color, alpha=0.12, lw=0, label=label)
+    others = _mark_milestones(ax, milestones, series)
+    ax.set_xscale("log")
+    ax.set(xlabel="step", ylabel=ylabel or key, title=title or key)
+    if shaded or extra.any() or others:
+        ax.legend(loc="best", fontsize=8, title="stage trend" if shaded else None, title_fontsize=8)
+    return fig
+
+
+def _mark_milestones(ax: Axes, milestones: Sequence[Milestone], series: str | None) -> bool:
+    """A dashed line at each milestone of ``series``, labelled with its kind; a faint dotted
+    one, unlabelled, at each of another series (their labels would hide the curve's own). Returns
+    whether there were any of other series."""
+    others = False
     for m in milestones:
         if m.step <= 0:
             continue
+        if series is not None and m.series != series:
+            label = None if others else "other series' milestones"
+            ax.axvline(m.step, color="grey", ls=":", lw=0.7, alpha=0.7, label=label)
+            others = True
+            continue
         ax.axvline(m.step, color="black", ls="--", lw=0.8)
         ax.annotate(
-            m.kind if m.series == series else f"{m.series} {m.kind}",
+            m.kind if series is not None else f"{m.series} {m.kind}",
             (m.step, 1.0),
             xycoords=("data", "axes fraction"),
             rotation=90,
@@ -171,11 +190,7 @@ def plot_curve(
             ha="right",
             fontsize=7,
         )
-    ax.set_xscale("log")
-    ax.set(xlabel="step", ylabel=ylabel or key, title=title or key)
-    if shaded or extra.any():
-        ax.legend(loc="best", fontsize=8, title="stage trend" if shaded else None, title_fontsize=8)
-    return fig
+    return others
 
 
 def _adaptive_steps(history: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -68,6 +68,28 @@ def test_llc_curve_on_a_log_axis_with_stages_shaded_and_milestones_marked(tmp_pa
     assert_png(save_png(fig, tmp_path / "figures" / "llc.png"))
 
 
+def test_other_series_milestones_are_faint_and_unlabelled_on_a_curve():
+    """A head's milestones on the LLC curve: dotted grey lines without labels (theirs would
+    hide the curve's own), one legend entry for them all."""
+    milestones = [
+        Milestone(8, 16, "plateau_end", 13.0, "llc"),
+        Milestone(8, 16, "plateau_end", 0.5, "rllc/l0h1"),
+        Milestone(16, 64, "peak", 0.7, "rllc/l1h0"),
+    ]
+    (ax,) = plot_llc_curve(history(), (), milestones).axes
+    assert [t.get_text() for t in ax.texts] == ["plateau_end"]
+    dashed = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"]
+    dotted = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+    assert dashed == [8] and dotted == [8, 16]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["other series' milestones"]
+    (ax,) = plot_curve(history(), "llc/mean", milestones=milestones).axes  # no series: all alike
+    assert [t.get_text() for t in ax.texts] == [
+        "llc plateau_end",
+        "rllc/l0h1 plateau_end",
+        "rllc/l1h0 peak",
+    ]
+
+
 def test_training_loss_as_its_detector_reads_it(tmp_path):
     points = [(step, 0.5 - 0.1 * i) for i, step in enumerate([2, 4, 8, 16, 32])]
     drop = Milestone(8, 16, "drop", 0.3, "train_loss")
