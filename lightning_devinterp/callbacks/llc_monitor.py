@@ -198,11 +198,12 @@ class LLCMonitor(ScheduledAnalysis):
 
     @override
     def finish(self, trainer: Trainer) -> None:
+        settled = False
         if self.tracker:
-            self._settle_last(trainer)
+            settled = self._settle_last(trainer)
             self.tracker.refine()
             self._write_milestones()
-        if self.history and len(self.history) != self._figures_for:
+        if self.history and (settled or len(self.history) != self._figures_for):
             self._draw_figures(trainer, self.history[-1]["step"])
 
     # ---------------------------------------------------------------- what is sampled
@@ -278,11 +279,13 @@ class LLCMonitor(ScheduledAnalysis):
         for milestone in new:
             self._announce(trainer, milestone, step)
 
-    def _settle_last(self, trainer: Trainer) -> None:
-        """Announce what the detectors settle now that no estimate follows the last."""
+    def _settle_last(self, trainer: Trainer) -> bool:
+        """Announce what the detectors settle now that no estimate follows the last; whether
+        they settled any milestone."""
         new = self.tracker.finish()
         if new and self.history:
             self._publish_new(trainer, new, self.history[-1]["step"])
+        return bool(new)
 
     @override
     def loss_milestones(self, trainer: Trainer, new: list[Milestone]) -> None:

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_devinterp import SGLD, Component, LLCMonitor
-from tests.helpers import AnnouncesAt, RegressionModule, trainer
+from tests.helpers import AnnouncesAt, AnnouncesAtFinish, RegressionModule, trainer
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=10)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -78,6 +78,16 @@ def test_a_confirmed_milestone_draws_the_figure_with_it_marked(tmp_path):
     (axes,) = figure.axes
     marked = [line.get_xdata()[0] for line in axes.lines if line.get_linestyle() == "--"]
     assert marked == [3]
+
+
+def test_a_milestone_settled_at_train_end_is_drawn(tmp_path):
+    """The last estimate drew the figures; the milestone the detector settles after it (no
+    estimate follows) draws them again, with it marked."""
+    monitor = LLCMonitor(every_n_steps=2, milestones=AnnouncesAtFinish(), figure_every=3, **FAST)
+    events = fit(tmp_path, monitor, max_steps=6)
+    assert image_steps(events, "llc/curve") == [6, 6]  # the third estimate, then the milestone
+    (axes,) = monitor._figure_builders()["llc/curve"]().axes
+    assert [line.get_xdata()[0] for line in axes.lines if line.get_linestyle() == "--"] == [5]
 
 
 def test_calibration_figures_once_after_calibrating(tmp_path):
