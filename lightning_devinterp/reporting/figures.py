@@ -69,7 +69,8 @@ def plot_llc_curve(
             axis) are left out.
         stages: shaded from ``start`` to ``end`` (the last step for the current stage),
             coloured by :data:`TREND_COLORS`.
-        milestones: a dashed line at each ``step``, labelled with its kind.
+        milestones: a dashed line at each ``step`` of the series, labelled with its kind; a
+            faint dotted one at each of another series.
         prefix: the metric family (``"llc"``, ``"rllc/l0h1"``, ``"llc_code"``, ...).
         title: default the prefix.
 
@@ -124,7 +125,8 @@ def plot_curve(
 ) -> Figure:
     """Any recorded series (``llc/init_loss``, ...) as :func:`plot_llc_curve` draws the LLC;
     with ``std_key``, a ±std band and error bars. Milestones of ``series`` are labelled with
-    their kind, others with their series and kind.
+    their kind, others faint and unlabelled (all labelled with series and kind when ``series``
+    is None).
 
     Raises:
         ValueError: no record has a finite ``key`` at a positive step.
