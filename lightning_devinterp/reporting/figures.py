@@ -132,7 +132,7 @@ def plot_curve(
         ValueError: no record has a finite ``key`` at a positive step.
     """
     steps, mean, std = _series(history, key, std_key)
-    fig = new_figure(figsize=(7, 4), layout="constrained")
+    fig = new_figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     if std_key is not None:
         ax.fill_between(steps, mean - std, mean + std, color="tab:purple", alpha=0.25, lw=0)
@@ -165,7 +165,13 @@ def plot_curve(
     ax.set_xscale("log")
     ax.set(xlabel="step", ylabel=ylabel or key, title=title or key)
     if shaded or extra.any() or others:
-        ax.legend(loc="best", fontsize=8, title="stage trend" if shaded else None, title_fontsize=8)
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=8,
+            title="stage trend" if shaded else None,
+            title_fontsize=8,
+        )
     return fig
 
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 
 from lightning_devinterp.milestones import Milestone, Stage
@@ -82,6 +83,10 @@ def test_other_series_milestones_are_faint_and_unlabelled_on_a_curve():
     dotted = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
     assert dashed == [8] and dotted == [8, 16]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["other series' milestones"]
+    canvas = FigureCanvasAgg(ax.figure)  # the legend beside the axes: it hides no label, no point
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
     (ax,) = plot_curve(history(), "llc/mean", milestones=milestones).axes  # no series: all alike
     assert [t.get_text() for t in ax.texts] == [
         "llc plateau_end",
