@@ -376,6 +376,6 @@ class LLCMonitor(ScheduledAnalysis):
         if self.target.resolved:
             family = self._family(None, refined=True)
             builders[f"{family}/heads"] = lambda: plot_rllc_heads(
-                self.history, self.target.groups(), family=family
+                self.history, self.target.groups(), family=family, milestones=self.milestones
             )
         return builders

@@ -278,15 +278,18 @@ def plot_rllc_heads(
     *,
     family: str = "rllc",
     title: str | None = None,
+    milestones: Sequence[Milestone] = (),
 ) -> Figure:
     """Refined LLCs over training: one panel per component group (a layer), one line per
-    component (a head), on a log-step axis.
+    component (a head), on a log-step axis, each component's milestones marked on its line.
 
     Args:
         history: records with ``<family>/<component>/mean`` entries.
         groups: component names by group; default from the names (``l0h3`` is in ``l0``).
         family: ``"rllc"``, or ``"rllc_<data>"`` for a data-and-weight-refined family.
         title: default ``"<family> per component"``.
+        milestones: those of series ``<family>/<component>`` are drawn as diamonds in the
+            component's colour at their step and fitted value (others are left out).
 
     Raises:
         ValueError: the history has no ``<family>/<component>/mean`` entry.
@@ -300,16 +303,24 @@ def plot_rllc_heads(
     groups = groups or component_groups(names)
     fig = new_figure(figsize=(4.5 * len(groups), 3.8), layout="constrained")
     axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+    marked = False
     for ax, (group, members) in zip(axes, groups.items(), strict=True):
         for name in members:
             steps, mean, _ = _series(history, f"{family}/{name}/mean", required=False)
-            if len(steps):
-                ax.plot(steps, mean, marker="o", ms=2.5, lw=1.2, label=name)
+            if not len(steps):
+                continue
+            (line,) = ax.plot(steps, mean, marker="o", ms=2.5, lw=1.2, label=name)
+            own = f"{family}/{name}"
+            marks = [(m.step, m.value) for m in milestones if m.series == own and m.step > 0]
+            if marks:
+                ax.plot(*zip(*marks, strict=True), "D", ms=6, color=line.get_color(), mec="black")
+                marked = True
         ax.set_xscale("log")
         ax.set(title=group, xlabel="step")
         ax.legend(fontsize=7, ncol=2)
     axes[0].set_ylabel(f"{family} (mean over chains)")
-    fig.suptitle(title or f"{family} per component")
+    key = " (diamonds: milestones)" if marked else ""
+    fig.suptitle((title or f"{family} per component") + key)
     return fig
 
 

@@ -127,6 +127,23 @@ def test_rllc_one_panel_per_layer_one_line_per_head(tmp_path):
     assert_png(save_png(fig, tmp_path / "rllc.png"))
 
 
+def test_each_head_s_milestones_are_marked_on_its_line():
+    milestones = [
+        Milestone(4, 8, "plateau_end", 2.5, "rllc/l1h0"),
+        Milestone(16, 32, "plateau_start", 3.5, "rllc/l1h0"),
+        Milestone(8, 16, "peak", 9.0, "llc"),  # another series: not on the heads' panels
+        Milestone(8, 16, "peak", 9.0, "rllc_code/l1h0"),  # another family
+    ]
+    fig = plot_rllc_heads(history(), milestones=milestones)
+    assert [len(ax.lines) for ax in fig.axes] == [3, 3]
+    head, marks, _ = fig.axes[1].lines  # l1h0, its milestones, l1h1
+    assert marks.get_marker() == "D" and marks.get_color() == head.get_color()
+    assert list(marks.get_xdata()) == [4, 16] and list(marks.get_ydata()) == [2.5, 3.5]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["l1h0", "l1h1"]
+    assert fig.get_suptitle() == "rllc per component (diamonds: milestones)"
+    assert plot_rllc_heads(history()).get_suptitle() == "rllc per component"
+
+
 def test_rllc_without_refined_estimates_says_how_to_get_them():
     with pytest.raises(ValueError, match="components='heads'"):
         plot_rllc_heads(history(heads=()))
