@@ -139,7 +139,7 @@ def _history_blocks(path: Path, out: Path, files: ReportFiles) -> list[Block]:
     if stages.get(name):
         view = stage_view(stages, name, estimates[-1]["step"])
         blocks += [("h3", f"Stage view of `{name}`"), ("ul", [v.describe("end") for v in view])]
-    _add_refined(blocks, name, estimates, out, files)
+    _add_refined(blocks, name, estimates, milestones, out, files)
     blocks.extend(_warning_blocks(records, failures))
     return blocks
 
@@ -178,9 +178,15 @@ def _add_curves(
 
 
 def _add_refined(
-    blocks: list[Block], name: str, estimates: list[dict[str, Any]], out: Path, files: ReportFiles
+    blocks: list[Block],
+    name: str,
+    estimates: list[dict[str, Any]],
+    milestones: list[Milestone],
+    out: Path,
+    files: ReportFiles,
 ) -> None:
-    """Add the refined LLCs at the last estimate, and the figure of the per-component ones."""
+    """Add the refined LLCs at the last estimate, and the figure of the per-component ones
+    with their milestones."""
     last = estimates[-1]
     refined = [
         k.removesuffix("/mean")
@@ -193,7 +199,9 @@ def _add_refined(
     rows = [[p, _fmt(last[f"{p}/mean"]), _fmt(last.get(f"{p}/std"))] for p in refined]
     blocks.append(("table", ["estimate", "mean", "std"], rows))
     if any(p.startswith(f"r{name}/") for p in refined):
-        figure = _draw(blocks, plot_rllc_heads, estimates, family=f"r{name}")
+        family = f"r{name}"
+        own = [m for m in milestones if m.series.startswith(f"{family}/")]
+        figure = _draw(blocks, plot_rllc_heads, estimates, family=family, milestones=own)
         if figure is not None:
             files.figures.append(save_png(figure, out / f"{name}_rllc.png"))
             blocks.append(("img", f"r{name} per component", f"{name}_rllc.png"))

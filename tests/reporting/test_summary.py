@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from lightning_devinterp.milestones import Milestone, MilestoneDetector, Stage, stage_view
-from lightning_devinterp.reporting import JsonlWriter, write_milestones_json
+from lightning_devinterp.reporting import JsonlWriter, summary, write_milestones_json
+from lightning_devinterp.reporting.figures import plot_rllc_heads
 from lightning_devinterp.reporting.milestones import milestones_markdown
 from lightning_devinterp.reporting.summary import find_histories, write_report
 
@@ -107,6 +108,23 @@ def test_report_has_final_llc_stages_milestones_heads_warnings_and_figures(tmp_p
     assert page.startswith("<!DOCTYPE html>") and page.count('<img src="') == 3
     assert "<td>refined</td>" in page and "<td>rising</td>" in page
     assert "<b>" in page and "**" not in page
+
+
+def test_the_heads_figure_marks_the_heads_milestones(tmp_path, monkeypatch):
+    _, detector, train_loss = planted_run(tmp_path / "run")
+    head = Milestone(100, 200, "plateau_start", 5.0, "rllc/l0h1")
+    path = tmp_path / "run" / "devinterp" / "milestones.json"
+    stages = {"llc": detector.stages, "loss": [], "train_loss": train_loss}
+    write_milestones_json(path, detector.milestones, [*detector.refined, head], stages)
+    drawn = {}
+
+    def recording(*args, **kwargs):
+        drawn.update(kwargs)
+        return plot_rllc_heads(*args, **kwargs)
+
+    monkeypatch.setattr(summary, "plot_rllc_heads", recording)
+    write_report(tmp_path / "run", tmp_path / "out")
+    assert drawn["milestones"] == [head]  # the heads' (refined, as every figure of the report)
 
 
 def test_report_default_folder_and_a_single_file(tmp_path):
