@@ -10,7 +10,7 @@ should get none; the offline refit's milestones (``refine()``, at train end) are
 same way. It also lists the training loss's milestones.
 
 With ``--defaults`` the monitor is ``LLCMonitor(SAMPLER)`` at every other default (30
-log-spaced estimates from step 1, 4 chains x 200 draws, no components), one training per
+log-spaced estimates from step 11 (3000 ** 0.3), 4 chains x 200 draws, no components), one training per
 seed, its bends those of its own curve (steps >= 30).
 
     python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each

@@ -1,8 +1,8 @@
 """Milestones on a deep linear network's saddle-to-saddle LLC curve, over seeds and teacher
 spectra (issue 13's acceptance): each run trains 5000 steps through a real LLCMonitor at its
-default schedule (30 log-spaced estimates); a transition (a teacher mode half learned) is
-found when a milestone of the LLC curve (and, scored apart, of the training loss) lies within
-a factor 1.5 of it. Latency is log10 of the confirmation step over the milestone's step.
+default schedule (30 estimates, log-spaced from step 13); a transition (a teacher mode half
+learned) is found when a milestone of the LLC curve (and, scored apart, of the training loss)
+lies within a factor 1.5 of it. Latency is log10 of the confirmation step over the milestone's step.
 Prints the lines of each run and the totals of each series.
 
     python benchmarks/dln_stages.py            # 3 spectra x 4 seeds, about 30x one run

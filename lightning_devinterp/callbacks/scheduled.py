@@ -61,7 +61,7 @@ class ScheduledAnalysis(Callback):
             (:class:`ChainSettings`; ``step_check`` also runs them at half the step size and
             records the step bias and the estimate extrapolated to lr -> 0, at twice the cost).
         every_n_steps, num_estimates, at_steps: the schedule (:class:`Schedule`; default 30
-            log-spaced estimates).
+            estimates, log-spaced from step ``T ** 0.3`` of a run of ``T`` steps).
         at_train_end: also estimate at the last step, if not already scheduled.
         extra_estimates: the most estimates to add right after bends of the training loss
             (the adaptive schedule, :class:`LossBends`); 0: the schedule alone.

@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -117,11 +118,25 @@ def test_log_spaced_schedule_train_start_and_end(tmp_path):
     monitor = LLCMonitor(num_estimates=4, **FAST)
     fit(tmp_path, monitor, max_steps=20)
     steps = [r["step"] for r in monitor.history]
-    assert steps == [1, 3, 7, 20]
+    assert steps == [2, 4, 9, 20]  # from 20 ** 0.3 = 2.46
 
     monitor = LLCMonitor(at_steps=[0, 5], at_train_end=True, **FAST)
     fit(tmp_path, monitor, max_steps=7)
     assert [r["step"] for r in monitor.history] == [0, 5, 7]
+
+
+@pytest.mark.parametrize(
+    "last_step, first", [(5000, 13), (100_000, 32), (3000, 11), (600, 7), (20, 2), (3, 1), (1, 1)]
+)
+def test_log_spaced_estimates_start_after_the_first_30_percent_of_log_steps(last_step, first):
+    schedule = Schedule(num_estimates=30)
+    schedule.resolve(last_step)
+    steps = sorted(s for s in range(last_step + 1) if schedule.is_due(s))
+    assert steps[0] == first and steps[-1] == last_step
+    assert len(steps) == min(30, last_step - first + 1)
+    ratios = np.diff(np.log10(steps))
+    if last_step >= 3000:  # integers allow even spacing: 30 steps over log10(last / first)
+        assert ratios.max() < 1.3 * math.log10(last_step / first) / 29
 
 
 def test_schedule_density_in_estimates_per_decade():
@@ -130,7 +145,7 @@ def test_schedule_density_in_estimates_per_decade():
     assert every.per_decade(1000) == 100 / 2  # steps 10..1000: two decades
     spaced = Schedule(num_estimates=30)
     spaced.resolve(10_000)
-    assert spaced.per_decade(10_000) == 30 / 4
+    assert spaced.per_decade(10_000) == pytest.approx(30 / math.log10(10_000 / 16))
     listed = Schedule(at_steps=[10, 20, 50, 200])
     listed.resolve(60)
     assert listed.per_decade(60) == 3  # steps after the run do not count; 10..60 counts as 1
@@ -142,8 +157,8 @@ def test_schedule_density_in_estimates_per_decade():
 @pytest.mark.parametrize(
     ("kwargs", "noted"),
     [
-        ({"num_estimates": 6}, True),  # 6 over two decades: 3 per decade
-        ({"num_estimates": 14}, False),  # 7 per decade
+        ({"num_estimates": 6}, True),  # 6 over 1.4 decades (steps 4-100): 4.3 per decade
+        ({"num_estimates": 14}, False),  # 10 per decade
         ({"num_estimates": 6, "milestones": False}, False),  # no detector to starve
     ],
 )
@@ -153,7 +168,7 @@ def test_a_schedule_too_sparse_for_online_milestones_is_noted(tmp_path, caplog, 
     notes = [r.message for r in caplog.records if "estimates per decade" in r.message]
     assert len(notes) == noted
     if noted:
-        assert "3.0 estimates per decade" in notes[0] and "num_estimates" in notes[0]
+        assert "4.3 estimates per decade" in notes[0] and "num_estimates" in notes[0]
 
 
 def test_never_runs_under_fast_dev_run_or_sanity_check(tmp_path):
