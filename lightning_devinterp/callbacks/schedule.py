@@ -120,9 +120,9 @@ class Schedule:
 def first_spaced_step(last_step: int) -> int:
     """The first of ``num_estimates``' log-spaced steps in a run ending at ``last_step``:
     ``last_step ** FIRST_POWER``, rounded. The steps before it are the first 30% of the run's
-    log-steps, where the weights are still near their initialization; starting the estimates
-    there spends them at a spacing 30% denser where the model develops (on a deep linear
-    network's transitions, 30 estimates from step 13 of 5,000 find 160 of 172, from step 1 150:
+    log-steps, where the weights are still near their initialization; the estimates after it
+    are 1.4 times as many per decade as over the whole run (on a deep linear network's
+    transitions, 30 estimates from step 13 of 5,000 find 160 of 172, from step 1 150:
     BENCHMARKS.md)."""
     return max(1, round(last_step**FIRST_POWER))
 
