@@ -96,9 +96,9 @@ class LLCMonitor(ScheduledAnalysis):
             same dice at every estimate: common random numbers, so the curve moves with the
             weights, not the noise), ``init_loss_batches=16``, ``paired=True``,
             ``train_mode=False``, ``mala=False``; ``every_n_steps``, ``num_estimates`` (default
-            30, log-spaced from step ``T ** 0.3`` of a run of ``T`` steps), ``at_steps``, ``at_train_end``, ``extra_estimates`` (the most
-            estimates to add right after bends of the training loss, the adaptive schedule;
-            default 0); ``dataloader``, ``loss_fn``
+            30, log-spaced from step ``T ** 0.3`` of a run of ``T`` steps), ``at_steps``,
+            ``at_train_end``, ``extra_estimates`` (the most estimates to add right after bends
+            of the training loss, the adaptive schedule; default 0); ``dataloader``, ``loss_fn``
             (``loss_fn(model, batch)`` returning the mean loss or per-sample losses; default
             the module's ``training_step`` with ``self.log`` silenced); ``components``
             (``"heads"`` or a list of :class:`Component`: each gets a refined LLC logged as
