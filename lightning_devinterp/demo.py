@@ -8,7 +8,7 @@ with :class:`LLCMonitor` (LLC and per-head refined LLCs, milestones),
 main LLC curve's milestones with the step where the copied-half loss fell fastest, and names
 the induction stage: the stage of the main LLC curve, between two online milestones, where
 the LLC rises (complexity acquired) around that step. A second monitor on copied sequences
-(``copies``) is an extra view, not needed for the story.
+(``copies``, ``--copies``) is an extra view, not needed for the story, and off by default.
 
     python examples/induction_heads.py            # or: lightning-devinterp demo
 """
@@ -149,6 +149,7 @@ def run_demo(
     num_draws: int = 80,
     heads: bool = True,
     susceptibilities: bool = True,
+    copies: bool = False,
     logger: str = "tensorboard",
     seed: int = 0,
 ) -> DemoResult:
@@ -162,6 +163,8 @@ def run_demo(
         heads: also a refined LLC per attention head.
         susceptibilities: also the heads' susceptibilities to copied and bigram sequences
             (3 log-spaced estimates).
+        copies: also the LLC and L(w*) on copied sequences only, at twice ``num_estimates``
+            (an extra view; it adds about a seventh to the demo's time).
         logger: ``"tensorboard"`` or ``"wandb"`` (offline unless you are logged in).
         seed: seed of the weights and of the data order (and of the chains).
     """
@@ -177,18 +180,20 @@ def run_demo(
             at_steps=_grid(max_steps, num_estimates),
             components="heads" if heads else None,  # milestones on every series by default
             **sampling,
-        ),
-        # an extra view: the LLC and the loss at w* on copied sequences only
-        LLCMonitor(
-            SAMPLER,
-            at_steps=_grid(max_steps, 2 * num_estimates),
-            dataloader=data.val_dataloader(),
-            loss_fn=loss_of_lm,
-            name="copies",
-            milestones=detectors("copies"),
-            **sampling,
-        ),
+        )
     ]
+    if copies:  # an extra view: the LLC and the loss at w* on copied sequences only
+        monitors.append(
+            LLCMonitor(
+                SAMPLER,
+                at_steps=_grid(max_steps, 2 * num_estimates),
+                dataloader=data.val_dataloader(),
+                loss_fn=loss_of_lm,
+                name="copies",
+                milestones=detectors("copies"),
+                **sampling,
+            )
+        )
     callbacks: list[Callback] = [
         *monitors,
         EssentialDynamics(data.copies.tokens[:16], at_steps=_grid(max_steps, 60)),
@@ -401,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-susceptibilities", action="store_true", help="skip the SusceptibilityMonitor"
     )
+    parser.add_argument(
+        "--copies", action="store_true", help="also the LLC on copied sequences (an extra view)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     # short demo chains are often flagged; the flags stay in each record (<name>/warnings)
@@ -412,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_draws=args.draws,
         heads=not args.no_heads,
         susceptibilities=not args.no_susceptibilities,
+        copies=args.copies,
         logger=args.logger,
         seed=args.seed,
     )

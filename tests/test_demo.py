@@ -31,13 +31,27 @@ def test_log_spaced_steps_from_a_first_step_and_steepest_drop():
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """The demo's 3000 steps with cheaper analysis: LLC on copied sequences at 32 log-spaced
-    steps (2 chains x 40 draws), no per-head LLCs, no susceptibilities (about 70 s on 2 CPU
-    cores)."""
+    """The demo's 3000 steps with cheaper analysis: 2 chains x 40 draws, the LLC on copied
+    sequences too (``copies=True``, 32 log-spaced steps), no per-head LLCs, no
+    susceptibilities (about 70 s on 2 CPU cores)."""
     out = tmp_path_factory.mktemp("demo")
     return run_demo(
-        out, max_steps=3000, num_estimates=16, num_draws=40, heads=False, susceptibilities=False
+        out,
+        max_steps=3000,
+        num_estimates=16,
+        num_draws=40,
+        heads=False,
+        susceptibilities=False,
+        copies=True,
     )
+
+
+def test_the_copies_monitor_runs_only_when_asked(tmp_path):
+    result = run_demo(
+        tmp_path, max_steps=30, num_estimates=2, num_draws=4, heads=False, susceptibilities=False
+    )
+    assert set(result.stages) == {"llc"}
+    assert not list(tmp_path.rglob("copies*")) and list(tmp_path.rglob("llc.jsonl"))
 
 
 def test_the_induction_stage_is_the_rising_stage_nearest_the_formation():

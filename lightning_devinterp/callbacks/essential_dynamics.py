@@ -17,7 +17,7 @@ from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
 from lightning_devinterp.milestones import Milestone, find_trajectory_milestones, pca_trajectory
 from lightning_devinterp.reporting import log_figure, report_milestones, write_milestones_json
-from lightning_devinterp.reporting.figures import plot_trajectory, save_png
+from lightning_devinterp.reporting.figures import figure_image, plot_trajectory, save_png
 from lightning_devinterp.sampling import move_to_device
 
 
@@ -134,8 +134,9 @@ class EssentialDynamics(Callback):
             except ImportError as error:
                 rank_zero_info(f"EssentialDynamics: no trajectory figure ({error}).")
                 return
-            save_png(figure, self._folder / f"{self.name}.png")
-            log_figure(trainer.loggers, f"{self.name}/trajectory", figure, trainer.global_step)
+            image = figure_image(figure)
+            save_png(image, self._folder / f"{self.name}.png")
+            log_figure(trainer.loggers, f"{self.name}/trajectory", image, trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_debug, rank_zero_info
 
 from lightning_devinterp.reporting import log_figure
-from lightning_devinterp.reporting.figures import save_png
+from lightning_devinterp.reporting.figures import figure_image, save_png
 
 #: Draw the figures at every this many estimates by default.
 DEFAULT_FIGURE_EVERY = 5
@@ -77,8 +77,9 @@ class LiveFigures:
             except ValueError as error:
                 rank_zero_debug(f"LLCMonitor({self.name}): no {tag} figure yet ({error}).")
                 continue
+            image = figure_image(figure)
             if folder is not None:
-                save_png(figure, folder / f"{tag.replace('/', '_')}.png")
-            log_figure(trainer.loggers, tag, figure, step)
+                save_png(image, folder / f"{tag.replace('/', '_')}.png")
+            log_figure(trainer.loggers, tag, image, step)
             drawn.append(tag)
         return drawn

@@ -18,7 +18,7 @@ from lightning_devinterp.estimators import (
     susceptibilities_from_samples,
 )
 from lightning_devinterp.estimators.susceptibility import probe_batches
-from lightning_devinterp.reporting.figures import plot_response_matrix, save_png
+from lightning_devinterp.reporting.figures import figure_image, plot_response_matrix, save_png
 from lightning_devinterp.reporting.susceptibility import report_susceptibilities, write_npz
 from lightning_devinterp.sampling import SGLD
 
@@ -174,7 +174,8 @@ class SusceptibilityMonitor(ScheduledAnalysis):
         return f"batch {number} {tuple(position)}"
 
     def _heatmap(self, result: Susceptibilities, step: int) -> Any | None:
-        """The response-matrix figure (also saved as PNG), or None without matplotlib."""
+        """The response-matrix figure drawn once (:func:`figure_image`, also saved as PNG), or
+        None without matplotlib."""
         try:
             figure = plot_response_matrix(
                 result.response.numpy(),
@@ -184,9 +185,10 @@ class SusceptibilityMonitor(ScheduledAnalysis):
             )
         except ImportError:
             return None
+        image = figure_image(figure)
         if self.jsonl_path is not None:
-            save_png(figure, self.jsonl_path.with_name(self.name) / f"response-step-{step}.png")
-        return figure
+            save_png(image, self.jsonl_path.with_name(self.name) / f"response-step-{step}.png")
+        return image
 
 
 def _arrays(result: Susceptibilities) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Figures: pure functions of plain data (history records, milestones, arrays) that return a
-matplotlib ``Figure``, and :func:`save_png`.
+matplotlib ``Figure``, :func:`figure_image` (drawn once) and :func:`save_png`.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so they never
 change the user's backend, never accumulate in pyplot's registry, and render headless.
@@ -43,11 +43,26 @@ def new_figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
-def save_png(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``figure`` as a PNG to ``path`` (parent folders created); returns the path."""
+def figure_image(figure: Figure, dpi: int = 100) -> np.ndarray:
+    """``figure`` drawn once, at ``dpi``: an RGB array of shape (height, width, 3), for a PNG
+    file and the loggers alike (each would otherwise draw it again)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(figure: Figure | np.ndarray, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``figure`` (or its :func:`figure_image`) as a PNG to ``path`` (parent folders
+    created); returns the path."""
+    from PIL import Image  # matplotlib's own PNG writer
+
+    image = figure if isinstance(figure, np.ndarray) else figure_image(figure, dpi)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=dpi)
+    Image.fromarray(image).save(path, format="png")
     return path
 
 

@@ -47,7 +47,7 @@ def report_susceptibilities(
 ) -> None:
     """Give one checkpoint's susceptibilities to the loggers that show more than scalars:
     W&B gets the response matrix and the top tokens as tables and the heatmap as an image;
-    TensorBoard gets the heatmap as a figure and the top tokens as text."""
+    TensorBoard gets the heatmap as an image and the top tokens as text."""
     loggers = list(loggers)
     if figure is not None:
         log_figure(loggers, f"{tag}/response", figure, step)

@@ -4,10 +4,12 @@ figures, and a run without matplotlib."""
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -40,6 +42,24 @@ def fit(tmp_path, monitor, max_steps):
 
 def image_steps(events, tag):
     return [e.step for e in events.Images(tag)] if tag in events.Tags()["images"] else []
+
+
+def test_each_figure_is_drawn_once_for_its_png_and_tensorboard(tmp_path, monkeypatch):
+    """One Agg draw per figure and update: the PNG file and the TensorBoard image are the same
+    pixels (they were drawn twice, by savefig and by add_figure)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.image import imread
+
+    draws = []
+    original = FigureCanvasAgg.draw
+    monkeypatch.setattr(FigureCanvasAgg, "draw", lambda canvas: draws.append(1) or original(canvas))
+    monitor = LLCMonitor(every_n_steps=2, milestones=False, figure_every=2, **FAST)
+    events = fit(tmp_path, monitor, max_steps=7)
+    images = events.Images("llc/curve")
+    assert [e.step for e in images] == [4, 6] and len(draws) == 2
+    on_disk = imread(monitor.jsonl_path.parent / "llc_curve.png")
+    logged = imread(io.BytesIO(images[-1].encoded_image_string))
+    assert on_disk.shape == logged.shape and np.array_equal(on_disk, logged)
 
 
 def test_curve_and_heads_at_every_nth_estimate_and_at_train_end(tmp_path):
