@@ -3,7 +3,8 @@ refined LLC of every head, essential dynamics and susceptibilities watched as it
 
     python examples/induction_heads.py [--logger wandb] [--steps 3000] [--out runs/induction]
 
-TensorBoard by default: ``tensorboard --logdir runs/induction``. About 12x the time of its training alone.
+TensorBoard by default: ``tensorboard --logdir runs/induction``. About 8-10x the time of its
+training alone.
 """
 
 from lightning_devinterp.demo import main

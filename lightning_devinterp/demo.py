@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train a 2-layer attention-only transformer on a language that rewards "
         "in-context copying, watch its LLC, per-head refined LLCs, essential dynamics and "
         "susceptibilities, and report the stages and the induction-head milestone "
-        "(about 12x the time of its training alone).",
+        "(about 8-10x the time of its training alone).",
     )
     parser.add_argument("--out", default="runs/induction", help="output folder")
     parser.add_argument("--steps", type=int, default=3000, help="training steps")
