@@ -108,3 +108,12 @@ def test_offline_run_history_metrics_and_group_charts(tmp_path, monkeypatch):
     # one chart (a W&B line series over a table) with both heads of layer l0, redrawn each time
     charts = [row for row in rows if any(k.startswith("rllc_chart/l0_table/") for k in row)]
     assert [row["trainer/global_step"] for row in charts] == [2, 4]
+    # the live figures as W&B images, the same pixels as their PNG files (drawn once)
+    import numpy as np
+    from matplotlib.image import imread
+
+    folder = monitor.jsonl_path.parent
+    for tag in ("curve", "heads"):
+        (logged,) = tmp_path.rglob(f"media/images/*llc/{tag}_*.png")
+        (on_disk,) = folder.glob(f"*llc_{tag}.png")
+        assert np.array_equal(imread(logged)[..., :3], imread(on_disk)[..., :3]), tag
