@@ -224,6 +224,15 @@ def test_bad_sampler_settings_fail_at_construction(sampler_kwargs, match):
         SGLD(**sampler_kwargs)
 
 
+def test_num_estimates_spread_over_a_run_bounded_by_epochs_and_refused_unbounded(tmp_path):
+    # max_epochs=3 of 8 batches: the run's 24 steps come from the trainer's estimate
+    monitor = LLCMonitor(num_estimates=4, **FAST)
+    fit(tmp_path, monitor, max_steps=-1, max_epochs=3)
+    assert [r["step"] for r in monitor.history] == [3, 6, 12, 24]  # from 24 ** 0.3 = 2.6
+    with pytest.raises(ValueError, match="no finite max_steps or max_epochs; set max_steps"):
+        fit(tmp_path, LLCMonitor(**FAST), max_steps=-1, max_epochs=-1, max_time="00:00:00:05")
+
+
 def test_schedule_beyond_the_run_fails_at_start(tmp_path):
     with pytest.raises(ValueError, match="selects no step"):
         fit(tmp_path, LLCMonitor(every_n_steps=50, **FAST), max_steps=5)
