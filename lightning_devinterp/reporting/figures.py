@@ -45,13 +45,19 @@ def new_figure(**kwargs: Any) -> Figure:
 
 def figure_image(figure: Figure, dpi: int = 100) -> np.ndarray:
     """``figure`` drawn once, at ``dpi``: an RGB array of shape (height, width, 3), for a PNG
-    file and the loggers alike (each would otherwise draw it again)."""
+    file and the loggers alike (each would otherwise draw it again). The figure keeps its own
+    dpi and canvas (a user's pyplot window stays as it was)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    figure.set_dpi(dpi)
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    own_dpi, own_canvas = figure.dpi, figure.canvas
+    try:
+        figure.set_dpi(dpi)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    finally:
+        figure.set_dpi(own_dpi)
+        figure.set_canvas(own_canvas)
 
 
 def save_png(figure: Figure | np.ndarray, path: str | Path, dpi: int = 100) -> Path:

@@ -13,6 +13,7 @@ from lightning_devinterp.milestones import Milestone, Stage
 from lightning_devinterp.reporting.figures import (
     TREND_COLORS,
     component_groups,
+    figure_image,
     plot_curve,
     plot_formation,
     plot_llc_curve,
@@ -67,6 +68,21 @@ def test_llc_curve_on_a_log_axis_with_stages_shaded_and_milestones_marked(tmp_pa
     assert {t.get_text() for t in ax.texts} == {"plateau_start", "peak"}
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rising", "flat", "falling"]
     assert_png(save_png(fig, tmp_path / "figures" / "llc.png"))
+
+
+def test_a_figure_drawn_once_to_pixels_keeps_its_dpi_and_canvas(tmp_path):
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    fig = Figure(figsize=(4, 2), dpi=72)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    canvas = fig.canvas
+    image = figure_image(fig)  # at 100 dpi
+    assert image.shape == (200, 400, 3) and image.dtype == np.uint8 and image.min() < 255
+    assert fig.dpi == 72 and fig.canvas is canvas
+    path = save_png(image, tmp_path / "pixels.png")
+    assert_png(path)
+    assert np.array_equal((imread(path)[..., :3] * 255).round().astype(np.uint8), image)
 
 
 def test_other_series_milestones_are_faint_and_unlabelled_on_a_curve():
