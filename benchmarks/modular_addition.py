@@ -5,6 +5,7 @@ near 0 for 4000 steps). Prints each estimate (step, LLC, spread, why taken, firs
 warning), the test accuracy along training, and the milestones announced online.
 
     python benchmarks/modular_addition.py [--seed 0] [--steps 4000] [--sampler auto]
+    python benchmarks/modular_addition.py --lr 3e-3 --train-share 0.5 --batch-size 0  # groks
 """
 
 from __future__ import annotations
@@ -65,14 +66,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--sampler", choices=["default", "auto"], default="default")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-share", type=float, default=0.4)
+    parser.add_argument("--batch-size", type=int, default=256, help="0: the whole training set")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     L.seed_everything(args.seed, verbose=False)
-    train, test = split(args.seed)
+    train, test = split(args.seed, args.train_share)
     sampler = "auto" if args.sampler == "auto" else None
     monitor = LLCMonitor(sampler, seed=args.seed, at_train_end=True)
-    model = ModularAddition()
+    model = ModularAddition(lr=args.lr)
     with tempfile.TemporaryDirectory() as folder:
         L.Trainer(
             max_steps=args.steps,
@@ -88,7 +92,7 @@ def main() -> None:
             callbacks=[monitor],
         ).fit(
             model,
-            DataLoader(train, batch_size=256, shuffle=True),
+            DataLoader(train, batch_size=args.batch_size or len(train), shuffle=True),
             DataLoader(test, batch_size=len(test)),
         )
     for r in monitor.history:
