@@ -164,7 +164,7 @@ def run_demo(
         susceptibilities: also the heads' susceptibilities to copied and bigram sequences
             (3 log-spaced estimates).
         copies: also the LLC and L(w*) on copied sequences only, at twice ``num_estimates``
-            (an extra view; it adds about a seventh to the demo's time).
+            (an extra view; it adds about a tenth to the demo's time).
         logger: ``"tensorboard"`` or ``"wandb"`` (offline unless you are logged in).
         seed: seed of the weights and of the data order (and of the chains).
     """
