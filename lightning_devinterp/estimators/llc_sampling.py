@@ -29,6 +29,7 @@ from lightning_devinterp.sampling import (
     run_sampling,
     seeded_global_rng,
 )
+from lightning_devinterp.sampling.batches import gathered_batches
 from lightning_devinterp.sampling.flat import selection
 
 #: The chain settings of an estimate whose caller gives none.
@@ -256,6 +257,7 @@ def sample_components(
     for component in components:
         if component is not None:
             component.validate(model)
+    dataloader = gathered_batches(dataloader)  # before the timing wrapper hides the loader
     copy = sampling_copy(model, dataloader, loss_fn, chains, transfer)
     sampler = (sampler or SGLD(lr=1e-3)).resolve(copy.batch_size)
     masks = [component.masks if component is not None else None for component in components]

@@ -6,13 +6,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from lightning_devinterp.sampling.rng import seeded_global_rng
 
 
 class BatchStream:
-    """Endless batches from a fresh iterator over ``dataloader``, restarting when it runs out.
+    """Endless batches from a fresh iterator over ``dataloader``, restarting when it runs out
+    (a ``TensorDataset``'s gathered at once, :func:`gathered_batches`).
 
     The same ``seed`` gives the same batch sequence on every call (common random numbers
     across estimates); torch's global generator is left exactly as found. (Callers run the
@@ -26,7 +27,7 @@ class BatchStream:
         seed: int,
         transfer: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.dataloader = dataloader
+        self.dataloader = gathered_batches(dataloader)
         self.seed = seed
         self.transfer = transfer or (lambda batch: batch)
         self._epoch = 0
@@ -58,6 +59,43 @@ class BatchStream:
             "The dataloader given for sampling yields no batch. Pass a dataloader with at least "
             "one batch (check the dataset length, batch_size and drop_last)."
         )
+
+
+class _TensorRows(Dataset):
+    """A ``TensorDataset`` read a batch at a time: ``rows[indices]`` gathers each tensor's rows
+    at once, the list that torch's default collate stacks from single samples."""
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        self.tensors = dataset.tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, indices: list[int]) -> list[torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return [tensor[index] for tensor in self.tensors]
+
+
+def gathered_batches(loader: Iterable) -> Iterable:
+    """``loader``, or, when it is a single-process ``DataLoader`` that stacks single samples of
+    a ``TensorDataset`` (torch's default collate), one that gathers each batch's rows at once:
+    the same batches from the same seed, without a Python call per sample (fetching full
+    batches of 1,104 rows took half the sampling time of a small MLP)."""
+    if not (
+        isinstance(loader, DataLoader)
+        and type(loader.dataset) is TensorDataset
+        and loader.collate_fn is default_collate
+        and loader.batch_sampler is not None
+        and loader.num_workers == 0
+    ):
+        return loader
+    return DataLoader(
+        _TensorRows(loader.dataset),
+        batch_size=None,
+        sampler=loader.batch_sampler,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+    )
 
 
 def _mix(*parts: int) -> int:

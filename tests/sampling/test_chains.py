@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_devinterp import SGLD, Component, estimate_llc
 from lightning_devinterp.sampling import LossFnError
+from lightning_devinterp.sampling.batches import BatchStream, gathered_batches
 
 SMALL = SGLD(lr=1e-4, nbeta=10.0, localization=100.0)
 
@@ -299,6 +300,34 @@ def test_batches_cycle_when_the_loader_runs_out():
     passes = [sorted(sum(order[i : i + 3], [])) for i in range(0, 12, 3)]
     assert passes == [list(range(6))] * 4
     assert len({tuple(map(tuple, order[i : i + 3])) for i in range(0, 12, 3)}) > 1
+
+
+@pytest.mark.parametrize("shuffle, drop_last", [(True, False), (True, True), (False, False)])
+def test_a_tensor_dataset_s_batches_are_gathered_at_once_and_the_same(shuffle, drop_last):
+    data = TensorDataset(torch.randn(50, 3), torch.arange(50))
+    loader = DataLoader(data, batch_size=16, shuffle=shuffle, drop_last=drop_last)
+    fast = gathered_batches(loader)
+    assert isinstance(fast.dataset, Dataset) and fast.dataset is not data
+    # from the same torch seed: the same batches, pass after pass, of the same types (lists,
+    # as torch's collate makes them)
+    for seed in (7, 8):
+        torch.manual_seed(seed)
+        plain = [batch for _ in range(3) for batch in loader]
+        torch.manual_seed(seed)
+        gathered = [batch for _ in range(3) for batch in fast]
+        assert len(plain) == len(gathered) == 3 * len(loader)
+        for a, b in zip(plain, gathered, strict=True):
+            assert type(a) is type(b) is list
+            assert all(torch.equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b, strict=True))
+    assert gathered_batches(fast) is fast and BatchStream(loader, 0).dataloader is not loader
+    # a loader with its own collate, with workers, or over another dataset is left as it is
+    rows = [data[i] for i in range(50)]
+    for other in (
+        DataLoader(data, batch_size=16, collate_fn=lambda batch: batch),
+        DataLoader(data, batch_size=16, num_workers=1),
+        DataLoader(rows, batch_size=16),
+    ):
+        assert gathered_batches(other) is other
 
 
 @pytest.mark.parametrize("paired", [True, False])
