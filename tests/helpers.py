@@ -7,6 +7,7 @@ import random
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -66,6 +67,27 @@ class RegressionModule(L.LightningModule):
 def mse_loss(model: nn.Module, batch) -> torch.Tensor:
     x, y = batch
     return nn.functional.mse_loss(model(x), y)
+
+
+class TwoLoaders(RegressionModule):
+    """Trained on two dataloaders at once: Lightning combines their batches (a dict or list)."""
+
+    def __init__(self, combined: bool = False) -> None:
+        super().__init__(noisy=False)
+        self.combined = combined
+
+    def training_step(self, batch, batch_idx):
+        parts = batch.values() if isinstance(batch, dict) else batch
+        loss = sum(mse_loss(self, part) for part in parts)
+        self.losses.append(loss.item())
+        return loss
+
+    def train_dataloader(self):
+        first = DataLoader(regression_data(), batch_size=32, shuffle=True)
+        second = DataLoader(regression_data(48, seed=1), batch_size=16, shuffle=True)
+        if self.combined:
+            return CombinedLoader([first, second], "min_size")
+        return {"main": first, "extra": second}
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:

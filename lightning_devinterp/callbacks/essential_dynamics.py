@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.schedule import Schedule
-from lightning_devinterp.callbacks.trainer_info import last_step, output_folder
+from lightning_devinterp.callbacks.trainer_info import last_step, output_folder, training_data
 from lightning_devinterp.milestones import Milestone, find_trajectory_milestones, pca_trajectory
 from lightning_devinterp.reporting import log_figure, report_milestones, write_milestones_json
 from lightning_devinterp.reporting.figures import figure_image, plot_trajectory, save_png
@@ -27,13 +27,11 @@ def model_output(model: torch.nn.Module, probe: Any) -> torch.Tensor:
 
 
 def first_batch(trainer: Trainer, pl_module: LightningModule) -> Any:
-    """The first batch of the training dataloader, from a fresh iterator (a shuffling sampler
-    draws from the global RNG, restored by ``isolated``)."""
-    loader = trainer.train_dataloader
-    if loader is None:
-        raise ValueError("EssentialDynamics(probe=None) needs a training dataloader; pass probe.")
+    """The first batch of the training data (:func:`training_data`), from a fresh iterator (a
+    shuffling sampler draws from the global RNG, restored by ``isolated``)."""
+    data = training_data(trainer, "EssentialDynamics(probe=None)")
     with isolated(pl_module):
-        return next(iter(loader))
+        return next(iter(data))
 
 
 class EssentialDynamics(Callback):

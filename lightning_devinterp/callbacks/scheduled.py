@@ -65,8 +65,9 @@ class ScheduledAnalysis(Callback):
         at_train_end: also estimate at the last step, if not already scheduled.
         extra_estimates: the most estimates to add right after bends of the training loss
             (the adaptive schedule, :class:`LossBends`); 0: the schedule alone.
-        dataloader: data for sampling; default the trainer's train dataloader (a fresh
-            iterator; training's is never advanced).
+        dataloader: data for sampling; default the trainer's training data as
+            ``training_step`` receives it (several train dataloaders combined), through fresh
+            iterators (training's is never advanced).
         loss_fn: ``loss_fn(model, batch)``; default the module's ``training_step``.
         components: ``"heads"`` or a list of :class:`Component`.
         on_error: ``"warn"`` reports a failed estimate and training goes on; ``"raise"`` stops.

@@ -3,12 +3,15 @@ to sample with and how its batches reach the model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
+
+from lightning_devinterp.sampling import gathered_batches
 
 
 def last_step(trainer: Trainer) -> float:
@@ -23,19 +26,63 @@ def output_folder(trainer: Trainer, output_dir: str | None) -> Path:
 
 
 def sampling_data(trainer: Trainer, dataloader: Iterable | None, name: str) -> Iterable:
-    """The data a monitor samples with: its own ``dataloader``, or the trainer's train
-    dataloader through a fresh iterator (a persistent-workers loader is copied without workers,
-    since a second iterator over it would reset training's)."""
-    if dataloader is not None:
-        return dataloader
-    loader = trainer.train_dataloader
-    if not isinstance(loader, DataLoader):
+    """The data a monitor samples with: its own ``dataloader``, or :func:`training_data`."""
+    return dataloader if dataloader is not None else training_data(trainer, f"LLCMonitor({name})")
+
+
+def training_data(trainer: Trainer, reader: str) -> Iterable:
+    """The trainer's training data as ``training_step`` receives it, read through fresh
+    iterators (training's own is never advanced): its ``DataLoader`` (one with persistent
+    workers copied without them, since a second iterator would reset training's), or for
+    several dataloaders (a dict or list, a ``CombinedLoader``) or another iterable,
+    :class:`CombinedBatches`. ``reader`` names the callback in errors."""
+    iterables = trainer.train_dataloader
+    if iterables is None:
         raise ValueError(
-            f"LLCMonitor({name}) cannot sample from a train dataloader of type "
-            f"{type(loader).__name__}; pass LLCMonitor(dataloader=...) with one DataLoader."
+            f"{reader} found no training dataloader on the trainer; give it data of its own "
+            "(the monitors' dataloader=..., EssentialDynamics' probe=...)."
         )
+    if isinstance(iterables, DataLoader):
+        return _without_persistent_workers(iterables)
+    return CombinedBatches(iterables, reader)
+
+
+class CombinedBatches:
+    """The batches of several training iterables, combined as Lightning's fit loop combines
+    them (``CombinedLoader`` in ``max_size_cycle`` mode: a dict or list of their batches; a
+    single iterable's own batches), through fresh iterators at every pass.
+
+    Raises:
+        ValueError: one of them is an iterator (a generator, say): reading it would take
+            training's batches.
+    """
+
+    def __init__(self, iterables: Any, reader: str) -> None:
+        combined = CombinedLoader(iterables, "max_size_cycle")
+        for iterable in combined.flattened:
+            if isinstance(iterable, Iterator):
+                raise ValueError(
+                    f"{reader} cannot sample from the training data: it is an iterator "
+                    f"({type(iterable).__name__}), read once, so sampling would take training's "
+                    "batches. Train from a DataLoader or another re-iterable object, or give the "
+                    "callback data of its own (the monitors' dataloader=..., EssentialDynamics' "
+                    "probe=...)."
+                )
+        combined.flattened = [
+            gathered_batches(_without_persistent_workers(x)) if isinstance(x, DataLoader) else x
+            for x in combined.flattened
+        ]
+        self.iterables = combined.iterables
+
+    def __iter__(self) -> Iterator:
+        batches = iter(CombinedLoader(self.iterables, "max_size_cycle"))
+        return (batch for batch, _, _ in batches)
+
+
+def _without_persistent_workers(loader: DataLoader) -> DataLoader:
+    """``loader``, or, when its workers persist, a copy without workers."""
     if loader.num_workers > 0 and loader.persistent_workers:
-        loader = DataLoader(
+        return DataLoader(
             loader.dataset,
             batch_sampler=loader.batch_sampler,
             collate_fn=loader.collate_fn,

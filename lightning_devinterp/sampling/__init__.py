@@ -6,6 +6,7 @@ from lightning_devinterp.sampling.batches import (
     batch_size_of,
     chain_seed,
     device_transfer,
+    gathered_batches,
     move_to_device,
 )
 from lightning_devinterp.sampling.chains import ChainTraces, Draw, Observable, run_chains
@@ -40,6 +41,7 @@ __all__ = [
     "chain_seed",
     "default_nbeta",
     "device_transfer",
+    "gathered_batches",
     "kept_rng_states",
     "loss_terms",
     "move_to_device",

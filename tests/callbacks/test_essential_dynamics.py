@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_devinterp.callbacks import EssentialDynamics
-from tests.helpers import RegressionModule, regression_data, trainer
+from tests.helpers import RegressionModule, TwoLoaders, regression_data, trainer
 
 
 def fit(tmp_path, callback=None, max_steps=30):
@@ -113,3 +113,13 @@ def test_without_a_probe_a_training_batch_is_used_and_training_is_untouched(tmp_
     assert all((data == row).all(1).any() for row in inputs)
     for a, b in zip(reference.parameters(), watched.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_without_a_probe_two_train_dataloaders_give_their_combined_batch(tmp_path):
+    dynamics = EssentialDynamics(
+        every_n_steps=2, output_fn=lambda model, batch: model(batch["extra"][0])
+    )
+    trainer(tmp_path, callbacks=[dynamics], max_steps=6).fit(TwoLoaders())
+    assert set(dynamics.probe) == {"main", "extra"}  # the batch training_step receives
+    assert len(dynamics.probe["main"][0]) == 32 and len(dynamics.probe["extra"][0]) == 16
+    assert len(dynamics.steps) >= 3

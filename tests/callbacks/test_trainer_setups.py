@@ -10,7 +10,14 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_devinterp import SGLD, LLCMonitor
-from tests.helpers import RegressionModule, mse_loss, regression_data, trainer
+from tests.helpers import (
+    Batches,
+    RegressionModule,
+    TwoLoaders,
+    mse_loss,
+    regression_data,
+    trainer,
+)
 
 FAST = dict(sampler=SGLD(lr=1e-4, nbeta=10.0, localization=100.0), num_chains=2, num_draws=8)
 
@@ -66,6 +73,14 @@ class Streamed(RegressionModule):
         return DataLoader(Stream(), batch_size=32)
 
 
+class Reiterable(RegressionModule):
+    """Trained from an iterable of batches that is not a DataLoader."""
+
+    def train_dataloader(self):
+        x, y = regression_data().tensors
+        return Batches(x, y, batch_size=32)
+
+
 def per_sample_loss(model, batch):
     x, y = batch
     return ((model(x) - y) ** 2).mean(dim=1)
@@ -80,6 +95,9 @@ SETUPS = {
     "an IterableDataset": (Streamed, {}, {}),
     "validation every 2 steps": (Validated, dict(val_check_interval=2, limit_val_batches=1), {}),
     "per-sample losses": (RegressionModule, {}, dict(loss_fn=per_sample_loss)),
+    "two train dataloaders (a dict)": (TwoLoaders, {}, {}),
+    "a CombinedLoader (a list, min_size)": (lambda: TwoLoaders(combined=True), {}, {}),
+    "an iterable of batches": (Reiterable, {}, {}),
     "torch.compile aot_eager": ("aot_eager", {}, {}),
     "torch.compile inductor": ("inductor", {}, {}),
 }
@@ -114,6 +132,20 @@ def test_the_setup_trains_as_without_the_monitor_and_is_estimated(tmp_path, setu
         assert k0 == k1 and torch.equal(v0, v1), k0
     assert [r["step"] for r in monitor.history] == [3, 6]
     assert all(r["llc/mean"] == r["llc/mean"] for r in monitor.history)  # not NaN
+
+
+class FromIterator(RegressionModule):
+    def train_dataloader(self):
+        return iter(DataLoader(regression_data(), batch_size=32))
+
+
+def test_training_data_read_once_is_refused_before_training_naming_the_fix(tmp_path):
+    module = FromIterator(noisy=False)
+    t = trainer(tmp_path, callbacks=[LLCMonitor(every_n_steps=3, **FAST)])
+    with pytest.raises(ValueError, match="iterator.*dataloader=") as error:
+        t.fit(module)
+    assert "LLCMonitor(llc)" in str(error.value)
+    assert module.losses == []  # refused at train start, before any training step
 
 
 def test_fit_twice_validate_and_test_around_it(tmp_path):
