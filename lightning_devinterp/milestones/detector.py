@@ -37,6 +37,7 @@ from lightning_devinterp.milestones.rules import (
     ROUND,
     STRONG,
     chain_step_variance,
+    level,
     mean_slope,
     noise_level,
     pooled_chain_noise,
@@ -96,6 +97,11 @@ class MilestoneDetector(SeriesEnd):
         min_noise_points: Residuals needed before the measured noise is trusted; until
             then the median ``std`` passed to :meth:`update` is used, or, without one,
             nothing is announced.
+        level_slope: The series' mean slope (the unit of the flat band) counts at least
+            ``level_slope`` times the median magnitude of its values per decade: a series
+            moving by a few percent of its level is flat however well it is measured (the
+            LLC of a converged model drifting 1% a decade, its noise far smaller with common
+            random numbers). 0 for a series whose level means nothing (a logarithm).
 
     Example:
         >>> det = MilestoneDetector("llc", confirm=3)
@@ -120,14 +126,15 @@ class MilestoneDetector(SeriesEnd):
         drop: float | None = None,
         std_floor: float = 0.0,
         min_noise_points: int = 12,
+        level_slope: float = 0.1,
     ) -> None:
         settings = DetectorSettings(
             series, confirm, min_separation, noise, threshold, trend_threshold, flat_threshold,
-            flat, resolution, window, drop, std_floor, min_noise_points,
+            flat, resolution, window, drop, std_floor, min_noise_points, level_slope,
         )  # fmt: skip
         vars(self).update(asdict(check_settings(settings)))
         self._state = DetectorState()
-        self._range_cache = (-1, 0.0)  # (closed bins, their sustained range)
+        self._range_cache = (-1, 0.0, 0.0)  # (closed bins, their sustained range, level)
 
     # ------------------------------------------------------------------ state
     def _settings(self) -> DetectorSettings:
@@ -151,7 +158,7 @@ class MilestoneDetector(SeriesEnd):
         if diff:
             log.warning("MilestoneDetector settings differ from the saved state: %s", diff)
         self._state = restored
-        self._range_cache = (-1, 0.0)
+        self._range_cache = (-1, 0.0, 0.0)
 
     # ------------------------------------------------------------- public view
     @property
@@ -288,8 +295,11 @@ class MilestoneDetector(SeriesEnd):
             return 0.0
         if self._range_cache[0] != len(y):
             raw = st.value_max - st.value_min
-            self._range_cache = (len(y), sustained_range(np.asarray(y), raw, self.confirm))
-        return mean_slope(x[0], x[-1], self._range_cache[1] - 4.0 * sigma, sigma)
+            values = np.asarray(y)
+            sustained = sustained_range(values, raw, self.confirm)
+            self._range_cache = (len(y), sustained, self.level_slope * level(values))
+        _, sustained, floor = self._range_cache
+        return mean_slope(x[0], x[-1], sustained - 4.0 * sigma, sigma, floor)
 
     def _process(self, now: int) -> list[Milestone]:
         """Looks for breaks, then judges the current segment, after a bin is closed."""

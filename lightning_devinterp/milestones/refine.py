@@ -16,6 +16,7 @@ from lightning_devinterp.milestones.fit import (
 )
 from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
+    level,
     mean_slope,
     milestone_kind,
     noise_level,
@@ -93,7 +94,8 @@ def refine_milestones(
     knots, sigma = _best_fit(x, y, w, sigma, stds, settings)
     fitted, slopes, se = joint_slopes(x, y, w, knots)
     spread = sustained_range(y, float(fitted.max() - fitted.min()), c)
-    slope_scale = mean_slope(float(x[0]), float(x[-1]), spread, sigma)
+    floor = settings.level_slope * level(y)
+    slope_scale = mean_slope(float(x[0]), float(x[-1]), spread, sigma, floor)
     segments = _segments(x, knots, slopes, se * sigma, settings.flat * slope_scale, settings)
     return [
         Milestone(

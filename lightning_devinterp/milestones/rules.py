@@ -44,7 +44,9 @@ How it works:
    beyond the flat band; ``flat`` needs ``|slope| + flat_threshold * se``
    inside the flat band, whose half-width is ``flat`` times the series' mean slope
    (range of values so far over their span in decades, at least one decade, at least
-   five noise levels). The range is capped at 1.5 times the range of a running median
+   five noise levels; the slope at least ``level_slope`` times the median magnitude of the
+   values, so that a drift of a few percent of the level, however well measured, is flat).
+   The range is capped at 1.5 times the range of a running median
    over ``2 * confirm + 1`` bins, so a brief deep excursion (an LLC dip of a few points
    while the weights cross from one saddle to the next, ten times deeper than the
    steps between plateaus) does not make every later step look flat. A plateau is also
@@ -192,12 +194,21 @@ def slope_change_z(
     return abs(after.slope - slope) / se if se > 0 else None
 
 
-def mean_slope(x_first: float, x_last: float, spread: float, sigma: float) -> float:
+def mean_slope(
+    x_first: float, x_last: float, spread: float, sigma: float, floor: float = 0.0
+) -> float:
     """The series' mean absolute slope per decade: ``spread`` over the span of x.
 
-    The span counts at least one decade and the spread at least five noise levels.
+    The span counts at least one decade, the spread at least five noise levels and the
+    slope at least ``floor`` (``level_slope`` times the series' :func:`level`).
     """
-    return max(spread, 5.0 * sigma) / max(x_last - x_first, 1.0)
+    return max(max(spread, 5.0 * sigma) / max(x_last - x_first, 1.0), floor)
+
+
+def level(values: np.ndarray) -> float:
+    """The series' level: the median magnitude of its values (0 without any)."""
+    finite = np.abs(values[np.isfinite(values)])
+    return float(np.median(finite)) if finite.size else 0.0
 
 
 def trend_verdict(

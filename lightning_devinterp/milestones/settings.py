@@ -25,6 +25,7 @@ class DetectorSettings:
     drop: float | None
     std_floor: float
     min_noise_points: int
+    level_slope: float
 
 
 def _check_real(name: str, value: Any, *, low: float, low_ok: bool, hint: str) -> float:
@@ -87,6 +88,9 @@ def check_settings(s: DetectorSettings) -> DetectorSettings:
         "std_floor": _non_negative("std_floor", s.std_floor, "use 0.0 to disable"),
         "min_noise_points": _check_int(
             "min_noise_points", s.min_noise_points, low=3, hint="use e.g. min_noise_points=8"
+        ),
+        "level_slope": _non_negative(
+            "level_slope", s.level_slope, "use e.g. level_slope=0.1, or 0 for a logarithm"
         ),
     }
     return DetectorSettings(**checked)

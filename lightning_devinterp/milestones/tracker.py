@@ -31,7 +31,11 @@ def train_loss_detector(name: str) -> MilestoneDetector:
     reads the logarithm of the loss averaged over bins of 0.02 decades (a late drop of a
     small loss counts like an early drop of a large one) and names a steep fall a drop."""
     return MilestoneDetector(
-        train_loss_series(name), drop=2.0, resolution=TRAIN_LOSS_RESOLUTION, min_noise_points=8
+        train_loss_series(name),
+        drop=2.0,
+        resolution=TRAIN_LOSS_RESOLUTION,
+        min_noise_points=8,
+        level_slope=0.0,
     )
 
 

@@ -680,6 +680,7 @@ def test_bad_steps_and_values():
         ({"drop": 0}, "drop=0"),
         ({"std_floor": -1}, "std_floor=-1"),
         ({"min_noise_points": 2}, "min_noise_points=2"),
+        ({"level_slope": -0.1}, "level_slope=-0.1"),
     ],
 )
 def test_constructor_validates(kwargs, pattern):
