@@ -99,6 +99,12 @@ class Schedule:
             count, first = len(steps), max(min(steps, default=1), 1)
         return count / max(math.log10(last_step / first), 1.0)
 
+    def count_between(self, after: int, last_step: int) -> int:
+        """Scheduled steps in ``(after, last_step]``."""
+        if self.every_n_steps is not None:
+            return max(last_step // self.every_n_steps - after // self.every_n_steps, 0)
+        return sum(after < s <= last_step for s in self._steps or ())
+
     def first_due(self, after: int | None, step: int) -> int | None:
         """The first scheduled step in ``(after, step]`` (just ``step`` when ``after`` is
         None), or None: a step is never lost when ``global_step`` moves by more than one (two

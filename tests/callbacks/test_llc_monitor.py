@@ -171,6 +171,33 @@ def test_a_schedule_too_sparse_for_online_milestones_is_noted(tmp_path, caplog, 
         assert "4.3 estimates per decade" in notes[0] and "num_estimates" in notes[0]
 
 
+class StopAt(L.Callback):
+    """Stops training after ``step`` (as early stopping or ``max_time`` would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "noted"),
+    [
+        ({"num_estimates": 4}, "before 2 scheduled estimate(s) up to step 40"),  # 5, 8, 19, 40
+        ({"every_n_steps": 6}, "before 5 scheduled estimate(s) up to step 40"),  # 12, ..., 36
+        ({"num_estimates": 4, "at_train_end": True}, None),  # estimated there instead
+    ],
+)
+def test_a_run_stopped_before_its_last_estimates_is_noted(tmp_path, caplog, kwargs, noted):
+    caplog.set_level(logging.INFO)
+    monitor = LLCMonitor(**kwargs, **FAST)
+    fit(tmp_path, callbacks=[monitor, StopAt(9)], max_steps=40)
+    notes = [r.message for r in caplog.records if "training ended at step 9" in r.message]
+    assert [noted in n for n in notes] == ([True] if noted else [])
+    assert monitor.history[-1]["step"] == 9 if noted is None else monitor.history[-1]["step"] < 9
+
+
 def test_never_runs_under_fast_dev_run_or_sanity_check(tmp_path):
     monitor = LLCMonitor(every_n_steps=1, **FAST)
     fit(tmp_path, monitor, fast_dev_run=3)
