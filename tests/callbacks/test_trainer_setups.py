@@ -7,9 +7,10 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
 from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp.callbacks.trainer_info import training_data
 from tests.helpers import (
     Batches,
     RegressionModule,
@@ -159,3 +160,27 @@ def test_fit_twice_validate_and_test_around_it(tmp_path):
     t.fit(module)
     assert [r["step"] for r in monitor.history] == [3, 6]
     assert not monitor.errors
+
+
+def test_several_train_dataloaders_are_sampled_as_the_trainer_holds_them(tmp_path):
+    """Each loader's own sampler (under DDP, the rank's DistributedSampler) stays: the
+    sampled batches are the trainer's shard, combined as training_step receives them."""
+    numbers = TensorDataset(torch.arange(16.0).unsqueeze(1))
+    shard = DistributedSampler(numbers, num_replicas=2, rank=1, shuffle=False)
+    loaders = {
+        "odd": DataLoader(numbers, batch_size=4, sampler=shard),
+        "all": DataLoader(numbers, batch_size=8),
+    }
+    seen = []
+
+    class Reads(RegressionModule):
+        def training_step(self, batch, batch_idx):
+            seen.append(batch)
+            return self.net[0].weight.sum() * 0.0 + batch["all"][0].mean() * 0.0
+
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(Reads(noisy=False), train_dataloaders=loaders)
+    sampled = list(training_data(t, "test"))
+    assert [set(b) for b in sampled] == [{"odd", "all"}] * 2
+    assert torch.equal(sampled[0]["odd"][0], seen[0]["odd"][0])
+    assert all(int(v) % 2 == 1 for b in sampled for v in b["odd"][0].flatten())
