@@ -17,6 +17,7 @@ from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
     RELATIVE,
     flat_next_to,
+    level,
     milestone_kind,
     sharper_bend,
     slope_change_z,
@@ -89,7 +90,9 @@ def step_between_plateaus(
     a step if it rises or falls against the old plateau's slope on its last ``confirm`` bins
     (its settled line may hold the move's first estimate) and the new plateau lies
     ``threshold`` noise levels or more from those bins in the move's direction (an excursion
-    returns to the old level): the old plateau ends at the move's first bin, the new one
+    returns to the old level), and further than the flat band's floor (``flat * level_slope``
+    times the series' level per decade) lets the old plateau drift over its own span: the old
+    plateau ends at the move's first bin, the new one
     starts at its last (unless too close). None when there is no such step (nothing is
     settled then)."""
     if st.stage_trends[-1] != "flat":
@@ -119,9 +122,10 @@ def step_between_plateaus(
     jump = after.ybar - before.ybar
     if trend not in ("rising", "falling") or (jump > 0) != (trend == "rising"):
         return None
-    if abs(jump) < settings.threshold * sigma:
-        return None  # back at the old level: an excursion
     x = st.bin_log_steps
+    drift = settings.flat * settings.level_slope * level(np.asarray(st.bin_values))
+    if abs(jump) < max(settings.threshold * sigma, drift * (x[a] - x[start])):
+        return None  # back at the old level (an excursion), or no further than a plateau drifts
     st.place_knot(a, move.at(x[a]), x[a])
     found = settle(st, settings, trend, move, now, sigma, scale)
     st.place_knot(b, after.at(x[b]), x[b])

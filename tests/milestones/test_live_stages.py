@@ -913,10 +913,91 @@ CONVERGED_DRIFT = [
 ]
 
 
-def test_a_drift_of_a_few_percent_of_the_level_is_no_milestone():
-    rows = CONVERGED_DRIFT
+# Another seed of the same (benchmarks/converged_drift.py, seed 4): 0.969 -> 0.988, with a
+# step of 0.5% between steps 112 and 136 after a plateau of a decade.
+CONVERGED_STEP = [
+    (11, [0.8919, 1.1143, 0.9193, 0.9617], False),
+    (13, [0.8922, 1.1143, 0.9191, 0.9618], False),
+    (16, [0.8917, 1.1135, 0.9179, 0.9613], False),
+    (20, [0.8904, 1.1132, 0.9163, 0.9599], False),
+    (24, [0.8912, 1.1131, 0.9151, 0.9596], False),
+    (29, [0.8919, 1.1132, 0.915, 0.9597], False),
+    (35, [0.8926, 1.1119, 0.9161, 0.9593], False),
+    (43, [0.8925, 1.109, 0.9179, 0.9596], False),
+    (52, [0.8897, 1.108, 0.917, 0.9593], False),
+    (63, [0.8908, 1.1119, 0.9175, 0.9577], False),
+    (76, [0.8939, 1.1146, 0.9223, 0.9594], False),
+    (92, [0.8922, 1.1085, 0.9155, 0.9588], False),
+    (112, [0.8901, 1.1128, 0.9148, 0.9573], False),
+    (136, [0.8929, 1.1158, 0.9224, 0.9619], False),
+    (165, [0.8949, 1.1164, 0.9209, 0.9603], False),
+    (200, [0.894, 1.1159, 0.921, 0.9594], False),
+    (243, [0.8941, 1.1179, 0.923, 0.9622], False),
+    (295, [0.8967, 1.1167, 0.9251, 0.9619], False),
+    (357, [0.8936, 1.1152, 0.9218, 0.96], False),
+    (434, [0.8968, 1.1193, 0.9254, 0.9603], False),
+    (526, [0.8947, 1.1143, 0.926, 0.9601], False),
+    (639, [0.8979, 1.1208, 0.9271, 0.9621], False),
+    (775, [0.8999, 1.1202, 0.9278, 0.9622], False),
+    (940, [0.9003, 1.12, 0.9259, 0.962], False),
+    (1141, [0.9009, 1.1232, 0.9316, 0.9634], False),
+    (1384, [0.9023, 1.1245, 0.9316, 0.9621], False),
+    (1679, [0.9057, 1.1276, 0.9373, 0.9663], False),
+    (2038, [0.9071, 1.1283, 0.9364, 0.9658], False),
+    (2472, [0.9031, 1.1269, 0.936, 0.9629], False),
+    (3000, [0.9107, 1.1313, 0.9425, 0.9679], False),
+]
+
+
+@pytest.mark.parametrize("rows", [CONVERGED_DRIFT, CONVERGED_STEP], ids=["drift", "small step"])
+def test_a_drift_or_step_of_a_few_percent_of_the_level_is_no_milestone(rows):
     det, announced = replay_recorded(rows)
     assert announced == [] and det.refine() == []
     assert det.stages[-1].trend == "flat"
     _, unfloored = replay_recorded(rows, level_slope=0.0)
     assert unfloored  # well measured: without the floor it made milestones
+
+
+# The demo's transformer trained 3000 steps, then 3000 more at a thirtieth of its learning
+# rate (seed 2, the monitor's defaults, 4 chains): its LLC creeps 11.76 -> 11.96 (2%) to step
+# 200, then rises to 14.15, faster and faster.
+STILL_RISING = [
+    (11, [11.8334, 12.0151, 11.6867, 11.5104], False),
+    (13, [11.8336, 12.0211, 11.6896, 11.5161], False),
+    (16, [11.8349, 12.0351, 11.6968, 11.5305], False),
+    (20, [11.8395, 12.0557, 11.7069, 11.5536], False),
+    (24, [11.8452, 12.073, 11.7185, 11.573], False),
+    (29, [11.8431, 12.0904, 11.7297, 11.591], False),
+    (35, [11.8357, 12.0992, 11.7344, 11.5986], False),
+    (43, [11.8301, 12.1007, 11.7331, 11.5962], False),
+    (52, [11.794, 12.0754, 11.7276, 11.5788], False),
+    (63, [11.7522, 12.0363, 11.7159, 11.5676], False),
+    (76, [11.756, 12.0681, 11.7351, 11.5992], False),
+    (92, [11.8062, 12.1357, 11.8152, 11.6558], False),
+    (112, [11.8134, 12.1603, 11.8142, 11.6627], False),
+    (136, [11.8, 12.1603, 11.8384, 11.6899], False),
+    (165, [11.8502, 12.2285, 11.9016, 11.7193], False),
+    (200, [11.8683, 12.265, 11.9589, 11.7632], False),
+    (243, [11.918, 12.3, 12.0289, 11.7473], False),
+    (295, [11.9483, 12.3588, 12.1021, 11.8237], False),
+    (357, [11.9917, 12.4896, 12.1715, 11.8699], False),
+    (434, [12.0882, 12.6278, 12.3271, 12.0261], False),
+    (526, [12.1383, 12.7019, 12.4178, 12.0705], False),
+    (639, [12.2773, 12.9146, 12.5664, 12.2229], False),
+    (775, [12.4158, 13.0102, 12.7235, 12.3223], False),
+    (940, [12.5016, 13.2097, 12.8372, 12.4507], False),
+    (1141, [12.6975, 13.3897, 13.0785, 12.6067], False),
+    (1384, [12.8632, 13.6233, 13.2821, 12.8346], False),
+    (1679, [13.0111, 13.8582, 13.4732, 12.957], False),
+    (2038, [13.2858, 14.1894, 13.7556, 13.2481], False),
+    (2472, [13.5656, 14.4586, 14.0241, 13.4979], False),
+    (3000, [13.8025, 14.7567, 14.2934, 13.7321], False),
+]
+
+
+def test_a_slow_creep_makes_no_small_steps_before_the_rise():
+    """Without the step rule's size bar the creep's 0.7% step at step 76 was a plateau's end
+    (and without the floor, wiggles of 0.4% a peak and a trough)."""
+    det, _ = replay_recorded(STILL_RISING)
+    assert [m.kind for m in det.milestones] == ["plateau_end"], det.milestones
+    assert det.milestones[0].step > 300
