@@ -72,7 +72,7 @@ class OverheadBudget:
 
     Args:
         max_overhead: the largest share of wall-clock time for analysis, in (0, 1).
-        name: the monitor's name, for the log.
+        label: how the log names the monitor ("LLCMonitor(llc)").
 
     Attributes:
         sgld_steps: the SGLD steps of the next estimate on this process, whose cost predicts
@@ -87,12 +87,12 @@ class OverheadBudget:
             number (``(first, last, count)``), or None.
     """
 
-    def __init__(self, max_overhead: float, name: str = "llc") -> None:
+    def __init__(self, max_overhead: float, label: str = "LLCMonitor(llc)") -> None:
         checked = check_max_overhead(max_overhead)
         if checked is None:
             raise ValueError("OverheadBudget needs a max_overhead in (0, 1), got None.")
         self.max_overhead = checked
-        self.name = name
+        self.label = label
         self.training_seconds = 0.0
         self.analysis_seconds = 0.0
         self.steps_trained = 0
@@ -151,7 +151,7 @@ class OverheadBudget:
         scheduled, self.pending = self.pending, None
         if scheduled != step or self.skipped is not None:
             rank_zero_info(
-                f"LLCMonitor({self.name}): within max_overhead={self.max_overhead:g}, the "
+                f"{self.label}: within max_overhead={self.max_overhead:g}, the "
                 f"estimate of step {scheduled} runs at step {step}{self._skipped_text()}."
             )
         return scheduled
@@ -162,7 +162,7 @@ class OverheadBudget:
             self._skip(self.pending)
             self.pending = None
             rank_zero_info(
-                f"LLCMonitor({self.name}): within max_overhead={self.max_overhead:g}, "
+                f"{self.label}: within max_overhead={self.max_overhead:g}, "
                 f"{self._skipped_text().removeprefix('; ')}: {reason}."
             )
 

@@ -32,9 +32,10 @@ class Cadence:
         schedule: the steps asked for.
         budget: the overhead budget, or None.
         plan: the sampler plan (an estimate waits for ``calibrate_at_step``).
-        name: the monitor's name, for the log.
+        name: the monitor's name (its training loss's series).
         extra_estimates: the most estimates added where the training loss bends
             (:class:`LossBends`); 0 for the schedule alone.
+        label: how the log names the monitor (default ``"LLCMonitor(<name>)"``).
     """
 
     def __init__(
@@ -44,11 +45,13 @@ class Cadence:
         plan: SamplerPlan,
         name: str,
         extra_estimates: int = 0,
+        label: str | None = None,
     ) -> None:
         self.schedule = schedule
         self.budget = budget
         self.plan = plan
         self.name = name
+        self.label = label or f"LLCMonitor({name})"
         self.extra_estimates = check_extra_estimates(extra_estimates)
         self._loss_bends: LossBends | None = None
         #: The run's last step (set at train start).
@@ -64,13 +67,13 @@ class Cadence:
         """The training loss's watch: the one :meth:`announce_loss_milestones` made, else
         one of its own for ``extra_estimates``, else None."""
         if self._loss_bends is None and self.extra_estimates:
-            self._loss_bends = LossBends(self.extra_estimates, self.name)
+            self._loss_bends = LossBends(self.extra_estimates, self.name, label=self.label)
         return self._loss_bends
 
     def announce_loss_milestones(self, detector: MilestoneDetector) -> None:
         """Watch the training loss with ``detector`` (a monitor's, whose milestones it
         announces), with or without ``extra_estimates``; before any other use of the watch."""
-        self._loss_bends = LossBends(self.extra_estimates, self.name, detector)
+        self._loss_bends = LossBends(self.extra_estimates, self.name, detector, self.label)
 
     def watch(self, step: int, outputs: Any, sync: Sync) -> list[Milestone]:
         """Show the training loss's watch (:class:`LossBends`, if any) one batch's outputs.
@@ -106,7 +109,7 @@ class Cadence:
             return None
         if not force and self.plan.waits(step):
             rank_zero_info(
-                f"LLCMonitor({self.name}): estimate at step {step} skipped: calibration "
+                f"{self.label}: estimate at step {step} skipped: calibration "
                 f"waits for step {self.plan.calibrate_at_step}."
             )
             return None

@@ -43,12 +43,12 @@ class LiveFigures:
 
     Args:
         every: the cadence in estimates; None for no figures at all.
-        name: the monitor's name, for the log.
+        label: how the log names the monitor ("LLCMonitor(llc)").
     """
 
-    def __init__(self, every: int | None, name: str) -> None:
+    def __init__(self, every: int | None, label: str) -> None:
         self.every = check_figure_every(every)
-        self.name = name
+        self.label = label
         self.available = True
 
     def due(self, estimates: int, milestone: bool) -> bool:
@@ -72,10 +72,10 @@ class LiveFigures:
                 figure = build()
             except ImportError as error:
                 self.available = False
-                rank_zero_info(f"LLCMonitor({self.name}): figures skipped ({error}).")
+                rank_zero_info(f"{self.label}: figures skipped ({error}).")
                 return drawn
             except ValueError as error:
-                rank_zero_debug(f"LLCMonitor({self.name}): no {tag} figure yet ({error}).")
+                rank_zero_debug(f"{self.label}: no {tag} figure yet ({error}).")
                 continue
             image = figure_image(figure)
             if folder is not None:

@@ -185,7 +185,7 @@ class LLCMonitor(ScheduledAnalysis):
         density = self.schedule.per_decade(int(last))
         if density < MIN_ESTIMATES_PER_DECADE:
             rank_zero_info(
-                f"LLCMonitor({self.name}): {density:.1f} estimates per decade of steps, too few to "
+                f"{self.label}: {density:.1f} estimates per decade of steps, too few to "
                 "confirm most milestones online (on test curves 5 per decade confirm half of "
                 "the critical points, 7 nineteen in twenty). Schedule more (num_estimates), or read "
                 "the detectors' refine() after training."

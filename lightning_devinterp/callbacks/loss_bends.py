@@ -71,10 +71,11 @@ class LossBends:
     Args:
         max_extra: the most extra estimates in the run (checked by
             :func:`check_extra_estimates`).
-        name: the monitor's name, for the log.
+        name: the monitor's name (its training loss's series).
         detector: the training loss's detector when a monitor announces its milestones (a
             :class:`MilestoneTracker`'s, which keeps its state); None: a detector of its own,
             kept in :meth:`state_dict`, only to plan the extra estimates.
+        label: how the log names the monitor (default ``"LLCMonitor(<name>)"``).
 
     Attributes:
         planned: steps still to estimate at, in order.
@@ -86,10 +87,15 @@ class LossBends:
     """
 
     def __init__(
-        self, max_extra: int, name: str, detector: MilestoneDetector | None = None
+        self,
+        max_extra: int,
+        name: str,
+        detector: MilestoneDetector | None = None,
+        label: str | None = None,
     ) -> None:
         self.max_extra = max_extra
         self.name = name
+        self.label = label or f"LLCMonitor({name})"
         self.shared = detector is not None
         self.detector = detector if detector is not None else train_loss_detector(name)
         self.planned: list[int] = []
@@ -153,7 +159,7 @@ class LossBends:
         if mean is None or not 0 < mean < math.inf:
             self.readable = False
             rank_zero_info(
-                f"LLCMonitor({self.name}): the training loss is not watched from here on (no "
+                f"{self.label}: the training loss is not watched from here on (no "
                 "training-loss milestones, no extra estimates): it "
                 + (f"is {mean:g}" if mean is not None else "is not in training_step's output")
                 + " (the watch reads the logarithm of a positive, finite loss returned by "
@@ -190,7 +196,7 @@ class LossBends:
         self.planned = sorted({*self.planned, *steps})
         spent = "; none left for later bends: a larger extra_estimates follows more of them"
         rank_zero_info(
-            f"LLCMonitor({self.name}): the training loss bends at step {bend.step} "
+            f"{self.label}: the training loss bends at step {bend.step} "
             f"({bend.kind}); extra estimates at steps {', '.join(map(str, steps))} "
             f"({self.used} of {self.max_extra} extra estimates used"
             f"{spent if self.used == self.max_extra else ''})."

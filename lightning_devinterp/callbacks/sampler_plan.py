@@ -142,6 +142,7 @@ class CalibrationJob:
 
 def announce_calibration(
     trainer: Trainer,
+    label: str,
     name: str,
     calibrated: Mapping[str, Any],
     result: Calibration | None,
@@ -157,13 +158,13 @@ def announce_calibration(
         logger.log_hyperparams(hyperparams)
         logger.save()
     rank_zero_info(
-        f"LLCMonitor({name}): calibrated at step {calibrated['step']}: "
+        f"{label}: calibrated at step {calibrated['step']}: "
         f"lr={calibrated['lr']:.3g}, nbeta={calibrated['nbeta']:.4g}, "
         f"localization={calibrated['localization']:g}, "
         f"num_burnin>={calibrated['num_burnin']}; kept for the whole run."
     )
     for message in calibrated["warnings"]:
-        rank_zero_warn(f"LLCMonitor({name}): calibration: {message}", category=LLCHealthWarning)
+        rank_zero_warn(f"{label}: calibration: {message}", category=LLCHealthWarning)
     if result is not None:
         builders = {
             f"{name}/calibration/llc": lambda: plot_calibration_llc(result),

@@ -116,13 +116,17 @@ class ScheduledAnalysis(Callback):
             paired, train_mode, mala, step_check,
         )  # fmt: skip
         _check_callback_args(on_error, name)
+        #: ``"<class>(<name>)"``, how the log and errors name this monitor.
+        self.label = f"{type(self).__name__}({name})"
         self.schedule = Schedule(every_n_steps, num_estimates, at_steps)
         self.max_overhead = check_max_overhead(max_overhead)
-        self.budget = OverheadBudget(self.max_overhead, name) if self.max_overhead else None
-        self.cadence = Cadence(self.schedule, self.budget, self.plan, name, extra_estimates)
-        self.figures = LiveFigures(figure_every, name)
+        self.budget = OverheadBudget(self.max_overhead, self.label) if self.max_overhead else None
+        self.cadence = Cadence(
+            self.schedule, self.budget, self.plan, name, extra_estimates, self.label
+        )
+        self.figures = LiveFigures(figure_every, self.label)
         self.at_train_end = at_train_end
-        self.target = SamplingTarget(dataloader, loss_fn, components, name)
+        self.target = SamplingTarget(dataloader, loss_fn, components, self.label)
         self.on_error = on_error
         self.name = name
         self.output_dir = output_dir
@@ -242,14 +246,14 @@ class ScheduledAnalysis(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._active = not trainer.fast_dev_run
         if not self._active:
-            rank_zero_info(f"LLCMonitor({self.name}): skipped under fast_dev_run.")
+            rank_zero_info(f"{self.label}: skipped under fast_dev_run.")
             return
         if self.budget is not None:
             self.budget.start(trainer.global_step)
         self.cadence.run_end = last_step(trainer)
         self.schedule.resolve(self.cadence.run_end)
         self.check_run(trainer)
-        check_optimization(pl_module, self.target.loss_fn, self.name)
+        check_optimization(pl_module, self.target.loss_fn, self.label)
         with isolated(pl_module):
             check_inputs(
                 pl_module,
@@ -264,7 +268,7 @@ class ScheduledAnalysis(Callback):
             self.budget.sgld_steps = self.cadence.sgld_steps(self.job_names(), chains, trainer)
         if self.plan.sampler is None:
             rank_zero_warn(
-                f"LLCMonitor({self.name}): no sampler given, using lr={DEFAULT_LR}, "
+                f"{self.label}: no sampler given, using lr={DEFAULT_LR}, "
                 f"localization={DEFAULT_LOCALIZATION}, nbeta=batch_size/log(batch_size) "
                 "(published small-transformer settings, not calibrated for this model; "
                 "sampler='auto' calibrates them)."
@@ -321,7 +325,7 @@ class ScheduledAnalysis(Callback):
         left = self.schedule.count_between(step, int(end)) if math.isfinite(end) else 0
         if left:
             rank_zero_info(
-                f"LLCMonitor({self.name}): training ended at step {step}, before {left} scheduled "
+                f"{self.label}: training ended at step {step}, before {left} scheduled "
                 f"estimate(s) up to step {int(end)}; at_train_end=True also estimates at the "
                 "last step of a run."
             )
@@ -422,21 +426,25 @@ class ScheduledAnalysis(Callback):
             self.plan.calibrated = {**parts[0], "step": step}
             folder = self.recorder.path.parent if self.recorder.path else None
             announce_calibration(
-                trainer, self.name, self.plan.calibrated, job.result, self.figures, folder
+                trainer,
+                self.label,
+                self.name,
+                self.plan.calibrated,
+                job.result,
+                self.figures,
+                folder,
             )
         self._calibration_seconds = time.perf_counter() - started
         return parts is not None
 
     def _fail(self, trainer: Trainer, step: int, message: str) -> None:
         if self.on_error == "raise":
-            raise RuntimeError(
-                f"LLCMonitor({self.name}): estimate at step {step} failed: {message}"
-            )
+            raise RuntimeError(f"{self.label}: estimate at step {step} failed: {message}")
         failure = {"step": step, "error": message}
         self.errors.append(failure)
         self.recorder.append(failure)
         rank_zero_warn(
-            f"LLCMonitor({self.name}): the estimate at step {step} failed ({message}); training "
+            f"{self.label}: the estimate at step {step} failed ({message}); training "
             "continues. Pass on_error='raise' to stop instead."
         )
 

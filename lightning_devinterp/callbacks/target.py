@@ -52,7 +52,11 @@ class SamplingTarget:
     """
 
     def __init__(
-        self, dataloader: Iterable | None, loss_fn: LossFn | None, components: Components, name: str
+        self,
+        dataloader: Iterable | None,
+        loss_fn: LossFn | None,
+        components: Components,
+        label: str,
     ) -> None:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}.")
@@ -60,14 +64,14 @@ class SamplingTarget:
         self.dataloader = dataloader
         self.loss_fn = loss_fn
         self.components = components
-        self.name = name
+        self.label = label
         #: The components, once resolved against the model (empty before).
         self.resolved: list[Component] = []
         self._resolved = False
 
     def data(self, trainer: Trainer) -> Iterable:
         """The data sampled with (:func:`sampling_data`)."""
-        return sampling_data(trainer, self.dataloader, self.name)
+        return sampling_data(trainer, self.dataloader, self.label)
 
     def loss(self, trainer: Trainer) -> LossFn:
         """``loss_fn``, or the module's ``training_step`` on the copy (:func:`training_step_loss`)."""

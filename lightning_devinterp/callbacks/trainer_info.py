@@ -25,9 +25,10 @@ def output_folder(trainer: Trainer, output_dir: str | None) -> Path:
     return Path(output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "devinterp")
 
 
-def sampling_data(trainer: Trainer, dataloader: Iterable | None, name: str) -> Iterable:
-    """The data a monitor samples with: its own ``dataloader``, or :func:`training_data`."""
-    return dataloader if dataloader is not None else training_data(trainer, f"LLCMonitor({name})")
+def sampling_data(trainer: Trainer, dataloader: Iterable | None, reader: str) -> Iterable:
+    """The data a monitor (named ``reader`` in errors) samples with: its own ``dataloader``,
+    or :func:`training_data`."""
+    return dataloader if dataloader is not None else training_data(trainer, reader)
 
 
 def training_data(trainer: Trainer, reader: str) -> Iterable:

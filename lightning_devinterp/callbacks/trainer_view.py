@@ -72,12 +72,12 @@ def training_step_loss(trainer: Trainer) -> LossFn:
     return loss
 
 
-def check_optimization(pl_module: LightningModule, loss_fn: LossFn | None, name: str) -> None:
+def check_optimization(pl_module: LightningModule, loss_fn: LossFn | None, label: str) -> None:
     """Refuse manual optimization without ``loss_fn``: that ``training_step`` steps the
     optimizers itself and need not return the loss, so it cannot be sampled."""
     if loss_fn is None and not pl_module.automatic_optimization:
         raise ValueError(
-            f"LLCMonitor({name}) cannot sample through the training_step of "
+            f"{label} cannot sample through the training_step of "
             f"{type(pl_module).__name__}: with automatic_optimization=False it steps the "
             "optimizers itself. Pass loss_fn=lambda model, batch: <the mean loss> to the monitor."
         )

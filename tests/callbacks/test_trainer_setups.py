@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
-from lightning_devinterp import SGLD, LLCMonitor
+from lightning_devinterp import SGLD, LLCMonitor, SusceptibilityMonitor
 from lightning_devinterp.callbacks.trainer_info import training_data
 from tests.helpers import (
     Batches,
@@ -140,12 +140,27 @@ class FromIterator(RegressionModule):
         return iter(DataLoader(regression_data(), batch_size=32))
 
 
-def test_training_data_read_once_is_refused_before_training_naming_the_fix(tmp_path):
+def susceptibility_monitor() -> SusceptibilityMonitor:
+    x, y = regression_data(32, seed=1).tensors
+    probes = {"shifted": [(2 * x, y)]}
+    return SusceptibilityMonitor(probes, loss_fn=per_sample_loss, every_n_steps=3, **FAST)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "named"),
+    [
+        (lambda: LLCMonitor(every_n_steps=3, **FAST), "LLCMonitor(llc)"),
+        (susceptibility_monitor, "SusceptibilityMonitor(susceptibility)"),
+    ],
+)
+def test_training_data_read_once_is_refused_before_training_naming_the_fix(
+    tmp_path, monitor, named
+):
     module = FromIterator(noisy=False)
-    t = trainer(tmp_path, callbacks=[LLCMonitor(every_n_steps=3, **FAST)])
+    t = trainer(tmp_path, callbacks=[monitor()])
     with pytest.raises(ValueError, match="iterator.*dataloader=") as error:
         t.fit(module)
-    assert "LLCMonitor(llc)" in str(error.value)
+    assert named in str(error.value)  # each monitor named by its own class
     assert module.losses == []  # refused at train start, before any training step
 
 
