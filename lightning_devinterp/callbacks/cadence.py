@@ -33,9 +33,9 @@ class Cadence:
         budget: the overhead budget, or None.
         plan: the sampler plan (an estimate waits for ``calibrate_at_step``).
         name: the monitor's name (its training loss's series).
+        label: how the log names the monitor (``"LLCMonitor(llc)"``).
         extra_estimates: the most estimates added where the training loss bends
             (:class:`LossBends`); 0 for the schedule alone.
-        label: how the log names the monitor (default ``"LLCMonitor(<name>)"``).
     """
 
     def __init__(
@@ -44,14 +44,14 @@ class Cadence:
         budget: OverheadBudget | None,
         plan: SamplerPlan,
         name: str,
+        label: str,
         extra_estimates: int = 0,
-        label: str | None = None,
     ) -> None:
         self.schedule = schedule
         self.budget = budget
         self.plan = plan
         self.name = name
-        self.label = label or f"LLCMonitor({name})"
+        self.label = label
         self.extra_estimates = check_extra_estimates(extra_estimates)
         self._loss_bends: LossBends | None = None
         #: The run's last step (set at train start).
@@ -147,6 +147,18 @@ class Cadence:
             self.budget.analysed()
             cost = time.perf_counter() - started - calibration_seconds
             self.budget.spent(step, cost, sync)
+
+    def note_early_end(self, step: int) -> None:
+        """Say so when the run stopped at ``step``, before its last scheduled estimates (early
+        stopping, ``max_time``, a stop signal)."""
+        end = self.run_end
+        left = self.schedule.count_between(step, int(end)) if math.isfinite(end) else 0
+        if left:
+            rank_zero_info(
+                f"{self.label}: training ended at step {step}, before {left} scheduled "
+                f"estimate(s) up to step {int(end)}; at_train_end=True also estimates at the "
+                "last step of a run."
+            )
 
     def sgld_steps(self, jobs: Sequence[str], chains: ChainSettings, trainer: Trainer) -> int:
         """The SGLD steps of the next estimate on rank 0 (its share of the chains), with the

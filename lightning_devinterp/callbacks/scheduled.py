@@ -122,7 +122,7 @@ class ScheduledAnalysis(Callback):
         self.max_overhead = check_max_overhead(max_overhead)
         self.budget = OverheadBudget(self.max_overhead, self.label) if self.max_overhead else None
         self.cadence = Cadence(
-            self.schedule, self.budget, self.plan, name, extra_estimates, self.label
+            self.schedule, self.budget, self.plan, name, self.label, extra_estimates
         )
         self.figures = LiveFigures(figure_every, self.label)
         self.at_train_end = at_train_end
@@ -311,24 +311,12 @@ class ScheduledAnalysis(Callback):
         if self.at_train_end:
             self._maybe_estimate(trainer, pl_module, trainer.global_step, force=True)
         elif self._active:
-            self._note_early_end(trainer.global_step)
+            self.cadence.note_early_end(trainer.global_step)
         if self._active:
             self.loss_milestones(trainer, self.cadence.watch_end(rank_zero_value(trainer)))
             self.finish(trainer)
         if self._active and self.budget is not None:
             self.budget.analysed()
-
-    def _note_early_end(self, step: int) -> None:
-        """Say so when the run stopped before its last scheduled estimates (early stopping,
-        ``max_time``, a stop signal)."""
-        end = self.cadence.run_end
-        left = self.schedule.count_between(step, int(end)) if math.isfinite(end) else 0
-        if left:
-            rank_zero_info(
-                f"{self.label}: training ended at step {step}, before {left} scheduled "
-                f"estimate(s) up to step {int(end)}; at_train_end=True also estimates at the "
-                "last step of a run."
-            )
 
     def finish(self, trainer: Trainer) -> None:
         """At train end, after the last estimate."""
