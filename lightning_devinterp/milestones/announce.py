@@ -17,10 +17,10 @@ from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
     RELATIVE,
     flat_next_to,
-    level,
     milestone_kind,
     sharper_bend,
     slope_change_z,
+    slope_floor,
     steepened,
     too_close,
     trend_verdict,
@@ -123,7 +123,7 @@ def step_between_plateaus(
     if trend not in ("rising", "falling") or (jump > 0) != (trend == "rising"):
         return None
     x = st.bin_log_steps
-    drift = settings.flat * settings.level_slope * level(np.asarray(st.bin_values))
+    drift = settings.flat * slope_floor(st.bin_values, settings)  # a plateau's, per decade
     if abs(jump) < max(settings.threshold * sigma, drift * (x[a] - x[start])):
         return None  # back at the old level (an excursion), or no further than a plateau drifts
     st.place_knot(a, move.at(x[a]), x[a])

@@ -37,10 +37,10 @@ from lightning_devinterp.milestones.rules import (
     ROUND,
     STRONG,
     chain_step_variance,
-    level,
     mean_slope,
     noise_level,
     pooled_chain_noise,
+    slope_floor,
     trend_verdict,
 )
 from lightning_devinterp.milestones.segments import SegmentFit, find_break, segment_line
@@ -297,7 +297,7 @@ class MilestoneDetector(SeriesEnd):
             raw = st.value_max - st.value_min
             values = np.asarray(y)
             sustained = sustained_range(values, raw, self.confirm)
-            self._range_cache = (len(y), sustained, self.level_slope * level(values))
+            self._range_cache = (len(y), sustained, slope_floor(values, self._settings()))
         _, sustained, floor = self._range_cache
         return mean_slope(x[0], x[-1], sustained - 4.0 * sigma, sigma, floor)
 

@@ -16,10 +16,10 @@ from lightning_devinterp.milestones.fit import (
 )
 from lightning_devinterp.milestones.records import Milestone
 from lightning_devinterp.milestones.rules import (
-    level,
     mean_slope,
     milestone_kind,
     noise_level,
+    slope_floor,
     too_close,
     transition_kind,
 )
@@ -94,8 +94,7 @@ def refine_milestones(
     knots, sigma = _best_fit(x, y, w, sigma, stds, settings)
     fitted, slopes, se = joint_slopes(x, y, w, knots)
     spread = sustained_range(y, float(fitted.max() - fitted.min()), c)
-    floor = settings.level_slope * level(y)
-    slope_scale = mean_slope(float(x[0]), float(x[-1]), spread, sigma, floor)
+    slope_scale = mean_slope(float(x[0]), float(x[-1]), spread, sigma, slope_floor(y, settings))
     segments = _segments(x, knots, slopes, se * sigma, settings.flat * slope_scale, settings)
     return [
         Milestone(

@@ -200,15 +200,17 @@ def mean_slope(
     """The series' mean absolute slope per decade: ``spread`` over the span of x.
 
     The span counts at least one decade, the spread at least five noise levels and the
-    slope at least ``floor`` (``level_slope`` times the series' :func:`level`).
+    slope at least ``floor`` (:func:`slope_floor`).
     """
     return max(max(spread, 5.0 * sigma) / max(x_last - x_first, 1.0), floor)
 
 
-def level(values: np.ndarray) -> float:
-    """The series' level: the median magnitude of its values (0 without any)."""
-    finite = np.abs(values[np.isfinite(values)])
-    return float(np.median(finite)) if finite.size else 0.0
+def slope_floor(values: Sequence[float] | np.ndarray, settings: DetectorSettings) -> float:
+    """The least mean slope per decade a series counts: ``level_slope`` times its level, the
+    median magnitude of its values (0 without any)."""
+    magnitudes = np.abs(np.asarray(values, dtype=float))
+    finite = magnitudes[np.isfinite(magnitudes)]
+    return settings.level_slope * float(np.median(finite)) if finite.size else 0.0
 
 
 def trend_verdict(
