@@ -25,11 +25,11 @@ from lightning_devinterp.sampling import (
     batch_size_of,
     chain_seed,
     device_transfer,
+    gathered_batches,
     reduce_loss,
     run_sampling,
     seeded_global_rng,
 )
-from lightning_devinterp.sampling.batches import gathered_batches
 from lightning_devinterp.sampling.flat import selection
 
 #: The chain settings of an estimate whose caller gives none.
