@@ -96,6 +96,16 @@ class SamplerPlan:
             )
         return self.sampler or SGLD(lr=DEFAULT_LR, localization=DEFAULT_LOCALIZATION)
 
+    def warn_if_default(self, label: str) -> None:
+        """Say so when no sampler was given: the published settings are not calibrated."""
+        if self.sampler is None:
+            rank_zero_warn(
+                f"{label}: no sampler given, using lr={DEFAULT_LR}, "
+                f"localization={DEFAULT_LOCALIZATION}, nbeta=batch_size/log(batch_size) "
+                "(published small-transformer settings, not calibrated for this model; "
+                "sampler='auto' calibrates them)."
+            )
+
     def chains(self, chains: ChainSettings) -> ChainSettings:
         """``chains`` with at least the calibrated burn-in."""
         if self.calibrated is None:

@@ -22,12 +22,7 @@ from lightning_devinterp.callbacks.distributed import Sample, rank_zero_value, r
 from lightning_devinterp.callbacks.figures import DEFAULT_FIGURE_EVERY, LiveFigures
 from lightning_devinterp.callbacks.isolation import isolated
 from lightning_devinterp.callbacks.progress import SamplingProgress
-from lightning_devinterp.callbacks.sampler_plan import (
-    DEFAULT_LOCALIZATION,
-    DEFAULT_LR,
-    SamplerPlan,
-    announce_calibration,
-)
+from lightning_devinterp.callbacks.sampler_plan import SamplerPlan, announce_calibration
 from lightning_devinterp.callbacks.schedule import Schedule
 from lightning_devinterp.callbacks.target import Components, SamplingRun, SamplingTarget
 from lightning_devinterp.callbacks.trainer_info import (
@@ -266,13 +261,7 @@ class ScheduledAnalysis(Callback):
         if self.budget is not None:
             chains = self.plan.chains(self.chains)
             self.budget.sgld_steps = self.cadence.sgld_steps(self.job_names(), chains, trainer)
-        if self.plan.sampler is None:
-            rank_zero_warn(
-                f"{self.label}: no sampler given, using lr={DEFAULT_LR}, "
-                f"localization={DEFAULT_LOCALIZATION}, nbeta=batch_size/log(batch_size) "
-                "(published small-transformer settings, not calibrated for this model; "
-                "sampler='auto' calibrates them)."
-            )
+        self.plan.warn_if_default(self.label)
         self.recorder.rewrite(self.history)
         self.resume(trainer)
         self._maybe_estimate(trainer, pl_module, trainer.global_step)
