@@ -11,11 +11,13 @@ same way. It also lists the training loss's milestones.
 
 With ``--defaults`` the monitor is ``LLCMonitor(SAMPLER)`` at every other default (30
 log-spaced estimates from step 11 (3000 ** 0.3), 4 chains x 200 draws, no components), one training per
-seed, its bends those of its own curve (steps >= 30).
+seed, its bends those of its own curve (steps >= 30); with ``--heads`` too, the same monitor with
+``components="heads"``, reported for the heads only.
 
     python benchmarks/demo_stages.py 0 1 2       # seeds; two demo trainings each
     python benchmarks/demo_stages.py --defaults 0 1 2
     python benchmarks/demo_stages.py --heads 0 1 2   # the heads only: one training each
+    python benchmarks/demo_stages.py --heads --defaults 0   # the heads at every default
     python benchmarks/demo_stages.py --save DIR 0    # also keep each run's records in DIR
 """
 
@@ -142,7 +144,12 @@ def main(seeds: list[int], defaults: bool, heads_only: bool, folder: str | None)
     warnings.filterwarnings("ignore")
     for seed in seeds:
         if heads_only:
-            monitor = save(folder, seed, train(seed, demo_monitor(seed, 16, heads=True)))
+            chosen = (
+                LLCMonitor(SAMPLER, components="heads", seed=seed)
+                if defaults
+                else demo_monitor(seed, 16, heads=True)
+            )
+            monitor = save(folder, seed, train(seed, chosen))
             print(f"seed {seed}:")
             print("\n".join(heads_report(monitor)), flush=True)
             continue

@@ -60,6 +60,13 @@ def settle(
         if milestone is not None:
             st.stage_trends[-2] = "flat"
             found.append(milestone)
+    elif (turned := plateau_after_turn(st, settings, trend, prev)) is not None:
+        plateau, at = turned
+        evidence = slope_change_z((plateau.slope, plateau.root_sxx), line, sigma)
+        milestone = announce(st, settings, "flat", trend, line, now, scale, evidence, at)
+        if milestone is not None:
+            st.stage_trends[-2] = "flat"
+            found.append(milestone)
     elif trend != prev:
         if prev in ("rising", "falling") and st.stage_trends[-1] == prev:
             found += place_plateau_end_at_close(st, settings, now, sigma)
@@ -341,3 +348,31 @@ def inside_gap(st: DetectorState, x: float, min_separation: float) -> float:
     if k + 1 < len(xs) and abs(xs[k] - x) < 1e-9 and xs[k + 1] - xs[k] > 2 * min_separation:
         return (xs[k] + xs[k + 1]) / 2
     return x
+
+
+def plateau_after_turn(
+    st: DetectorState, settings: DetectorSettings, trend: str, prev: str | None
+) -> tuple[LineFit, tuple[int, float]] | None:
+    """The move a peak or trough opened goes on (``trend``, as ``prev``) over ``1 / RELATIVE``
+    times steeper, at its steepest, than over its stretch before the current segment (from the
+    turn, past any transient points, to the current segment's previous knot; at least
+    ``min_separation`` decades): that stretch was a plateau the turn led onto, ended at that
+    knot. :func:`~.rules.steepened` compares neighbouring segments only; a move that steepens
+    over several (the demo's LLC: 3, then 8.6, then 12.7 per decade after an early dip) needs
+    the whole stretch. Returns its line and the plateau's end (bin, value), or None."""
+    if trend != prev or trend not in ("rising", "falling") or st.prev_knot is None:
+        return None
+    if len(st.stage_trends) < 2 or st.stage_trends[-2] == "flat" or st.move_slope is None:
+        return None
+    if not st.milestones or st.milestones[-1].kind not in ("peak", "trough"):
+        return None
+    start = st.first_bin_from(st.stage_starts[-1])
+    if st.transient_until is not None:
+        start = max(start, st.last_bin_to(st.transient_until) + 1)
+    end = st.prev_knot
+    if end <= start or st.bin_log_steps[end] - st.bin_log_steps[start] < settings.min_separation:
+        return None
+    line = line_fit(*st.bins(start, end))
+    if abs(line.slope) >= RELATIVE * abs(st.move_slope):
+        return None
+    return line, (end, line.at(st.bin_log_steps[end]))

@@ -80,7 +80,10 @@ How it works:
    step of the point whose arrival settled it. A milestone closer than
    ``min_separation`` decades to the previous one is not announced; the current stage
    takes the newer trend instead. A trend that goes on over four times steeper
-   (:func:`steepened`) makes the stretch before it a plateau, ended at the knot. A move
+   (:func:`steepened`) makes the stretch before it a plateau, ended at the knot; so does a
+   move opened by a peak or trough that, at its steepest, runs over four times steeper than
+   over its stretch before the current segment (a move that steepens over several segments:
+   :func:`~.announce.plateau_after_turn`). A move
    that left a plateau and then more than doubles its slope (:func:`sharper_bend`) bends
    more at its second knot than at the first, so the plateau's end was placed at a creep
    before the move: it is moved to where a line bent once best fits the plateau and the move

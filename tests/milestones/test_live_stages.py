@@ -338,6 +338,58 @@ def test_a_plateau_end_placed_early_on_a_steepening_rise_moves_when_the_rise_clo
     assert [m.revises for m in announced].count(None) == 2  # first placed, then moved
 
 
+# The demo's LLC at the defaults (30 estimates from step 11, four chains; seed 1 of
+# `benchmarks/demo_stages.py --defaults`, 2026-12-05): step, the chains, transient. An early
+# bump (a peak at 63, a trough at 143), about 6.2 to ~330, then a rise that steepens over
+# three segments (3, 8.6, 12.7 per decade) to 10.7 at 775 and goes on at 3.4. The curve's
+# three-piece fit bends at 327 and 820.
+DEMO_TURN_THEN_STEEPENING = [
+    (11, [4.846, 4.204, 4.188, 4.534], False),
+    (13, [5.350, 4.788, 4.926, 4.851], False),
+    (16, [5.630, 5.177, 5.311, 4.791], False),
+    (20, [5.693, 5.612, 5.735, 5.144], False),
+    (24, [5.763, 5.770, 6.078, 5.501], False),
+    (29, [5.880, 5.799, 6.274, 5.485], False),
+    (35, [5.819, 5.822, 6.314, 5.676], False),
+    (43, [6.122, 6.191, 6.837, 6.030], False),
+    (52, [6.025, 5.891, 6.679, 5.737], False),
+    (63, [6.593, 6.390, 6.799, 6.243], False),
+    (76, [6.563, 5.995, 6.778, 6.013], False),
+    (92, [5.963, 5.870, 6.637, 5.872], False),
+    (112, [6.033, 5.720, 6.300, 6.074], False),
+    (136, [5.620, 5.669, 6.588, 5.737], False),
+    (165, [6.052, 5.856, 6.526, 5.888], False),
+    (200, [6.209, 6.027, 6.730, 6.032], False),
+    (243, [6.652, 6.609, 7.160, 6.318], False),
+    (295, [6.524, 6.366, 7.099, 6.470], False),
+    (357, [6.732, 6.994, 7.804, 7.127], False),
+    (434, [7.600, 7.062, 8.049, 7.437], False),
+    (526, [8.987, 8.670, 8.686, 8.123], False),
+    (639, [9.971, 9.626, 9.856, 9.522], False),
+    (775, [10.480, 10.408, 11.442, 10.527], False),
+    (940, [10.686, 10.859, 11.381, 10.741], False),
+    (1141, [11.428, 10.966, 12.143, 11.093], False),
+    (1384, [11.558, 11.507, 12.210, 11.166], False),
+    (1679, [12.242, 12.147, 12.569, 12.353], False),
+    (2038, [12.170, 12.327, 12.392, 11.777], False),
+    (2472, [12.349, 12.300, 12.666, 12.310], False),
+    (3000, [12.846, 12.433, 12.911, 12.538], False),
+]
+
+
+def test_a_turn_onto_a_plateau_that_a_steepening_rise_leaves_is_a_plateau_end():
+    """After the trough the rise steepens only 2.9x and then 1.5x from one segment to the
+    next, so no neighbour is four times the other; against the stretch after the trough (3
+    per decade) the steepest (12.7) is: that stretch was a plateau, ended where the rise
+    began (without the rule, nothing after the trough)."""
+    det, _ = replay_recorded(DEMO_TURN_THEN_STEEPENING)
+    kinds = [(m.kind, m.step) for m in det.milestones]
+    assert [k for k, _ in kinds[:3]] == ["peak", "trough", "plateau_end"], kinds
+    end = det.milestones[2]
+    assert abs(math.log10(end.step / 327)) <= 0.15 and end.detected_at <= 775, end
+    assert end.evidence is not None and end.evidence > 3, end
+
+
 # The demo's LLC at the defaults (30 estimates, four chains; seed 1 of `benchmarks/demo_stages.py
 # --defaults`): step, the chains, transient. The estimate at step 62 lies 0.5 above both
 # neighbours on every chain (a real excursion of the weights, one estimate long); the curve's
