@@ -55,14 +55,8 @@ def settle(
         found += move_plateau_end(st, settings, previous_line[0], line, now, sigma, scale)
     if prev is None:
         st.stage_trends[-1] = trend
-    elif was_plateau(st, prev, trend, previous_line[0], line.slope, settings.min_separation):
-        milestone = announce(st, settings, "flat", trend, line, now, scale, evidence)
-        if milestone is not None:
-            st.stage_trends[-2] = "flat"
-            found.append(milestone)
-    elif (turned := plateau_after_turn(st, settings, trend, prev)) is not None:
-        plateau, at = turned
-        evidence = slope_change_z((plateau.slope, plateau.root_sxx), line, sigma)
+    elif plateau := plateau_before(st, settings, prev, trend, previous_line, line, sigma):
+        at, evidence = plateau
         milestone = announce(st, settings, "flat", trend, line, now, scale, evidence, at)
         if milestone is not None:
             st.stage_trends[-2] = "flat"
@@ -348,6 +342,28 @@ def inside_gap(st: DetectorState, x: float, min_separation: float) -> float:
     if k + 1 < len(xs) and abs(xs[k] - x) < 1e-9 and xs[k + 1] - xs[k] > 2 * min_separation:
         return (xs[k] + xs[k + 1]) / 2
     return x
+
+
+def plateau_before(
+    st: DetectorState,
+    settings: DetectorSettings,
+    prev: str | None,
+    trend: str,
+    previous_line: tuple[float | None, float | None],
+    line: LineFit,
+    sigma: float,
+) -> tuple[tuple[int, float] | None, float | None] | None:
+    """Whether the move settled on ``line`` leaves a stretch that was a plateau: the segment
+    before it (:func:`was_plateau`; the plateau ends at the current knot, ``None``), or the
+    stretch since a turn (:func:`plateau_after_turn`; it ends at that stretch's end, bin and
+    value). Returns (where it ends, the change of slope in noise units), or None."""
+    if was_plateau(st, prev, trend, previous_line[0], line.slope, settings.min_separation):
+        return None, slope_change_z(previous_line, line, sigma)
+    turned = plateau_after_turn(st, settings, trend, prev)
+    if turned is None:
+        return None
+    plateau, at = turned
+    return at, slope_change_z((plateau.slope, plateau.root_sxx), line, sigma)
 
 
 def plateau_after_turn(
