@@ -378,17 +378,19 @@ def plateau_after_turn(
     the whole stretch. Returns its line and the plateau's end (bin, value), or None."""
     if trend != prev or trend not in ("rising", "falling") or st.prev_knot is None:
         return None
-    if len(st.stage_trends) < 2 or st.stage_trends[-2] == "flat" or st.move_slope is None:
-        return None
     if not st.milestones or st.milestones[-1].kind not in ("peak", "trough"):
+        return None  # (a milestone opened a stage: stage_trends has two or more)
+    if st.stage_trends[-2] == "flat" or st.move_slope is None:
         return None
     start = st.first_bin_from(st.stage_starts[-1])
     if st.transient_until is not None:
         start = max(start, st.last_bin_to(st.transient_until) + 1)
     end = st.prev_knot
-    if end <= start or st.bin_log_steps[end] - st.bin_log_steps[start] < settings.min_separation:
+    if end <= start:
         return None
     line = line_fit(*st.bins(start, end))
-    if abs(line.slope) >= RELATIVE * abs(st.move_slope):
+    span = st.bin_log_steps[end] - st.bin_log_steps[start]
+    # of either sign, as a plateau next to a move (rules.neighbour_band)
+    if not steepened(abs(line.slope), abs(st.move_slope), span, settings.min_separation):
         return None
     return line, (end, line.at(st.bin_log_steps[end]))
