@@ -18,9 +18,13 @@ How it works:
    be far larger than the checkpoint-to-checkpoint noise. The noise level is therefore
    measured on the series itself: each bin is compared with the straight line through
    its two neighbours, the residuals are normalized to the variance of one observation,
-   and the noise is ``1.4826 * median(|residual|)`` over the last ``window`` residuals
-   (robust to the few large residuals at corners), inflated by ``1 + 1.5 / sqrt(m)``
-   for ``m`` residuals so that a short history does not under-estimate it. The user's
+   and the noise is the root mean square of the smallest 90% of the last ``window``
+   residuals (the few large ones at corners left out; :func:`residual_noise`), at its upper
+   90% confidence bound (about ``0.45 m`` degrees of freedom for ``m`` residuals), so that a
+   short history, quiet by chance, does not under-estimate it, and at most 2.5 times the
+   median's reading ``1.4826 * median(|residual|)`` (robust where more than a tenth are large,
+   as across a transient excursion; the offline refit takes that reading of the whole
+   series, robust to its every corner). The user's
    ``std`` is only a fallback before ``min_noise_points`` residuals exist, and
    optionally a floor (``std_floor``). When the per-chain estimates are given, the noise
    is measured directly from the second point on: chain ``c`` of consecutive estimates
@@ -141,6 +145,16 @@ from lightning_devinterp.milestones.fit import LineFit, is_hump
 from lightning_devinterp.milestones.settings import DetectorSettings
 
 MAD_SCALE = 1.4826  # median absolute deviation to standard deviation, Gaussian noise
+TRIM_KEEP = 0.9  # the smallest 90% of the neighbour residuals measure the noise
+TRIM_Z = 1.6449  # |z| below which a standard normal lies 90% of the time
+#: E[z^2 | |z| < TRIM_Z] of a standard normal: the kept residuals' mean square per variance
+TRIM_SCALE = 1.0 - 2.0 * TRIM_Z * math.exp(-(TRIM_Z**2) / 2) / math.sqrt(2 * math.pi) / TRIM_KEEP
+#: degrees of freedom of that mean square per residual (simulated: neighbour residuals of
+#: independent noise, 12 to 64 of them, share points and lose a tenth to the trimming)
+RESIDUAL_DOF = 0.45
+#: the residuals' level is at most this many times their median's reading: where more than a
+#: tenth are large (a transient excursion of a few points), the trimming does not leave them out
+MEDIAN_CAP = 2.5
 PERSIST = 2  # consecutive identical verdicts that settle a segment's trend
 RELATIVE = 0.25  # a plateau's slope is below this fraction of its neighbours'
 STRONG = 2.0  # evidence this many times the thresholds settles with one bin fewer, at once
@@ -335,6 +349,21 @@ def pooled_chain_noise(variances: Sequence[float], dofs: Sequence[int]) -> float
     return math.sqrt(pooled / chi2_quantile(total, -CHI2_Z10))
 
 
+def residual_noise(residuals: Sequence[float] | np.ndarray) -> float:
+    """Noise level of one observation from the last normalized neighbour residuals, online:
+    the root mean square of their smallest :data:`TRIM_KEEP` (the few large ones at corners
+    left out), scaled to a Gaussian's standard deviation, at its upper 90% confidence bound
+    (a short history, quiet by chance, must not pass noise for a bend), and at most
+    :data:`MEDIAN_CAP` times their median's reading."""
+    r = sorted(abs(float(v)) for v in residuals)  # a short list: faster than numpy
+    m = len(r)
+    kept = r[: max(math.ceil(TRIM_KEEP * m - 1e-9), 1)]
+    sigma = math.sqrt(sum(v * v for v in kept) / len(kept) / TRIM_SCALE)
+    sigma /= math.sqrt(chi2_quantile(RESIDUAL_DOF * m, -CHI2_Z10))
+    median = 0.5 * (r[(m - 1) // 2] + r[m // 2])
+    return min(sigma, MEDIAN_CAP * MAD_SCALE * median)
+
+
 def chi2_quantile(dof: float, z: float) -> float:
     """The quantile of a chi-squared variable over its degrees of freedom where a standard
     normal has ``z`` (Wilson-Hilferty: the median at ``z = 0``, the 10% quantile at
@@ -387,9 +416,9 @@ def noise_level(
             (at least of 1e-30).
         settings: The detector's settings (``noise``, ``std_floor``,
             ``min_noise_points``).
-        online: Online, the residuals are trusted from ``min_noise_points`` on and
-            inflated by ``1 + 1.5 / sqrt(m)`` for ``m`` of them (a short history);
-            offline they are those of the whole series, taken as they are.
+        online: Online, the residuals are trusted from ``min_noise_points`` on and read by
+            :func:`residual_noise`; offline they are those of the whole series, read by
+            their median (robust to every corner of it).
 
     Returns:
         The noise level, or None when there are neither enough residuals nor stds.
@@ -397,10 +426,10 @@ def noise_level(
     if settings.noise is not None:
         return settings.noise
     sigma = chain_noise
-    if sigma is None and len(residuals) >= (settings.min_noise_points if online else 0):
+    if sigma is None and online and len(residuals) >= settings.min_noise_points:
+        sigma = residual_noise(residuals)
+    elif sigma is None and not online and len(residuals):
         sigma = MAD_SCALE * float(np.median(np.abs(residuals)))
-        if online:
-            sigma *= 1.0 + 1.5 / math.sqrt(len(residuals))
     elif sigma is None and stds:
         sigma = float(np.median(stds))
     if sigma is None:

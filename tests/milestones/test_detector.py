@@ -126,7 +126,9 @@ def accuracy_table(seeds=SEEDS, tol: float = TOL) -> dict[tuple[float, int], dic
                         at = np.argmin(np.abs(np.log10(steps) - math.log10(m.step)))
                         delays.append(int(np.searchsorted(steps, m.detected_at) - at))
                         delays_dec.append(math.log10(m.detected_at / m.step))
-                        if m.kind != "plateau_start":
+                        # a plateau start is told from a slow move late; a milestone moved
+                        # later (``revises``) was announced at its first place before
+                        if m.kind != "plateau_start" and m.revises is None:
                             delays_fast.append(delays[-1])
                             delays_fast_dec.append(delays_dec[-1])
                     refined = [math.log10(m.step) for m in det.refine()]
@@ -456,6 +458,17 @@ def test_noise_is_measured_between_neighbours_not_taken_from_std():
     assert floored.milestones == []
 
 
+@pytest.mark.parametrize("n", SIZES)
+def test_noise_quiet_by_chance_early_is_no_bend(n):
+    """Pure noise whose first residuals are small by chance (seed 10: neighbours that wander
+    together) measured the noise at half its level from a median with a fixed inflation, and
+    a wander of the level passed for a peak (and a trough at 200 points); the residuals'
+    trimmed root mean square at its upper 90% bound does not."""
+    steps = log_steps(n)
+    det = run_detector(steps, np.random.default_rng(10).standard_normal(len(steps)))
+    assert det.milestones == []
+
+
 @pytest.mark.parametrize("schedule", ["log", "every-100"])
 def test_state_dict_round_trip_gives_the_same_milestones(schedule):
     if schedule == "log":
@@ -527,7 +540,11 @@ def without(state: dict, keys: set[str]) -> dict:
 since_3 = fields_since(3)
 
 
-def test_a_version_1_state_dict_resumes_the_same_run():
+def test_a_version_1_state_dict_resumes_the_run():
+    """Version 1 kept neither the chains' noise nor the settled slopes: from a state with
+    nothing settled the resumed run is the same; from one inside a move, whose steepest slope
+    is lost, the same milestones come, each within 0.02 decades of where the full run puts it
+    (its confirmation may come later)."""
     steps = log_steps(200)
     kx, ky = CURVES["peak-trough"]
     values = np.interp(np.log10(steps), kx, ky)
@@ -539,13 +556,16 @@ def test_a_version_1_state_dict_resumes_the_same_run():
         first.refine()
         resumed = MilestoneDetector()
         resumed.load_state_dict(json.loads(json.dumps(as_version_1(first.state_dict()))))
-        # what version 1 did not keep (the chains' noise, the settled slope) starts empty
         assert without(resumed.state_dict(), since_3) == without(first.state_dict(), since_3)
         for s, v in zip(steps[cut:], values[cut:], strict=True):
             resumed.update(int(s), float(v))
-        assert resumed.milestones == full.milestones, cut
-        assert resumed.stages == full.stages
-        assert resumed.refine() == full.refine()
+        if cut == 2:
+            assert resumed.milestones == full.milestones
+            assert resumed.stages == full.stages
+            assert resumed.refine() == full.refine()
+        assert [m.kind for m in resumed.milestones] == [m.kind for m in full.milestones]
+        for got, want in zip(resumed.milestones, full.milestones, strict=True):
+            assert abs(math.log10(got.step / want.step)) <= 0.02, (got, want)
 
 
 @pytest.mark.parametrize("version", [3, 4, 5, 6])
