@@ -214,11 +214,12 @@ def test_recall_and_precision_on_planted_critical_points(accuracy):
             assert r["precision"] >= (0.9 if low else 0.85), (noise, n, r)
             assert r["kind_ok"] >= 0.9, (noise, n, r)
     # at high noise (sd 1/6 of the smallest change) recall drops, false alarms stay rare
-    # (measured: 0.75 / 0.86 at 60 points, 0.84 / 0.90 at 200)
-    for n in SIZES:
-        assert accuracy[(0.1, n)]["precision"] >= 0.82, accuracy[(0.1, n)]
+    # (measured: 0.80 / 0.86 at 60 points, 0.88 / 0.92 at 200; issue 13's bar, 0.8 / 0.9,
+    # held at 200 points: at 60 no offline fit told the number of corners reaches it)
+    assert accuracy[(0.1, 60)]["precision"] >= 0.82, accuracy[(0.1, 60)]
     assert accuracy[(0.1, 60)]["recall"] >= 0.72, accuracy[(0.1, 60)]
     assert accuracy[(0.1, 200)]["recall"] >= 0.8, accuracy[(0.1, 200)]
+    assert accuracy[(0.1, 200)]["precision"] >= 0.9, accuracy[(0.1, 200)]
 
 
 def test_detection_delay_is_bounded(accuracy):
@@ -260,10 +261,24 @@ def test_the_refit_chooses_its_bends_at_high_noise(accuracy):
 def test_false_alarms_on_series_without_critical_points():
     fa = false_alarm_table()
     print("\nfalse alarms per 100 points:", {k: round(v, 3) for k, v in fa.items()})
-    assert fa["flat"] <= 0.5
-    assert fa["line"] <= 0.5
-    assert fa["convex"] <= 1.0
-    assert fa["concave"] <= 1.0
+    # issue 13's bar: at most 0.07 per 100 points (measured 0, 0, 0.016, 0.016)
+    assert all(rate <= 0.07 for rate in fa.values()), fa
+
+
+def test_pure_noise_gives_almost_no_milestone_over_many_seeds():
+    """The table's eight seeds say little of a rate near zero: pure noise over 192 other
+    seeds (both sizes; the detector reads any noise level alike). A short history quiet by
+    chance (first residuals small, or neighbours that wander together) measured the noise at
+    half its level by a median with a fixed inflation, and 22 wanders of the level passed for
+    peaks and troughs (0.045 per 100 points); measured 1 (0.002) now."""
+    count = points = 0
+    for n in SIZES:
+        steps = log_steps(n)
+        for seed in range(64, 256):
+            noise = np.random.default_rng(seed).standard_normal(len(steps))
+            count += len(run_detector(steps, noise).milestones)
+            points += len(steps)
+    assert 100.0 * count / points <= 0.01, count
 
 
 def test_smooth_peak_and_steps_every_100():
@@ -456,17 +471,6 @@ def test_noise_is_measured_between_neighbours_not_taken_from_std():
     for s, v in zip(steps, values, strict=True):
         floored.update(int(s), float(v), std=1.0)
     assert floored.milestones == []
-
-
-@pytest.mark.parametrize("n", SIZES)
-def test_noise_quiet_by_chance_early_is_no_bend(n):
-    """Pure noise whose first residuals are small by chance (seed 10: neighbours that wander
-    together) measured the noise at half its level from a median with a fixed inflation, and
-    a wander of the level passed for a peak (and a trough at 200 points); the residuals'
-    trimmed root mean square at its upper 90% bound does not."""
-    steps = log_steps(n)
-    det = run_detector(steps, np.random.default_rng(10).standard_normal(len(steps)))
-    assert det.milestones == []
 
 
 @pytest.mark.parametrize("schedule", ["log", "every-100"])
