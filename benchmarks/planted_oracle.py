@@ -104,7 +104,7 @@ def main() -> None:
                     placed_online += len(match(online, truth, TOL))
                     total += len(truth)
             print(
-                f"{noise:5.2f} {n:7d} | {placed[0] / total:13.2f} / {placed[0] / counts[0]:.2f}"
+                f"{noise:5.2f} {n:7d} | {placed[0] / total:13.2f} / {placed[0] / max(counts[0], 1):.2f}"
                 f"     | {placed_online / total:15.2f} / {placed_online / max(found, 1):.2f}"
             )
             frontier = ", ".join(

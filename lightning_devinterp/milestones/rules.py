@@ -356,12 +356,17 @@ def residual_noise(residuals: Sequence[float] | np.ndarray) -> float:
     (a short history, quiet by chance, must not pass noise for a bend), and at most
     :data:`MEDIAN_CAP` times their median's reading."""
     r = sorted(abs(float(v)) for v in residuals)  # a short list: faster than numpy
-    m = len(r)
-    kept = r[: max(math.ceil(TRIM_KEEP * m - 1e-9), 1)]
+    kept = r[: max(math.ceil(TRIM_KEEP * len(r) - 1e-9), 1)]
     sigma = math.sqrt(sum(v * v for v in kept) / len(kept) / TRIM_SCALE)
-    sigma /= math.sqrt(chi2_quantile(RESIDUAL_DOF * m, -CHI2_Z10))
-    median = 0.5 * (r[(m - 1) // 2] + r[m // 2])
-    return min(sigma, MEDIAN_CAP * MAD_SCALE * median)
+    sigma /= math.sqrt(chi2_quantile(RESIDUAL_DOF * len(r), -CHI2_Z10))
+    return min(sigma, MEDIAN_CAP * median_reading(r))
+
+
+def median_reading(magnitudes: list[float]) -> float:
+    """``1.4826 * median`` of sorted residual magnitudes: a Gaussian's standard deviation,
+    robust to up to half of them being large."""
+    m = len(magnitudes)
+    return MAD_SCALE * (0.5 * (magnitudes[(m - 1) // 2] + magnitudes[m // 2]))
 
 
 def chi2_quantile(dof: float, z: float) -> float:
@@ -429,7 +434,7 @@ def noise_level(
     if sigma is None and online and len(residuals) >= settings.min_noise_points:
         sigma = residual_noise(residuals)
     elif sigma is None and not online and len(residuals):
-        sigma = MAD_SCALE * float(np.median(np.abs(residuals)))
+        sigma = median_reading(sorted(abs(float(v)) for v in residuals))
     elif sigma is None and stds:
         sigma = float(np.median(stds))
     if sigma is None:
